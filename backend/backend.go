@@ -1,0 +1,79 @@
+// Package backend defines the contract between the agent and its data-path backends (udp, vxlan, host-gw):
+// the agent hands a backend the complete desired state (its own lease and every peer lease) and the backend
+// reconciles the kernel to it. Nothing here touches the kernel; the backends live in subpackages and the
+// agent (cmd/agent) holds the registry that maps a config's Backend.Type to a constructor.
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// Backend programs one node's data path.
+//
+// The agent calls Up once, then Set whenever the desired state changes and periodically to repair drift,
+// then Close once. Set and Close are never called concurrently with each other.
+type Backend interface {
+	// Up creates the backend's devices and starts its goroutines. It returns what the node publishes in its
+	// lease (BackendType, BackendData) and the MTU for the env file. Up may be called before the node holds a
+	// lease; addresses that depend on the lease are assigned by Set.
+	Up(ctx context.Context) (Local, error)
+	// Set reconciles the kernel to cfg, the complete desired state: it adds what is missing, replaces what
+	// differs and removes state of its own that cfg does not explain; it never touches state it did not
+	// create. It is idempotent, and partial progress is kept when it returns an error.
+	Set(cfg *Config) error
+	// Close stops the backend's goroutines and waits for them. Kernel state that carries traffic (devices,
+	// routes, neighbours) is left in place where the backend can, so a restarted agent does not interrupt
+	// traffic. Close is idempotent.
+	Close() error
+}
+
+// Local is what a backend publishes about this node.
+type Local struct {
+	BackendType string          // the lease's BackendType
+	BackendData json.RawMessage // the lease's BackendData; nil for none
+	MTU         int             // MTU for containers (FLANNEL_MTU)
+}
+
+// Config is the complete desired state handed to Set.
+type Config struct {
+	Network subnet.Config  // the network config
+	Own     subnet.Lease   // this node's lease
+	Peers   []subnet.Lease // every other node's lease (own excluded), in any order
+}
+
+// External describes the underlay: the interface that carries encapsulated or routed traffic.
+type External struct {
+	Name     string     // interface name, e.g. "eth0"
+	Index    int        // interface index
+	MTU      int        // interface MTU
+	Addr     netip.Addr // the interface's IPv4 address used as the tunnel source
+	PublicIP netip.Addr // the address published in the lease (--public-ip); equals Addr unless behind NAT
+}
+
+// Deps is what a backend constructor gets.
+type Deps struct {
+	Log      *slog.Logger   // required; already carries a "backend" attribute
+	External External       // required
+	Network  *subnet.Config // required; Network.Backend holds the backend's own keys
+}
+
+// Factory constructs a backend. It validates the backend's config keys but changes nothing in the kernel.
+type Factory func(Deps) (Backend, error)
+
+// DecodeConfig decodes the backend keys of the network config into dst (a pointer to the backend's config
+// struct, pre-filled with defaults). Field names match case-insensitively, as in flannel.
+func DecodeConfig(n *subnet.Config, dst any) error {
+	if len(n.Backend) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(n.Backend, dst); err != nil {
+		return fmt.Errorf("network config: Backend %s: %w", n.Backend, err)
+	}
+	return nil
+}

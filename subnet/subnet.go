@@ -1,0 +1,184 @@
+// Package subnet holds Weft's control-plane data model: the flannel-compatible network config, subnet
+// leases and their etcd key and value encodings, subnet allocation, and the subnet.env file.
+//
+// It is dependency-light on purpose (no etcd, no netlink), so that docker-opts and the backends can import
+// it without linking either. The etcd implementation of the lease store is subnet/etcdstore.
+package subnet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultPrefix is flannel's default etcd key prefix.
+const DefaultPrefix = "/coreos.com/network"
+
+// Attrs is the value stored under a lease key (flannel's LeaseAttrs).
+type Attrs struct {
+	PublicIP      netip.Addr      // required, IPv4
+	PublicIPv6    netip.Addr      // zero: written as null
+	BackendType   string          // empty: omitted (flannel's udp backend writes none)
+	BackendData   json.RawMessage // empty: omitted
+	BackendV6Data json.RawMessage // empty: omitted
+}
+
+type attrsJSON struct {
+	PublicIP      string          `json:"PublicIP"`
+	PublicIPv6    *string         `json:"PublicIPv6"`
+	BackendType   string          `json:"BackendType,omitempty"`
+	BackendData   json.RawMessage `json:"BackendData,omitempty"`
+	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
+}
+
+// MarshalJSON encodes a in flannel's lease value format.
+func (a Attrs) MarshalJSON() ([]byte, error) {
+	j := attrsJSON{BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
+	if a.PublicIP.IsValid() {
+		j.PublicIP = a.PublicIP.String()
+	}
+	if a.PublicIPv6.IsValid() {
+		s := a.PublicIPv6.String()
+		j.PublicIPv6 = &s
+	}
+	if string(j.BackendData) == "null" {
+		j.BackendData = nil
+	}
+	if string(j.BackendV6Data) == "null" {
+		j.BackendV6Data = nil
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON decodes flannel's lease value format. PublicIP must be an IPv4 address.
+func (a *Attrs) UnmarshalJSON(b []byte) error {
+	var j attrsJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(j.PublicIP)
+	if err != nil || !ip.Is4() {
+		return fmt.Errorf("PublicIP %q: must be an IPv4 address", j.PublicIP)
+	}
+	out := Attrs{PublicIP: ip, BackendType: j.BackendType, BackendData: j.BackendData, BackendV6Data: j.BackendV6Data}
+	if j.PublicIPv6 != nil && *j.PublicIPv6 != "" {
+		ip6, err := netip.ParseAddr(*j.PublicIPv6)
+		if err != nil || !ip6.Is6() || ip6.Is4In6() {
+			return fmt.Errorf("PublicIPv6 %q: must be an IPv6 address or null", *j.PublicIPv6)
+		}
+		out.PublicIPv6 = ip6
+	}
+	if string(out.BackendData) == "null" {
+		out.BackendData = nil
+	}
+	if string(out.BackendV6Data) == "null" {
+		out.BackendV6Data = nil
+	}
+	*a = out
+	return nil
+}
+
+// Lease is one node's claim on a subnet.
+type Lease struct {
+	Subnet     netip.Prefix // IPv4 subnet; always valid for an IPv4-enabled network
+	IPv6Subnet netip.Prefix // zero unless dual stack
+	Attrs      Attrs
+
+	// Reservation is true for a key with no etcd lease attached: it never expires.
+	Reservation bool
+	// Expires is when the etcd lease runs out if nobody renews it; zero when unknown or a reservation.
+	Expires time.Time
+	// Revision is the etcd ModRevision of the key when it was read; zero for a lease not read from etcd.
+	Revision int64
+}
+
+// Key returns the lease's key name below "<prefix>/subnets/".
+func (l Lease) Key() string { return KeyName(l.Subnet, l.IPv6Subnet) }
+
+// KeyName formats a lease key name: "10.5.52.0-24", or "10.5.52.0-24&fd00:5:0:34::-64" with IPv6.
+func KeyName(v4, v6 netip.Prefix) string {
+	s := fmt.Sprintf("%s-%d", v4.Addr(), v4.Bits())
+	if v6.IsValid() {
+		s += fmt.Sprintf("&%s-%d", v6.Addr(), v6.Bits())
+	}
+	return s
+}
+
+// ParseKeyName parses a lease key name (the part after "<prefix>/subnets/"). The prefixes must be masked.
+func ParseKeyName(name string) (v4, v6 netip.Prefix, err error) {
+	s4, s6, dual := strings.Cut(name, "&")
+	if v4, err = parseKeyPrefix(s4, false); err != nil {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: %w", name, err)
+	}
+	if dual {
+		if v6, err = parseKeyPrefix(s6, true); err != nil {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: %w", name, err)
+		}
+	}
+	return v4, v6, nil
+}
+
+func parseKeyPrefix(s string, v6 bool) (netip.Prefix, error) {
+	i := strings.LastIndexByte(s, '-')
+	if i < 0 {
+		return netip.Prefix{}, fmt.Errorf("%q: want ADDR-LEN", s)
+	}
+	addr, err := netip.ParseAddr(s[:i])
+	if err != nil || addr.Is6() != v6 || addr.Zone() != "" {
+		fam := "IPv4"
+		if v6 {
+			fam = "IPv6"
+		}
+		return netip.Prefix{}, fmt.Errorf("%q: want an %s address before '-'", s, fam)
+	}
+	bits, err := strconv.Atoi(s[i+1:])
+	if err != nil || bits < 0 || bits > addr.BitLen() {
+		return netip.Prefix{}, fmt.Errorf("%q: bad prefix length %q", s, s[i+1:])
+	}
+	p := netip.PrefixFrom(addr, bits)
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("%q: address has bits set beyond the prefix length", s)
+	}
+	return p, nil
+}
+
+// ErrNoConfig means the network config key does not exist (yet).
+var ErrNoConfig = errors.New("network config not found")
+
+// NetworkFullError is returned when no free subnet is left to lease.
+type NetworkFullError struct {
+	Network   netip.Prefix
+	SubnetLen int
+	Leases    int // leases that exist in the network
+}
+
+func (e *NetworkFullError) Error() string {
+	return fmt.Sprintf("network full: %s has no free /%d subnet (%d leases exist)", e.Network, e.SubnetLen, e.Leases)
+}
+
+// AcquireRequest says what a node wants to lease.
+type AcquireRequest struct {
+	Attrs Attrs // PublicIP is required; it also finds this node's previous lease
+	// Prev is the subnet from the previous env file (FLANNEL_SUBNET, masked); zero if none.
+	Prev netip.Prefix
+	// PrevIPv6 is the previous IPv6 subnet; zero if none.
+	PrevIPv6 netip.Prefix
+}
+
+// Store is the lease store as the agent consumes it.
+type Store interface {
+	// Config reads and validates the network config. It returns an error wrapping ErrNoConfig if the key is absent.
+	Config(ctx context.Context) (*Config, error)
+	// Hold acquires a lease for req and keeps it until ctx ends, calling fn with the held lease after every
+	// (re)acquisition. If the lease is deleted or expires it acquires again, preferring the same subnet.
+	// When ctx ends, the lease is left in place. It returns only for ctx ending or a fatal error.
+	Hold(ctx context.Context, req AcquireRequest, fn func(Lease)) error
+	// Watch calls fn with the complete set of leases (own included) at start and after every change,
+	// until ctx ends; it resumes after disconnects and compactions without missing changes.
+	Watch(ctx context.Context, fn func([]Lease)) error
+}
