@@ -1,0 +1,74 @@
+// Package kernel is the one place that talks to the Linux kernel's networking (through netlink and /proc/sys)
+// for the backends. It provides idempotent, declarative helpers: sync a set of routes tagged with Weft's
+// route protocol, set a link's address, write a sysctl.
+//
+// Ownership: every route Weft installs carries RouteProtocol, and route sync removes only routes with that
+// protocol, so routes created by anyone else are never touched.
+package kernel
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// RouteProtocol is the rtnetlink route protocol number (rtm_protocol) that tags every route Weft installs.
+// 0x57 ('W') is not assigned in the kernel's rtnetlink.h nor in iproute2's rt_protos.
+const RouteProtocol = 0x57
+
+// Route is a unicast IPv4 or IPv6 route in the main table.
+type Route struct {
+	Dst       netip.Prefix
+	Gw        netip.Addr // zero for a device route
+	LinkIndex int
+	OnLink    bool
+}
+
+func (r Route) String() string {
+	var b strings.Builder
+	b.WriteString(r.Dst.String())
+	if r.Gw.IsValid() {
+		fmt.Fprintf(&b, " via %s", r.Gw)
+	}
+	fmt.Fprintf(&b, " dev #%d", r.LinkIndex)
+	if r.OnLink {
+		b.WriteString(" onlink")
+	}
+	return b.String()
+}
+
+// DiffRoutes compares the routes we have (all tagged ours) with those we want, keyed by destination. It
+// returns the routes to add or replace (missing or different) and the routes to delete (no longer wanted).
+// Both results are sorted by destination, so plans are deterministic.
+func DiffRoutes(have, want []Route) (put, del []Route) {
+	haveBy := map[netip.Prefix]Route{}
+	for _, r := range have {
+		haveBy[r.Dst] = r
+	}
+	wantBy := map[netip.Prefix]Route{}
+	for _, r := range want {
+		wantBy[r.Dst] = r
+	}
+	for dst, w := range wantBy {
+		if h, ok := haveBy[dst]; !ok || h != w {
+			put = append(put, w)
+		}
+	}
+	for dst, h := range haveBy {
+		if _, ok := wantBy[dst]; !ok {
+			del = append(del, h)
+		}
+	}
+	byDst := func(a, b Route) int { return comparePrefix(a.Dst, b.Dst) }
+	slices.SortFunc(put, byDst)
+	slices.SortFunc(del, byDst)
+	return put, del
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}

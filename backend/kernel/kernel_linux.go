@@ -1,0 +1,220 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Handle is a netlink handle bound to the network namespace that was current when NewHandle was called;
+// all its calls act on that namespace whichever thread makes them. It is safe for use by one goroutine at a
+// time.
+type Handle struct {
+	NL *netlink.Handle
+}
+
+// NewHandle opens a netlink handle in the calling thread's network namespace.
+func NewHandle() (*Handle, error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("open netlink handle: %w", err)
+	}
+	return &Handle{NL: h}, nil
+}
+
+// Close releases the handle.
+func (h *Handle) Close() { h.NL.Close() }
+
+// retry runs a netlink dump, retrying when the kernel reports the dump was interrupted by a change.
+func retry[T any](f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range 5 {
+		v, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}
+
+// OurRoutes lists the main-table unicast routes of the family of fam that carry RouteProtocol.
+func (h *Handle) OurRoutes(v6 bool) ([]Route, error) {
+	family := netlink.FAMILY_V4
+	if v6 {
+		family = netlink.FAMILY_V6
+	}
+	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
+	nrs, err := retry(func() ([]netlink.Route, error) {
+		return h.NL.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list routes with protocol %d: %w", RouteProtocol, err)
+	}
+	var out []Route
+	for _, nr := range nrs {
+		if nr.Dst == nil || nr.Type != unix.RTN_UNICAST {
+			continue
+		}
+		r, ok := fromNetlink(nr)
+		if ok {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func fromNetlink(nr netlink.Route) (Route, bool) {
+	dst, ok := prefixFromIPNet(nr.Dst)
+	if !ok {
+		return Route{}, false
+	}
+	r := Route{Dst: dst, LinkIndex: nr.LinkIndex, OnLink: nr.Flags&int(netlink.FLAG_ONLINK) != 0}
+	if nr.Gw != nil {
+		r.Gw, _ = netip.AddrFromSlice(nr.Gw)
+		r.Gw = r.Gw.Unmap()
+	}
+	return r, true
+}
+
+func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), bits), true
+}
+
+func toNetlink(r Route) *netlink.Route {
+	nr := &netlink.Route{
+		Dst:       IPNet(r.Dst),
+		LinkIndex: r.LinkIndex,
+		Protocol:  RouteProtocol,
+		Table:     unix.RT_TABLE_MAIN,
+		Type:      unix.RTN_UNICAST,
+	}
+	if r.Gw.IsValid() {
+		nr.Gw = r.Gw.AsSlice()
+		nr.Scope = netlink.SCOPE_UNIVERSE
+	} else {
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	if r.OnLink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
+}
+
+// IPNet converts a prefix to the net.IPNet netlink wants.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// ReplaceRoute adds r or replaces the route to the same destination, tagged with RouteProtocol.
+func (h *Handle) ReplaceRoute(r Route) error {
+	if err := h.NL.RouteReplace(toNetlink(r)); err != nil {
+		return fmt.Errorf("replace route %s: %w", r, err)
+	}
+	return nil
+}
+
+// DeleteRoute deletes our route r; a route already gone is not an error.
+func (h *Handle) DeleteRoute(r Route) error {
+	if err := h.NL.RouteDel(toNetlink(r)); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete route %s: %w", r, err)
+	}
+	return nil
+}
+
+// SyncRoutes makes the set of our routes of the family of the wanted routes' (v6) equal want, within scope:
+// routes of ours outside scope (scope returns false) are left alone; nil scope means all of ours. It adds
+// before it deletes and keeps going after an error, returning the first one.
+func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error {
+	have, err := h.OurRoutes(v6)
+	if err != nil {
+		return err
+	}
+	if scope != nil {
+		have = slicesFilter(have, scope)
+	}
+	put, del := DiffRoutes(have, want)
+	var first error
+	for _, r := range put {
+		if err := h.ReplaceRoute(r); err != nil && first == nil {
+			first = err
+		}
+	}
+	for _, r := range del {
+		if err := h.DeleteRoute(r); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func slicesFilter[T any](s []T, keep func(T) bool) []T {
+	var out []T
+	for _, v := range s {
+		if keep(v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// SetAddrs makes the link's addresses of the family of want exactly want (want must be non-empty; all of
+// one family).
+func (h *Handle) SetAddrs(link netlink.Link, want ...netip.Prefix) error {
+	family := netlink.FAMILY_V4
+	if want[0].Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	have, err := h.NL.AddrList(link, family)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+	}
+	wanted := map[netip.Prefix]bool{}
+	for _, p := range want {
+		wanted[p] = true
+	}
+	for _, a := range have {
+		p, ok := prefixFromIPNet(a.IPNet)
+		if ok && p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		if ok && wanted[p] {
+			delete(wanted, p)
+			continue
+		}
+		if err := h.NL.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("delete address %s from %s: %w", a.IPNet, link.Attrs().Name, err)
+		}
+	}
+	for p := range wanted {
+		if err := h.NL.AddrAdd(link, &netlink.Addr{IPNet: IPNet(p)}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add address %s to %s: %w", p, link.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// WriteSysctl writes value to /proc/sys/<name>, where name uses dots or slashes ("net.ipv4.ip_forward").
+// It acts on the network namespace of the calling thread. Writing the value it already has is a no-op.
+func WriteSysctl(name, value string) error {
+	path := filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/"))
+	if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == value {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("set sysctl %s=%s: %w", name, value, err)
+	}
+	return nil
+}

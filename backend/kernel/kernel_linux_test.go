@@ -1,0 +1,61 @@
+package kernel_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weft-net/weft/backend/kernel"
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
+)
+
+// TestSyncRoutesInNetns checks in a throwaway namespace that SyncRoutes installs the wanted routes with our
+// protocol, removes a stale route of ours, and leaves a foreign route in the same range alone.
+func TestSyncRoutesInNetns(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
+	ns.MustIP(t, "link", "add", "d0", "type", "bridge")
+	ns.MustIP(t, "addr", "add", "192.0.2.1/24", "dev", "d0")
+	ns.MustIP(t, "link", "set", "d0", "up")
+	// A stale route of ours and a foreign one (default protocol "boot") in the overlay range.
+	ns.MustIP(t, "route", "add", "10.5.9.0/24", "via", "192.0.2.9", "proto", "87")
+	ns.MustIP(t, "route", "add", "10.5.8.0/24", "via", "192.0.2.8")
+
+	err := ns.Do(func() error {
+		h, err := kernel.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		link, err := h.NL.LinkByName("d0")
+		if err != nil {
+			return err
+		}
+		want := []kernel.Route{
+			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
+			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
+		}
+		for range 2 { // the second pass must be a no-op
+			if err := h.SyncRoutes(false, want, nil); err != nil {
+				return err
+			}
+		}
+		return h.SetAddrs(link, netip.MustParsePrefix("192.0.2.1/24"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ns.MustIP(t, "route", "show")
+	for _, want := range []string{
+		"10.5.1.0/24 via 192.0.2.11 dev d0 proto 87",
+		"10.5.2.0/24 via 192.0.2.12 dev d0 proto 87",
+		"10.5.8.0/24 via 192.0.2.8 dev d0",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("route table lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "10.5.9.0/24") {
+		t.Errorf("stale route of ours not removed:\n%s", got)
+	}
+}
