@@ -1,0 +1,7 @@
+package main
+
+import "os"
+
+func main() {
+	os.Exit(cli(os.Args, os.Getenv, os.Stderr))
+}
