@@ -70,13 +70,44 @@ type NS struct {
 // NewNS creates the named namespace and deletes it in t.Cleanup. Loopback is brought up.
 func NewNS(t testing.TB, name string) *NS {
 	t.Helper()
+	ns, err := CreateNS(name)
+	if ns != nil {
+		t.Cleanup(func() { ns.Delete() })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// CreateNS creates the named namespace with loopback up, for callers that are not tests (the caller deletes
+// it with Delete). If the namespace was created but bringing loopback up failed, it returns the namespace
+// together with the error, so the caller can delete it.
+func CreateNS(name string) (*NS, error) {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+		return nil, fmt.Errorf("ip netns add %s: %w: %s", name, err, bytes.TrimSpace(out))
 	}
 	ns := &NS{Name: name}
-	t.Cleanup(func() { ns.Delete() })
-	ns.MustIP(t, "link", "set", "lo", "up")
-	return ns
+	if _, err := ns.IP("link", "set", "lo", "up"); err != nil {
+		return ns, err
+	}
+	return ns, nil
+}
+
+// ListNS returns the names of the named namespaces (as `ip netns list` shows them) that start with prefix.
+func ListNS(prefix string) ([]string, error) {
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("ip netns list: %w: %s", err, bytes.TrimSpace(out))
+	}
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line) // "name (id: 3)" or "name"
+		if len(f) > 0 && strings.HasPrefix(f[0], prefix) {
+			names = append(names, f[0])
+		}
+	}
+	return names, nil
 }
 
 // Delete removes the namespace (its links go with it). Deleting a missing namespace is not an error.
@@ -161,21 +192,46 @@ func (ns *NS) MustIP(t testing.TB, args ...string) string {
 // are assigned to the ends.
 func Veth(t testing.TB, a *NS, aName, addrA string, b *NS, bName, addrB string) {
 	t.Helper()
-	a.MustIP(t, "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name)
+	if err := CreateVeth(a, aName, addrA, b, bName, addrB); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CreateVeth is Veth for callers that are not tests. The pair is created inside a (never in the caller's
+// namespace) with its peer moved to b at creation.
+func CreateVeth(a *NS, aName, addrA string, b *NS, bName, addrB string) error {
+	if _, err := a.IP("link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name); err != nil {
+		return err
+	}
 	for _, e := range []struct {
 		ns         *NS
 		name, addr string
 	}{{a, aName, addrA}, {b, bName, addrB}} {
 		if e.addr != "" {
-			e.ns.MustIP(t, "addr", "add", e.addr, "dev", e.name)
+			if _, err := e.ns.IP("addr", "add", e.addr, "dev", e.name); err != nil {
+				return err
+			}
 		}
-		e.ns.MustIP(t, "link", "set", e.name, "up")
+		if _, err := e.ns.IP("link", "set", e.name, "up"); err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
 // Bridge creates an up bridge named name in ns.
 func Bridge(t testing.TB, ns *NS, name string) {
 	t.Helper()
-	ns.MustIP(t, "link", "add", name, "type", "bridge")
-	ns.MustIP(t, "link", "set", name, "up")
+	if err := CreateBridge(ns, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CreateBridge is Bridge for callers that are not tests.
+func CreateBridge(ns *NS, name string) error {
+	if _, err := ns.IP("link", "add", name, "type", "bridge"); err != nil {
+		return err
+	}
+	_, err := ns.IP("link", "set", name, "up")
+	return err
 }
