@@ -1,0 +1,241 @@
+package etcdtest
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Server is a single-member etcd running in the test process. Its methods may be called from the test's
+// goroutine only (they call t.Fatal).
+type Server struct {
+	tb   testing.TB
+	opts Options
+
+	streams streamKiller
+
+	mu sync.Mutex // guards e
+	e  *embed.Etcd
+}
+
+type settings struct {
+	tls bool
+}
+
+// An Option changes how Start configures the server.
+type Option func(*settings)
+
+// WithClientCertAuth serves clients over TLS (a CA, a server certificate for 127.0.0.1 and a client
+// certificate are generated into the test's temporary directory) and requires a client certificate signed by
+// that CA. TLS returns the file names; Client and ClientConfig present the client certificate.
+func WithClientCertAuth() Option { return func(s *settings) { s.tls = true } }
+
+// Start runs an etcd server on random free ports of 127.0.0.1 with its data in t.TempDir(), waits until it
+// serves clients and registers t.Cleanup to stop it. etcd's own log goes to a file in the temporary
+// directory; its last lines are logged if the test fails.
+func Start(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	var set settings
+	for _, o := range opts {
+		o(&set)
+	}
+	dir := t.TempDir()
+	s := &Server{tb: t, opts: Options{
+		Dir:           filepath.Join(dir, "data"),
+		LogFile:       filepath.Join(dir, "etcd.log"),
+		LogLevel:      "warn",
+		UnsafeNoFsync: true,
+		Fast:          true,
+	}}
+	if set.tls {
+		files, err := GenerateTLS(filepath.Join(dir, "tls"), "127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.opts.TLS = files
+	}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var ports []int
+		if ports, err = freePorts(2); err != nil {
+			t.Fatal(err)
+		}
+		s.opts.ClientAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+		s.opts.PeerAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+		var e *embed.Etcd
+		if e, err = startEmbed(s.opts, s.streams.serverOption()); err == nil {
+			s.e = e
+			break
+		}
+		os.RemoveAll(s.opts.Dir)
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
+	if err != nil {
+		s.dumpLog()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			s.dumpLog()
+		}
+	})
+	return s
+}
+
+// freePorts returns n distinct ports that were free on 127.0.0.1 a moment ago.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func (s *Server) dumpLog() {
+	f, err := os.Open(s.opts.LogFile)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > 40 {
+			lines = lines[1:]
+		}
+	}
+	for _, l := range lines {
+		s.tb.Logf("etcd: %s", l)
+	}
+}
+
+// Endpoints returns the client URLs, e.g. ["http://127.0.0.1:41234"]; https with WithClientCertAuth.
+func (s *Server) Endpoints() []string { return []string{s.opts.ClientURL()} }
+
+// TLS returns the generated PKI files, or nil without WithClientCertAuth.
+func (s *Server) TLS() *TLSFiles { return s.opts.TLS }
+
+// Dir returns the data directory.
+func (s *Server) Dir() string { return s.opts.Dir }
+
+// ClientConfig returns a client config for the server: its endpoints, a 2 s dial timeout, no client log and,
+// with WithClientCertAuth, the client certificate.
+func (s *Server) ClientConfig() clientv3.Config {
+	cfg := clientv3.Config{
+		Endpoints:   s.Endpoints(),
+		DialTimeout: 2 * time.Second,
+		Logger:      zap.NewNop(),
+	}
+	if f := s.opts.TLS; f != nil {
+		cert, err := tls.LoadX509KeyPair(f.ClientCertFile, f.ClientKeyFile)
+		if err != nil {
+			s.tb.Fatalf("load client certificate: %v", err)
+		}
+		pem, err := os.ReadFile(f.CAFile)
+		if err != nil {
+			s.tb.Fatalf("read CA: %v", err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return cfg
+}
+
+// Client returns a new client of the server, closed by t.Cleanup.
+func (s *Server) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(s.ClientConfig())
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// Stop stops the server, keeping its data and ports for Restart. Open watch and keepalive streams end at
+// once with codes.Unavailable, as if the server had crashed. Stopping a stopped server does nothing.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.e != nil {
+		s.streams.killAll()
+		s.e.Close()
+		s.e = nil
+	}
+}
+
+// Restart starts the server again on the same ports with the same data, stopping it first if it runs.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err error
+	// The ports were ours a moment ago; give the kernel a few tries if a lingering socket still holds one.
+	for attempt := 0; attempt < 20; attempt++ {
+		var e *embed.Etcd
+		if e, err = startEmbed(s.opts, s.streams.serverOption()); err == nil {
+			s.e = e
+			return
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.dumpLog()
+	s.tb.Fatalf("restart etcd: %v", err)
+}
+
+// Compact compacts the key-value history up to the current revision and returns that revision. Watchers
+// behind it get a compaction error.
+func (s *Server) Compact(t testing.TB) int64 {
+	t.Helper()
+	cli, err := clientv3.New(s.ClientConfig())
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "/", clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatalf("compact: get revision: %v", err)
+	}
+	rev := resp.Header.Revision
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compact to revision %d: %v", rev, err)
+	}
+	return rev
+}
