@@ -1,7 +1,6 @@
 package subnet
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -81,8 +80,8 @@ func cfgErr(field, value, rule string, args ...any) error {
 // ParseConfig decodes, defaults and validates a network config.
 func ParseConfig(data []byte) (*Config, error) {
 	var j configJSON
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&j); err != nil {
+	// Unmarshal, not a Decoder: data after the object (a misplaced brace) must be an error, as in flannel.
+	if err := json.Unmarshal(data, &j); err != nil {
 		return nil, fmt.Errorf("network config: not valid JSON: %w", err)
 	}
 	c := &Config{EnableIPv4: true}
@@ -127,16 +126,13 @@ func (c *Config) parseBackend() error {
 		c.BackendType, c.DefaultedBackend = DefaultBackendType, true
 		return nil
 	}
-	var b map[string]json.RawMessage
+	// A struct, not a map: "Type" matches case-insensitively and, of several case variants, the last one
+	// wins, deterministically and as for every other field.
+	var b struct{ Type json.RawMessage }
 	if err := json.Unmarshal(c.Backend, &b); err != nil {
 		return cfgErr("Backend", string(c.Backend), "must be a JSON object")
 	}
-	var raw json.RawMessage
-	for k, v := range b {
-		if strings.EqualFold(k, "Type") {
-			raw = v
-		}
-	}
+	raw := b.Type
 	if raw == nil {
 		c.BackendType, c.DefaultedBackend = DefaultBackendType, true
 		return nil
