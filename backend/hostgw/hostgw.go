@@ -1,0 +1,113 @@
+// Package hostgw is the "host-gw" backend: every peer's subnet is routed via the peer's PublicIP on the
+// external interface, so packets cross the underlay unencapsulated. It needs the nodes to share an L2
+// segment and the published PublicIP to be the interface's own address (no NAT).
+//
+// Up opens a netlink handle in the network namespace of the calling thread and enables IPv4 forwarding
+// there; Set and Close act on that namespace through the handle, from any thread. Set owns every main-table
+// route tagged with kernel.RouteProtocol. Close leaves the routes in place.
+package hostgw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/kernel"
+	"github.com/weft-net/weft/subnet"
+)
+
+// Type is the backend's type name in the network config and in leases.
+const Type = subnet.BackendHostGW
+
+// ErrNAT is wrapped by New's error when the published PublicIP is not the external interface's address.
+var ErrNAT = errors.New("host-gw needs the public IP to be the external interface's address (no NAT)")
+
+var (
+	errNotUp  = errors.New("host-gw backend: Set before Up")
+	errClosed = errors.New("host-gw backend: closed")
+)
+
+// New returns the host-gw backend for d. It refuses a d.External.PublicIP that differs from
+// d.External.Addr, since peers must reach this node's subnet via the address they route to.
+func New(d backend.Deps) (backend.Backend, error) {
+	if d.Log == nil {
+		return nil, errors.New("host-gw backend: Deps.Log is required")
+	}
+	ext := d.External
+	if !ext.Addr.Is4() {
+		return nil, fmt.Errorf("host-gw backend: external interface %s: address %s is not IPv4", ext.Name, ext.Addr)
+	}
+	if ext.Index <= 0 {
+		return nil, fmt.Errorf("host-gw backend: external interface %s: no index", ext.Name)
+	}
+	if ext.PublicIP.IsValid() && ext.PublicIP != ext.Addr {
+		return nil, fmt.Errorf("host-gw backend: public IP %s differs from the address %s of interface %s: %w",
+			ext.PublicIP, ext.Addr, ext.Name, ErrNAT)
+	}
+	return &hostGW{log: d.Log, ext: ext}, nil
+}
+
+type hostGW struct {
+	log *slog.Logger
+	ext backend.External
+
+	mu     sync.Mutex
+	h      *kernel.Handle // set by Up; nil after Close
+	closed bool
+}
+
+func (b *hostGW) Up(ctx context.Context) (backend.Local, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return backend.Local{}, errClosed
+	}
+	if b.h == nil {
+		h, err := up(b.ext)
+		if err != nil {
+			return backend.Local{}, err
+		}
+		b.h = h
+	}
+	b.log.Info("host-gw backend up", "iface", b.ext.Name, "addr", b.ext.Addr, "mtu", b.ext.MTU)
+	return backend.Local{BackendType: Type, MTU: b.ext.MTU}, nil
+}
+
+func (b *hostGW) Set(cfg *backend.Config) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errClosed
+	case b.h == nil:
+		return errNotUp
+	case cfg == nil:
+		return errors.New("host-gw backend: Set with a nil config")
+	}
+	routes, skipped := plan(cfg, b.ext)
+	for _, s := range skipped {
+		lvl := slog.LevelDebug
+		if s.warn {
+			lvl = slog.LevelWarn
+		}
+		b.log.Log(context.Background(), lvl, "not routing to peer", "lease", s.key, "reason", s.reason)
+	}
+	return apply(b.h, routes)
+}
+
+func (b *hostGW) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	if b.h != nil {
+		closeHandle(b.h)
+		b.h = nil
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package hostgw
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/kernel"
+	"github.com/weft-net/weft/subnet"
+)
+
+func lease(sub, pub, typ string) subnet.Lease {
+	l := subnet.Lease{Subnet: netip.MustParsePrefix(sub), Attrs: subnet.Attrs{BackendType: typ}}
+	if pub != "" {
+		l.Attrs.PublicIP = netip.MustParseAddr(pub)
+	}
+	return l
+}
+
+func TestPlan(t *testing.T) {
+	ext := backend.External{Name: "eth0", Index: 7, MTU: 1500, Addr: netip.MustParseAddr("192.0.2.11")}
+	ext.PublicIP = ext.Addr
+	own := lease("10.5.1.0/24", "192.0.2.11", Type)
+	route := func(dst, gw string) kernel.Route {
+		return kernel.Route{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), LinkIndex: 7}
+	}
+	tests := []struct {
+		name      string
+		peers     []subnet.Lease
+		want      []kernel.Route
+		wantSkip  []string // "key: warn"
+		noNetwork bool
+	}{
+		{name: "no peers"},
+		{
+			name:  "host-gw peers, and an untyped one",
+			peers: []subnet.Lease{lease("10.5.2.0/24", "192.0.2.12", Type), lease("10.5.3.0/24", "192.0.2.13", "")},
+			want:  []kernel.Route{route("10.5.2.0/24", "192.0.2.12"), route("10.5.3.0/24", "192.0.2.13")},
+		},
+		{
+			name:     "other backend types are skipped quietly",
+			peers:    []subnet.Lease{lease("10.5.2.0/24", "192.0.2.12", "vxlan"), lease("10.5.3.0/24", "192.0.2.13", Type)},
+			want:     []kernel.Route{route("10.5.3.0/24", "192.0.2.13")},
+			wantSkip: []string{"10.5.2.0-24: false"},
+		},
+		{
+			name: "broken or hostile leases are skipped with a warning",
+			peers: []subnet.Lease{
+				lease("10.5.1.0/24", "192.0.2.99", Type),  // our own subnet
+				lease("10.5.4.0/24", "192.0.2.11", Type),  // our own address
+				lease("192.0.2.0/24", "192.0.2.14", Type), // outside the network: would hijack the underlay
+				lease("10.5.5.0/24", "", Type),            // no PublicIP
+				lease("10.0.0.0/8", "192.0.2.15", Type),   // wider than the network
+			},
+			wantSkip: []string{"10.5.1.0-24: true", "10.5.4.0-24: true", "192.0.2.0-24: true", "10.5.5.0-24: true", "10.0.0.0-8: true"},
+		},
+		{
+			name:      "no network in the config: no containment check",
+			peers:     []subnet.Lease{lease("10.9.0.0/24", "192.0.2.12", Type)},
+			want:      []kernel.Route{route("10.9.0.0/24", "192.0.2.12")},
+			noNetwork: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := &backend.Config{Own: own, Peers: tt.peers}
+			if !tt.noNetwork {
+				cfg.Network.Network = netip.MustParsePrefix("10.5.0.0/16")
+			}
+			got, skipped := plan(cfg, ext)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("routes = %v, want %v", got, tt.want)
+			}
+			var gotSkip []string
+			for _, s := range skipped {
+				gotSkip = append(gotSkip, fmt.Sprintf("%s: %t", s.key, s.warn))
+			}
+			if fmt.Sprint(gotSkip) != fmt.Sprint(tt.wantSkip) {
+				t.Errorf("skipped = %v, want %v", gotSkip, tt.wantSkip)
+			}
+		})
+	}
+}
