@@ -38,7 +38,8 @@ type attrsJSON struct {
 
 // MarshalJSON encodes a in flannel's lease value format.
 func (a Attrs) MarshalJSON() ([]byte, error) {
-	j := attrsJSON{BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
+	// flannel writes its zero address when a node has no IPv4 address (IPv6 only); "" would not parse.
+	j := attrsJSON{PublicIP: "0.0.0.0", BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
 	if a.PublicIP.IsValid() {
 		j.PublicIP = a.PublicIP.String()
 	}
@@ -100,8 +101,12 @@ type Lease struct {
 // Key returns the lease's key name below "<prefix>/subnets/".
 func (l Lease) Key() string { return KeyName(l.Subnet, l.IPv6Subnet) }
 
-// KeyName formats a lease key name: "10.5.52.0-24", or "10.5.52.0-24&fd00:5:0:34::-64" with IPv6.
+// KeyName formats a lease key name: "10.5.52.0-24", or "10.5.52.0-24&fd00:5:0:34::-64" with IPv6. An
+// IPv6-only lease (v4 zero) is "0.0.0.0-0&fd00:5:0:34::-64", as flannel writes it.
 func KeyName(v4, v6 netip.Prefix) string {
+	if !v4.IsValid() {
+		v4 = noIPv4
+	}
 	s := fmt.Sprintf("%s-%d", v4.Addr(), v4.Bits())
 	if v6.IsValid() {
 		s += fmt.Sprintf("&%s-%d", v6.Addr(), v6.Bits())
@@ -109,7 +114,12 @@ func KeyName(v4, v6 netip.Prefix) string {
 	return s
 }
 
-// ParseKeyName parses a lease key name (the part after "<prefix>/subnets/"). The prefixes must be masked.
+// noIPv4 stands for "no IPv4 subnet" in the key of an IPv6-only lease.
+var noIPv4 = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+
+// ParseKeyName parses a lease key name (the part after "<prefix>/subnets/"). The prefixes must be masked
+// and the name in the canonical form KeyName writes, so that a lease's Key is the key it was read from.
+// For an IPv6-only lease ("0.0.0.0-0&...") v4 is zero.
 func ParseKeyName(name string) (v4, v6 netip.Prefix, err error) {
 	s4, s6, dual := strings.Cut(name, "&")
 	if v4, err = parseKeyPrefix(s4, false); err != nil {
@@ -119,6 +129,15 @@ func ParseKeyName(name string) (v4, v6 netip.Prefix, err error) {
 		if v6, err = parseKeyPrefix(s6, true); err != nil {
 			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: %w", name, err)
 		}
+	}
+	if v4 == noIPv4 {
+		if !dual {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: neither an IPv4 nor an IPv6 subnet", name)
+		}
+		v4 = netip.Prefix{}
+	}
+	if canon := KeyName(v4, v6); canon != name {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: not in canonical form (want %q)", name, canon)
 	}
 	return v4, v6, nil
 }
