@@ -3,6 +3,7 @@ package subnet
 import (
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 )
 
 // NextSubnet returns the subnet of the same length that follows p (wrapping at the end of the address space).
@@ -36,16 +37,51 @@ func LastSubnet(n netip.Prefix, bits int) netip.Prefix {
 }
 
 // FirstAddr returns the subnet's network address plus one: the gateway address written as FLANNEL_SUBNET.
-func FirstAddr(p netip.Prefix) netip.Prefix { return netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits()) }
+func FirstAddr(p netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits())
+}
 
 // maxCandidates is how many free subnets the random choice is made among (flannel uses 100).
 const maxCandidates = 100
 
-// FreeSubnets returns up to limit free /bits subnets in [lo, hi], in order, skipping those in taken.
+// FreeSubnets returns up to limit free /bits subnets in [lo, hi], in order, skipping every subnet that
+// overlaps a prefix in taken (as flannel does): a taken prefix of another length, such as a lease made under
+// an earlier SubnetLen or a reservation, blocks every /bits subnet it overlaps. Entries of the other address
+// family, invalid ones and those mapped to false are ignored.
 func FreeSubnets(bits int, lo, hi netip.Addr, taken map[netip.Prefix]bool, limit int) []netip.Prefix {
+	// Index taken by /bits subnet: a prefix at least as long blocks the one /bits subnet around it; a
+	// shorter one blocks every /bits subnet inside it, found by looking up each candidate's ancestors.
+	blocked := map[netip.Prefix]bool{}
+	wider := map[netip.Prefix]bool{}
+	var widerLens []int
+	for q, ok := range taken {
+		if !ok || !q.IsValid() || q.Addr().BitLen() != lo.BitLen() {
+			continue
+		}
+		if q.Bits() >= bits {
+			blocked[netip.PrefixFrom(q.Addr(), bits).Masked()] = true
+			continue
+		}
+		wider[q.Masked()] = true
+		if !slices.Contains(widerLens, q.Bits()) {
+			widerLens = append(widerLens, q.Bits())
+		}
+	}
+	isTaken := func(p netip.Prefix) bool {
+		if blocked[p.Masked()] {
+			return true
+		}
+		for _, l := range widerLens {
+			if wider[netip.PrefixFrom(p.Addr(), l).Masked()] {
+				return true
+			}
+		}
+		return false
+	}
+
 	var out []netip.Prefix
 	for p := netip.PrefixFrom(lo, bits); !hi.Less(p.Addr()) && len(out) < limit; {
-		if !taken[p] {
+		if !isTaken(p) {
 			out = append(out, p)
 		}
 		next := NextSubnet(p)
@@ -58,7 +94,8 @@ func FreeSubnets(bits int, lo, hi netip.Addr, taken map[netip.Prefix]bool, limit
 }
 
 // PickFree chooses a free subnet at random among the first 100 free ones, for the IPv4 side (v6 false) or the
-// IPv6 side of cfg. It returns false when none is free.
+// IPv6 side of cfg. A subnet is free when it overlaps no lease's subnet of that family (see FreeSubnets).
+// It returns false when none is free.
 func PickFree(cfg *Config, leases []Lease, v6 bool) (netip.Prefix, bool) {
 	taken := map[netip.Prefix]bool{}
 	for _, l := range leases {
