@@ -1,0 +1,43 @@
+# Weft: build the binaries, run a demo cluster in network namespaces, run the tests.
+#
+#   make build                      bin/weftd, bin/weft-docker-opts, bin/weft-cluster
+#   sudo make cluster [BACKEND=udp|host-gw|vxlan] [NODES=3] [KEEP=1]
+#   sudo make cluster-down          remove a cluster left by KEEP=1
+#   make test
+#   make clean
+
+GO      ?= go
+BIN     ?= bin
+BACKEND ?= vxlan
+NODES   ?= 3
+KEEP    ?=
+
+.PHONY: build cluster cluster-down test clean
+
+build:
+	$(GO) build -o $(BIN)/weftd ./cmd/agent
+	$(GO) build -o $(BIN)/weft-docker-opts ./docker-opts
+	$(GO) build -o $(BIN)/weft-cluster ./dist/cluster
+
+# The demo needs root (network namespaces), ip (iproute2) and ping (iputils); missing tools are installed
+# with apt-get where it exists.
+cluster: build
+	@if [ "$$(id -u)" != 0 ]; then echo "make cluster: needs root (network namespaces): sudo make cluster" >&2; exit 1; fi
+	@missing=""; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing"; apt-get update -qq && apt-get install -y -qq $$missing || exit 1; \
+		else echo "make cluster: please install$$missing" >&2; exit 1; fi; \
+	fi
+	$(BIN)/weft-cluster up --backend $(BACKEND) --nodes $(NODES) --weftd $(BIN)/weftd $(if $(filter 1 yes true,$(KEEP)),--keep)
+
+cluster-down:
+	$(BIN)/weft-cluster down
+
+test:
+	$(GO) test ./...
+
+clean:
+	rm -rf $(BIN)

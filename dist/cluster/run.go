@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+)
+
+const usage = `Usage:
+  weft-cluster up [--backend vxlan|udp|host-gw] [--nodes 3] [--keep] [--weftd PATH]
+                              start a demo cluster in network namespaces, prove traffic, clean up
+  weft-cluster down           remove a cluster left by "up --keep"
+  weft-cluster etcd --listen ADDR --data-dir DIR
+                              run the embedded etcd server (used inside the cluster's etcd namespace)
+Run "weft-cluster COMMAND --help" for a command's flags.
+`
+
+// errUsage marks a command-line error; usage has been printed.
+var errUsage = errors.New("usage")
+
+// run dispatches to a subcommand and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "up":
+		err = cmdUp(ctx, args[1:], stdout, stderr)
+	case "down":
+		err = cmdDown(args[1:], stdout, stderr)
+	case "etcd":
+		err = cmdEtcd(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "weft-cluster: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	}
+	fmt.Fprintf(stderr, "weft-cluster %s: %v\n", args[0], err)
+	return 1
+}
+
+// parse parses a subcommand's flags; positional arguments are refused.
+func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}

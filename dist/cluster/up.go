@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weft-net/weft/dist/netcluster"
+)
+
+// stateDir holds one state file per cluster prefix and, below <prefix>/, the cluster's logs and data.
+const stateDir = "/run/weft-cluster"
+
+func stateFile(prefix string) string { return filepath.Join(stateDir, prefix+".json") }
+
+// tcpProbeSize is what the TCP probe sends each way.
+const tcpProbeSize = 256 << 10
+
+type upConfig struct {
+	backend string
+	nodes   int
+	keep    bool
+	weftd   string
+	prefix  string
+	network string
+	verbose bool
+}
+
+func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cfg upConfig
+	fs := flag.NewFlagSet("weft-cluster up", flag.ContinueOnError)
+	fs.StringVar(&cfg.backend, "backend", "vxlan", "backend: vxlan, udp or host-gw")
+	fs.IntVar(&cfg.nodes, "nodes", 3, "number of nodes (2 to 20)")
+	fs.BoolVar(&cfg.keep, "keep", false, "leave the cluster running; remove it later with `weft-cluster down`")
+	fs.StringVar(&cfg.weftd, "weftd", "", "weftd binary (default: weftd next to weft-cluster, else on PATH)")
+	fs.StringVar(&cfg.prefix, "prefix", "weft", "name prefix of the cluster's namespaces")
+	fs.StringVar(&cfg.network, "network", netcluster.DefaultNetwork, "overlay network")
+	fs.BoolVar(&cfg.verbose, "v", false, "log each setup step")
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	switch cfg.backend {
+	case "vxlan", "udp", "host-gw":
+	default:
+		return fmt.Errorf("--backend %q: want vxlan, udp or host-gw", cfg.backend)
+	}
+	if cfg.nodes < 2 || cfg.nodes > 20 {
+		return fmt.Errorf("--nodes %d: want 2 to 20", cfg.nodes)
+	}
+	if err := checkPrereqs(); err != nil {
+		return err
+	}
+	weftd, err := findWeftd(cfg.weftd)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	if _, err := os.Stat(stateFile(cfg.prefix)); err == nil {
+		return fmt.Errorf("a cluster %q is already up (state %s); remove it with `weft-cluster down`", cfg.prefix, stateFile(cfg.prefix))
+	}
+	level := slog.LevelWarn
+	if cfg.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	fmt.Fprintf(stdout, "Starting a %d-node %s cluster (namespaces %s-*) ...\n", cfg.nodes, cfg.backend, cfg.prefix)
+	start := time.Now()
+	c, err := netcluster.Start(ctx, netcluster.Options{
+		Prefix:     cfg.prefix,
+		Backend:    cfg.backend,
+		Network:    cfg.network,
+		Nodes:      cfg.nodes,
+		Weftd:      weftd,
+		ClusterBin: self,
+		Dir:        filepath.Join(stateDir, cfg.prefix),
+		RemoveDir:  true,
+		Detach:     cfg.keep,
+		StateFile:  stateFile(cfg.prefix),
+		Log:        log,
+	})
+	if errors.Is(err, netcluster.ErrExists) {
+		return fmt.Errorf("%w\nIs a cluster still up? Remove it with `weft-cluster down` (--prefix %s).", err, cfg.prefix)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Cluster up in %s.\n\n", time.Since(start).Round(100*time.Millisecond))
+	keep := cfg.keep
+	defer func() {
+		if keep {
+			return
+		}
+		fmt.Fprintln(stdout, "\nRemoving the cluster ...")
+		if err := c.Close(); err != nil {
+			fmt.Fprintf(stderr, "weft-cluster up: clean up: %v\n", err)
+		}
+	}()
+
+	nodes := c.Nodes()
+	out, err := c.Weftd(ctx, nodes[0].NS, "leases")
+	if err != nil {
+		return fmt.Errorf("list leases: %w", err)
+	}
+	fmt.Fprintf(stdout, "$ weftd leases\n%s\n", out)
+
+	failed := probeAll(ctx, c, nodes, stdout)
+	if ctx.Err() != nil {
+		keep = false
+		return errors.New("interrupted")
+	}
+	if failed > 0 {
+		for _, n := range nodes {
+			fmt.Fprintf(stderr, "\n--- %s weftd log (last lines) ---\n%s\n", n.Name, lastLines(c.AgentLog(n), 25))
+		}
+		keep = false
+		return fmt.Errorf("%d of %d probes failed", failed, len(nodes)*(len(nodes)-1))
+	}
+	fmt.Fprintln(stdout, "\nAll probes passed.")
+	if cfg.keep {
+		n1 := nodes[0]
+		to := nodes[len(nodes)-1].ContainerIP()
+		fmt.Fprintf(stdout, `
+The cluster keeps running. Explore it:
+  ip netns exec %s ping %s
+  ip netns exec %s weftd leases --etcd-endpoints %s
+  ip -n %s route; ip -n %s link
+Logs: %s/n*/weftd.log, etcd: %s/etcd/etcd.log
+Remove it: weft-cluster down
+`, n1.Container().Name, to, n1.NS.Name, c.EtcdURL, n1.NS.Name, n1.NS.Name,
+			filepath.Join(stateDir, cfg.prefix), filepath.Join(stateDir, cfg.prefix))
+	}
+	return nil
+}
+
+// probeAll checks ICMP and TCP from every node's container to every other's and prints a table. It
+// returns the number of failed pairs.
+func probeAll(ctx context.Context, c *netcluster.Cluster, nodes []*netcluster.Node, stdout io.Writer) int {
+	// Peers learn about each other through etcd watches: give the routes a moment to converge.
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	for _, from := range nodes {
+		for _, to := range nodes {
+			if from != to {
+				c.WaitPing(wctx, from, to.ContainerIP())
+			}
+		}
+	}
+	cancel()
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FROM\tTO\tPING (5 echoes)\tTCP (256 KiB each way)\t")
+	failed := 0
+	for _, from := range nodes {
+		for _, to := range nodes {
+			if from == to || ctx.Err() != nil {
+				continue
+			}
+			ok := true
+			pingCol := ""
+			out, perr := c.Ping(ctx, from, to.ContainerIP(), "-c", "5")
+			if r, err := netcluster.ParsePing(out); err != nil {
+				pingCol, ok = "FAIL: "+firstLine(perr), false
+			} else {
+				loss := 100 * r.Lost() / max(r.Transmitted, 1)
+				pingCol = fmt.Sprintf("%d%% loss, rtt %.3f ms", loss, float64(r.RTTAvg.Microseconds())/1000)
+				if r.Received == 0 || perr != nil {
+					pingCol, ok = "FAIL: "+pingCol, false
+				}
+			}
+			tcpCol := "ok"
+			if err := c.TCP(ctx, from, to, tcpProbeSize); err != nil {
+				tcpCol, ok = "FAIL: "+err.Error(), false
+			}
+			if !ok {
+				failed++
+			}
+			fmt.Fprintf(tw, "%s %s\t%s %s\t%s\t%s\t\n", from.Name, from.ContainerIP(), to.Name, to.ContainerIP(), pingCol, tcpCol)
+		}
+	}
+	tw.Flush()
+	return failed
+}
+
+func firstLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// checkPrereqs requires root and the ip and ping commands.
+func checkPrereqs() error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces): run it with sudo")
+	}
+	for cmd, pkg := range map[string]string{"ip": "iproute2", "ping": "iputils-ping"} {
+		if _, err := exec.LookPath(cmd); err != nil {
+			return fmt.Errorf("needs the %s command: install %s (apt-get install %s)", cmd, pkg, pkg)
+		}
+	}
+	return nil
+}
+
+// findWeftd returns the weftd binary to run: flag, else next to this executable, else on PATH.
+func findWeftd(flagValue string) (string, error) {
+	if flagValue != "" {
+		if _, err := os.Stat(flagValue); err != nil {
+			return "", fmt.Errorf("--weftd: %w", err)
+		}
+		return filepath.Abs(flagValue)
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "weftd")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("weftd"); err == nil {
+		return filepath.Abs(p)
+	}
+	return "", errors.New("no weftd binary: build it (make build) or pass --weftd PATH")
+}

@@ -1,0 +1,19 @@
+// Package netcluster builds a Weft cluster of real processes inside network namespaces on one Linux host,
+// for the end-to-end tests (cmd/agent) and the demo (weft-cluster up). It never touches the host's own
+// namespace: every link, address and route lives in a namespace it creates.
+//
+//	netns <p>-lan    bridge br0: the underlay switch (no address)
+//	  ├─ veth ─ netns <p>-etcd   192.0.2.2/24   etcd (client :2379), run as `weft-cluster etcd`
+//	  ├─ veth ─ netns <p>-n1     192.0.2.11/24  weftd; bridge cbr0 = FLANNEL_SUBNET (x.y.z.1/len)
+//	  │                              └─ veth ─ netns <p>-n1c1  x.y.z.2, default via x.y.z.1 (a "container")
+//	  ├─ veth ─ netns <p>-n2     192.0.2.12/24  ...
+//	  └─ ...
+//
+// Start creates the whole cluster and returns once every node holds a lease, has written its env file, has
+// its container attached and (with a health port) reports ready. Cluster.Close removes everything Start and
+// later calls created: it stops the processes it started (by PID), deletes the namespaces and, if asked,
+// the working directory. Close is idempotent and safe after a partial setup; Start calls it itself when it
+// fails.
+//
+// The API returns errors and takes no testing.TB, so the demo command can use it too; tests wrap it.
+package netcluster

@@ -1,0 +1,618 @@
+package netcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
+)
+
+// Fixed addresses of the underlay (RFC 5737 TEST-NET-1).
+var (
+	// EtcdAddr is the etcd namespace's address; etcd's client port is EtcdPort.
+	EtcdAddr = netip.MustParseAddr("192.0.2.2")
+	// UnderlayBits is the underlay's prefix length.
+	UnderlayBits = 24
+)
+
+const (
+	// EtcdPort is etcd's client port.
+	EtcdPort = 2379
+	// DefaultNetwork is the overlay network when Options.Network is empty.
+	DefaultNetwork = "10.5.0.0/16"
+	// DefaultHealthzPort is the agents' health port when Options.HealthzPort is zero.
+	DefaultHealthzPort = 9101
+	// MaxNodes bounds the node count so node addresses (192.0.2.11 ...) stay below 192.0.2.91.
+	MaxNodes = 80
+)
+
+// ErrExists is returned by Start when namespaces with the cluster's prefix already exist.
+var ErrExists = errors.New("namespaces with this prefix already exist")
+
+// Options configure a cluster.
+type Options struct {
+	// Prefix names every namespace (<Prefix>-lan, <Prefix>-etcd, <Prefix>-n1 ...); required. Tests use
+	// kerneltest.Prefix().
+	Prefix string
+	// Backend is the backend type written to the network config. Empty: "vxlan".
+	Backend string
+	// BackendJSON, when set, is the full Backend object of the network config (e.g. {"Type":"vxlan","VNI":1});
+	// it overrides Backend. Empty: {"Type": Backend}.
+	BackendJSON string
+	// Network is the overlay network. Empty: DefaultNetwork.
+	Network string
+	// SubnetLen is the per-node prefix length. Zero: the network config's default (24 for a /16).
+	SubnetLen int
+	// Nodes is the number of nodes Start creates. Zero: 3. At most MaxNodes.
+	Nodes int
+	// Weftd is the path of the weftd binary; required.
+	Weftd string
+	// ClusterBin is the path of the weft-cluster binary, which runs etcd (`weft-cluster etcd`); required.
+	ClusterBin string
+	// Dir holds each node's env file and log (<Dir>/n1/subnet.env, <Dir>/n1/weftd.log), etcd's data and
+	// log (<Dir>/etcd/); required. It is created if missing.
+	Dir string
+	// RemoveDir makes Close remove Dir. False: Dir is left (tests use t.TempDir()).
+	RemoveDir bool
+	// ExtraAgentFlags are appended to every weftd's command line (e.g. --subnet-lease-ttl=5s). Nil: none.
+	ExtraAgentFlags []string
+	// HealthzPort is the agents' health port on 127.0.0.1 in each node namespace. Zero: DefaultHealthzPort.
+	HealthzPort int
+	// Timeout bounds each wait (etcd ready, an env file, an agent ready). Zero: 30 s.
+	Timeout time.Duration
+	// Detach lets the started processes outlive this process (weft-cluster up --keep). False: the kernel
+	// kills them if this process dies.
+	Detach bool
+	// StateFile, when set, is kept up to date with what the cluster created (see State), so Teardown can
+	// remove it from another process; Close removes it. Empty: no state file.
+	StateFile string
+	// Log receives progress messages. Nil: discarded.
+	Log *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.Prefix == "" {
+		return errors.New("cluster options: Prefix is required")
+	}
+	if o.Weftd == "" || o.ClusterBin == "" {
+		return errors.New("cluster options: Weftd and ClusterBin are required")
+	}
+	if o.Dir == "" {
+		return errors.New("cluster options: Dir is required")
+	}
+	if o.Backend == "" {
+		o.Backend = "vxlan"
+	}
+	if o.Network == "" {
+		o.Network = DefaultNetwork
+	}
+	if _, err := netip.ParsePrefix(o.Network); err != nil {
+		return fmt.Errorf("cluster options: Network %q: %w", o.Network, err)
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Nodes < 1 || o.Nodes > MaxNodes {
+		return fmt.Errorf("cluster options: Nodes %d: want 1 to %d", o.Nodes, MaxNodes)
+	}
+	if o.HealthzPort == 0 {
+		o.HealthzPort = DefaultHealthzPort
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	var err error
+	if o.Dir, err = filepath.Abs(o.Dir); err != nil {
+		return fmt.Errorf("cluster options: Dir: %w", err)
+	}
+	for _, p := range []*string{&o.Weftd, &o.ClusterBin} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return fmt.Errorf("cluster options: %w", err)
+		}
+		if _, err := os.Stat(*p); err != nil {
+			return fmt.Errorf("cluster options: %w", err)
+		}
+	}
+	return nil
+}
+
+// Cluster is a running netns cluster. Its methods are safe for concurrent use.
+type Cluster struct {
+	opts Options
+	log  *slog.Logger
+
+	// LAN is the underlay switch's namespace (bridge br0); Etcd is etcd's namespace.
+	LAN, Etcd *kerneltest.NS
+	// EtcdURL is etcd's client URL, http://192.0.2.2:2379.
+	EtcdURL string
+
+	mu sync.Mutex // guards all following fields
+	// nss are the namespaces created, in creation order.
+	nss   []*kerneltest.NS
+	nodes []*Node
+	etcd  *proc
+	// cmds are short-lived commands running now (ping, weftd CLI calls), killed by Close.
+	cmds   map[*exec.Cmd]struct{}
+	closed bool
+}
+
+// Start creates the cluster described by o: the underlay, etcd, the network config (written with
+// `weftd config set` from the first node), o.Nodes agents and their containers. It returns once every node
+// has its container attached and reports ready. On error everything created so far is removed.
+func Start(ctx context.Context, o Options) (*Cluster, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	existing, err := kerneltest.ListNS(o.Prefix + "-")
+	if err != nil {
+		return nil, err
+	}
+	if len(existing) > 0 {
+		return nil, fmt.Errorf("cluster %s: %w: %s", o.Prefix, ErrExists, strings.Join(existing, " "))
+	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", o.Prefix, err)
+	}
+	c := &Cluster{
+		opts:    o,
+		log:     o.Log,
+		EtcdURL: "http://" + netip.AddrPortFrom(EtcdAddr, EtcdPort).String(),
+		cmds:    map[*exec.Cmd]struct{}{},
+	}
+	if err := c.start(ctx); err != nil {
+		if cerr := c.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("clean up: %w", cerr))
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) start(ctx context.Context) error {
+	o := c.opts
+	c.log.Info("creating underlay", "prefix", o.Prefix)
+	var err error
+	if c.LAN, err = c.newNS("lan"); err != nil {
+		return err
+	}
+	if err := kerneltest.CreateBridge(c.LAN, "br0"); err != nil {
+		return err
+	}
+	if c.Etcd, err = c.newNS("etcd"); err != nil {
+		return err
+	}
+	if err := c.plug(c.Etcd, "veth-etcd", netip.PrefixFrom(EtcdAddr, UnderlayBits)); err != nil {
+		return err
+	}
+	if err := c.StartEtcd(ctx); err != nil {
+		return err
+	}
+	nodes := make([]*Node, o.Nodes)
+	for i := range nodes {
+		if nodes[i], err = c.newNode(); err != nil {
+			return err
+		}
+	}
+	if err := c.setConfig(ctx, nodes[0].NS); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := n.StartAgent(ctx); err != nil {
+			return err
+		}
+	}
+	for _, n := range nodes {
+		if err := n.attach(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Options returns the options the cluster runs with (defaults filled in).
+func (c *Cluster) Options() Options { return c.opts }
+
+// Nodes returns the cluster's nodes in order of creation.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.nodes)
+}
+
+// Node returns node i (1-based, as in the namespace name <p>-n<i>), or nil.
+func (c *Cluster) Node(i int) *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if i < 1 || i > len(c.nodes) {
+		return nil
+	}
+	return c.nodes[i-1]
+}
+
+// AddNode creates one more node (a later joiner), starts its agent and attaches its container.
+func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
+	n, err := c.newNode()
+	if err != nil {
+		return nil, err
+	}
+	if err := n.StartAgent(ctx); err != nil {
+		return n, err
+	}
+	return n, n.attach(ctx)
+}
+
+// newNS creates <prefix>-<suffix> and records it for Close.
+func (c *Cluster) newNS(suffix string) (*kerneltest.NS, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errors.New("cluster is closed")
+	}
+	ns, err := kerneltest.CreateNS(c.opts.Prefix + "-" + suffix)
+	if ns != nil {
+		c.nss = append(c.nss, ns)
+		c.saveStateLocked()
+	}
+	return ns, err
+}
+
+// plug connects ns to the underlay switch: a veth named lanName on br0 and eth0 with addr in ns.
+func (c *Cluster) plug(ns *kerneltest.NS, lanName string, addr netip.Prefix) error {
+	if err := kerneltest.CreateVeth(c.LAN, lanName, "", ns, "eth0", addr.String()); err != nil {
+		return err
+	}
+	_, err := c.LAN.IP("link", "set", lanName, "master", "br0")
+	return err
+}
+
+func (c *Cluster) newNode() (*Node, error) {
+	c.mu.Lock()
+	i := len(c.nodes) + 1
+	c.mu.Unlock()
+	if i > MaxNodes {
+		return nil, fmt.Errorf("cluster %s: at most %d nodes", c.opts.Prefix, MaxNodes)
+	}
+	name := "n" + strconv.Itoa(i)
+	ns, err := c.newNS(name)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		c:     c,
+		Index: i,
+		Name:  name,
+		NS:    ns,
+		Addr:  netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}),
+		Dir:   filepath.Join(c.opts.Dir, name),
+	}
+	n.EnvFile = filepath.Join(n.Dir, "subnet.env")
+	n.LogFile = filepath.Join(n.Dir, "weftd.log")
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("node %s: %w", name, err)
+	}
+	if err := c.plug(ns, "veth-"+name, netip.PrefixFrom(n.Addr, UnderlayBits)); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// setConfig writes the network config with `weftd config set` from ns.
+func (c *Cluster) setConfig(ctx context.Context, ns *kerneltest.NS) error {
+	o := c.opts
+	args := []string{"config", "set", "--network", o.Network, "--backend", o.Backend}
+	if o.SubnetLen != 0 {
+		args = append(args, "--subnet-len", strconv.Itoa(o.SubnetLen))
+	}
+	if o.BackendJSON != "" {
+		args = append(args, "--backend-json", o.BackendJSON)
+	}
+	c.log.Info("writing network config", "network", o.Network, "backend", o.Backend)
+	// etcd may still be electing itself right after its start: retry briefly.
+	var err error
+	for try := 0; try < 20; try++ {
+		if _, err = c.Weftd(ctx, ns, args...); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return err
+}
+
+// Weftd runs a weftd CLI command (e.g. "leases", "delete", "10.5.3.0/24") inside ns against the cluster's
+// etcd (--etcd-endpoints is appended) and returns its combined output.
+func (c *Cluster) Weftd(ctx context.Context, ns *kerneltest.NS, args ...string) (string, error) {
+	argv := append([]string{c.opts.Weftd}, args...)
+	argv = append(argv, "--etcd-endpoints", c.EtcdURL)
+	return c.run(ctx, ns, argv...)
+}
+
+// run runs argv inside ns (ip netns exec) and returns its combined output. Close kills it if it still runs.
+func (c *Cluster) run(ctx context.Context, ns *kerneltest.NS, argv ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
+	var b strings.Builder
+	cmd.Stdout, cmd.Stderr = &b, &b
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return "", errors.New("cluster is closed")
+	}
+	err := cmd.Start()
+	if err == nil {
+		c.cmds[cmd] = struct{}{}
+	}
+	c.mu.Unlock()
+	if err == nil {
+		err = cmd.Wait()
+		c.mu.Lock()
+		delete(c.cmds, cmd)
+		c.mu.Unlock()
+	}
+	if err != nil {
+		return b.String(), fmt.Errorf("in netns %s: %s: %w: %s", ns.Name, strings.Join(argv, " "), err, strings.TrimSpace(b.String()))
+	}
+	return b.String(), nil
+}
+
+// StartEtcd starts etcd (again) in the etcd namespace with the same data directory and address, and waits
+// until it serves clients.
+func (c *Cluster) StartEtcd(ctx context.Context) error {
+	dir := filepath.Join(c.opts.Dir, "etcd")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return errors.New("cluster is closed")
+	}
+	if c.etcd != nil && c.etcd.running() {
+		c.mu.Unlock()
+		return errors.New("etcd is already running")
+	}
+	argv := []string{"ip", "netns", "exec", c.Etcd.Name, c.opts.ClusterBin, "etcd",
+		"--listen", netip.AddrPortFrom(EtcdAddr, EtcdPort).String(),
+		"--data-dir", filepath.Join(dir, "data"), "--fast", "--unsafe-no-fsync"}
+	p, err := startProc("etcd", argv, filepath.Join(dir, "etcd.log"), c.opts.Detach)
+	if err == nil {
+		c.etcd = p
+		c.saveStateLocked()
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.log.Info("started etcd", "pid", p.pid(), "url", c.EtcdURL)
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	for {
+		status, _, err := c.httpGet(ctx, c.Etcd, netip.AddrPortFrom(EtcdAddr, EtcdPort), "/health")
+		if err == nil && status == 200 {
+			return nil
+		}
+		if !p.running() {
+			return fmt.Errorf("etcd exited: %s", exitText(p.err)+"\n"+tail(filepath.Join(dir, "etcd.log"), 20))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("etcd at %s not healthy: %w (last: status %d, %v)", c.EtcdURL, ctx.Err(), status, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// StopEtcd stops etcd with SIGTERM (SIGKILL after 10 s) and waits for it.
+func (c *Cluster) StopEtcd() error {
+	c.mu.Lock()
+	p := c.etcd
+	c.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	err := p.stop(syscall.SIGTERM, 10*time.Second)
+	c.mu.Lock()
+	c.saveStateLocked()
+	c.mu.Unlock()
+	c.log.Info("stopped etcd")
+	return err
+}
+
+// EtcdLog returns etcd's log.
+func (c *Cluster) EtcdLog() string {
+	b, _ := os.ReadFile(filepath.Join(c.opts.Dir, "etcd", "etcd.log"))
+	return string(b)
+}
+
+// PIDs returns the PIDs of the processes the cluster started that are still running.
+func (c *Cluster) PIDs() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var pids []int
+	for _, p := range c.procsLocked() {
+		if p.running() {
+			pids = append(pids, p.pid())
+		}
+	}
+	return pids
+}
+
+// Namespaces returns the names of the namespaces the cluster created.
+func (c *Cluster) Namespaces() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var names []string
+	for _, ns := range c.nss {
+		names = append(names, ns.Name)
+	}
+	return names
+}
+
+func (c *Cluster) procsLocked() []*proc {
+	var ps []*proc
+	if c.etcd != nil {
+		ps = append(ps, c.etcd)
+	}
+	for _, n := range c.nodes {
+		n.mu.Lock()
+		if n.agent != nil {
+			ps = append(ps, n.agent)
+		}
+		n.mu.Unlock()
+	}
+	return ps
+}
+
+func (c *Cluster) saveStateLocked() {
+	if c.opts.StateFile == "" || c.closed {
+		return
+	}
+	s := State{Prefix: c.opts.Prefix, Dir: c.opts.Dir, OwnDir: c.opts.RemoveDir}
+	for _, ns := range c.nss {
+		s.Namespaces = append(s.Namespaces, ns.Name)
+	}
+	for _, p := range c.procsLocked() {
+		if p.running() {
+			s.Procs = append(s.Procs, ProcState{Name: p.name, PID: p.pid(), Start: p.start, Argv: p.argv})
+		}
+	}
+	if err := writeState(c.opts.StateFile, s); err != nil {
+		c.log.Warn("cannot save cluster state", "err", err)
+	}
+}
+
+// Close removes everything the cluster created: it stops the agents and etcd (SIGTERM, then SIGKILL; only
+// the PIDs it started) and waits for them, kills running helper commands, deletes the namespaces (last
+// created first), the state file and, with Options.RemoveDir, the directory. It is idempotent.
+func (c *Cluster) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	procs := c.procsLocked()
+	var cmds []*exec.Cmd
+	for cmd := range c.cmds {
+		cmds = append(cmds, cmd)
+	}
+	nss := slices.Clone(c.nss)
+	c.mu.Unlock()
+
+	var errs []error
+	for _, cmd := range cmds {
+		cmd.Process.Signal(syscall.SIGKILL)
+	}
+	// Agents first (in parallel), then etcd, so the agents never see etcd vanish before they stop.
+	var wg sync.WaitGroup
+	var emu sync.Mutex
+	for _, p := range procs {
+		if p == c.etcd {
+			continue
+		}
+		wg.Go(func() {
+			if err := p.stop(syscall.SIGTERM, 5*time.Second); err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if c.etcd != nil {
+		if err := c.etcd.stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(nss) - 1; i >= 0; i-- {
+		if err := nss[i].Delete(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.opts.StateFile != "" {
+		if err := os.Remove(c.opts.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if c.opts.RemoveDir {
+		if err := os.RemoveAll(c.opts.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.log.Info("cluster removed", "prefix", c.opts.Prefix)
+	return errors.Join(errs...)
+}
+
+// httpGet does a raw HTTP/1.0 GET of path from addr, dialled inside ns (so the connection belongs to ns).
+func (c *Cluster) httpGet(ctx context.Context, ns *kerneltest.NS, addr netip.AddrPort, path string) (int, string, error) {
+	var conn net.Conn
+	err := ns.Do(func() error {
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", addr.String())
+		return err
+	})
+	if err != nil {
+		return 0, "", fmt.Errorf("dial %s in netns %s: %w", addr, ns.Name, err)
+	}
+	defer conn.Close()
+	deadline, ok := ctx.Deadline()
+	if !ok || time.Until(deadline) > 10*time.Second {
+		deadline = time.Now().Add(10 * time.Second)
+	}
+	conn.SetDeadline(deadline)
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr); err != nil {
+		return 0, "", fmt.Errorf("GET %s%s: %w", addr, path, err)
+	}
+	resp, err := io.ReadAll(conn)
+	if err != nil {
+		return 0, "", fmt.Errorf("GET %s%s: %w", addr, path, err)
+	}
+	head, body, _ := strings.Cut(string(resp), "\r\n\r\n")
+	status, _, _ := strings.Cut(head, "\r\n")
+	f := strings.Fields(status) // HTTP/1.0 200 OK
+	if len(f) < 2 {
+		return 0, "", fmt.Errorf("GET %s%s: malformed response %q", addr, path, status)
+	}
+	code, err := strconv.Atoi(f[1])
+	if err != nil {
+		return 0, "", fmt.Errorf("GET %s%s: malformed status %q", addr, path, status)
+	}
+	return code, body, nil
+}
+
+// tail returns the last n lines of the file at path.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

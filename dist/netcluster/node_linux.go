@@ -1,0 +1,272 @@
+package netcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/subnet"
+)
+
+// Node is one cluster node: a namespace with the underlay address Addr running weftd, and a container
+// namespace attached to the node's bridge cbr0.
+type Node struct {
+	c *Cluster
+
+	Index int            // 1-based
+	Name  string         // "n1"
+	NS    *kerneltest.NS // <prefix>-n1
+	Addr  netip.Addr     // underlay address on eth0: 192.0.2.(10+Index)/24
+	Dir   string         // <Dir>/n1
+	// EnvFile is the agent's --subnet-file; LogFile receives its stdout and stderr (appended across restarts).
+	EnvFile, LogFile string
+
+	mu         sync.Mutex // guards all following fields
+	extraFlags []string
+	agent      *proc
+	container  *kerneltest.NS // nil until attached
+	env        subnet.Env     // the env file read when the container was attached
+}
+
+// SetExtraFlags sets flags appended to this node's weftd command line after Options.ExtraAgentFlags, from
+// the next StartAgent on.
+func (n *Node) SetExtraFlags(flags ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.extraFlags = slices.Clone(flags)
+}
+
+// AgentArgs returns the weftd command line StartAgent uses (without `ip netns exec`).
+func (n *Node) AgentArgs() []string {
+	o := n.c.opts
+	argv := []string{o.Weftd,
+		"--etcd-endpoints", n.c.EtcdURL,
+		"--iface", "eth0",
+		"--subnet-file", n.EnvFile,
+		"--healthz-ip", "127.0.0.1",
+		"--healthz-port", strconv.Itoa(o.HealthzPort),
+	}
+	argv = append(argv, o.ExtraAgentFlags...)
+	n.mu.Lock()
+	argv = append(argv, n.extraFlags...)
+	n.mu.Unlock()
+	return argv
+}
+
+// StartAgent starts weftd in the node's namespace. It does not wait for the agent to be ready (see
+// WaitLease and WaitReady). It is an error if the agent is running.
+func (n *Node) StartAgent(ctx context.Context) error {
+	argv := append([]string{"ip", "netns", "exec", n.NS.Name}, n.AgentArgs()...)
+	c := n.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("cluster is closed")
+	}
+	n.mu.Lock()
+	if n.agent != nil && n.agent.running() {
+		n.mu.Unlock()
+		return fmt.Errorf("node %s: weftd is already running (pid %d)", n.Name, n.agent.pid())
+	}
+	p, err := startProc("weftd "+n.Name, argv, n.LogFile, c.opts.Detach)
+	if err == nil {
+		n.agent = p
+	}
+	n.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	c.saveStateLocked()
+	c.log.Info("started weftd", "node", n.Name, "pid", p.pid())
+	return nil
+}
+
+func (n *Node) proc() *proc {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.agent
+}
+
+// StopAgent sends sig to the agent and waits up to 10 s for it to exit; after that it kills it and returns
+// an error. Stopping an agent that is not running is not an error.
+func (n *Node) StopAgent(sig syscall.Signal) error {
+	p := n.proc()
+	if p == nil {
+		return nil
+	}
+	err := p.stop(sig, 10*time.Second)
+	n.c.log.Info("stopped weftd", "node", n.Name, "signal", sig.String())
+	n.c.mu.Lock()
+	n.c.saveStateLocked()
+	n.c.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// KillAgent SIGKILLs the agent and waits for it.
+func (n *Node) KillAgent() error { return n.StopAgent(syscall.SIGKILL) }
+
+// AgentRunning reports whether the agent process is running.
+func (n *Node) AgentRunning() bool {
+	p := n.proc()
+	return p != nil && p.running()
+}
+
+// AgentPID returns the PID of the agent last started, or 0.
+func (n *Node) AgentPID() int {
+	p := n.proc()
+	if p == nil {
+		return 0
+	}
+	return p.pid()
+}
+
+// AgentExit returns how the last agent exited: nil while it runs or after a clean exit.
+func (n *Node) AgentExit() error {
+	p := n.proc()
+	if p == nil || p.running() {
+		return nil
+	}
+	return p.err
+}
+
+// Lease reads the node's env file now.
+func (n *Node) Lease() (subnet.Env, error) { return subnet.ReadEnvFile(n.EnvFile) }
+
+// WaitLease waits until the env file exists and names a subnet, failing early if the agent exits.
+func (n *Node) WaitLease(ctx context.Context) (subnet.Env, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.c.opts.Timeout)
+	defer cancel()
+	for {
+		env, err := n.Lease()
+		if err == nil && env.Subnet.IsValid() {
+			return env, nil
+		}
+		if !n.AgentRunning() {
+			return env, fmt.Errorf("node %s: weftd exited before writing %s: %v\n%s", n.Name, n.EnvFile,
+				exitText(n.AgentExit()), tail(n.LogFile, 30))
+		}
+		select {
+		case <-ctx.Done():
+			return env, fmt.Errorf("node %s: no env file %s: %w\n%s", n.Name, n.EnvFile, ctx.Err(), tail(n.LogFile, 30))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WaitReady waits until the agent's /readyz answers 200.
+func (n *Node) WaitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, n.c.opts.Timeout)
+	defer cancel()
+	for {
+		status, _, err := n.c.HTTPGet(ctx, n, "/readyz")
+		if err == nil && status == 200 {
+			return nil
+		}
+		if !n.AgentRunning() {
+			return fmt.Errorf("node %s: weftd exited: %v\n%s", n.Name, exitText(n.AgentExit()), tail(n.LogFile, 30))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: not ready (status %d, %v): %w\n%s", n.Name, status, err, ctx.Err(), tail(n.LogFile, 30))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Subnet returns the node's subnet as attached (from the env file at attach time); zero before.
+func (n *Node) Subnet() netip.Prefix {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.env.Subnet.Masked()
+}
+
+// MTU returns FLANNEL_MTU as attached; zero before.
+func (n *Node) MTU() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.env.MTU
+}
+
+// ContainerIP returns the container's address (x.y.z.2); zero before the container is attached.
+func (n *Node) ContainerIP() netip.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.env.Subnet.IsValid() {
+		return netip.Addr{}
+	}
+	return n.env.Subnet.Addr().Next()
+}
+
+// Container returns the container namespace (<prefix>-n1c1); nil before it is attached.
+func (n *Node) Container() *kerneltest.NS {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.container
+}
+
+// attach waits for the env file, then plays container runtime: bridge cbr0 with FLANNEL_SUBNET and
+// FLANNEL_MTU in the node, a container namespace on it with x.y.z.2 and a default route via x.y.z.1, and
+// IPv4 forwarding on in the node. Then it waits for the agent to report ready.
+func (n *Node) attach(ctx context.Context) error {
+	env, err := n.WaitLease(ctx)
+	if err != nil {
+		return err
+	}
+	if env.MTU <= 0 {
+		return fmt.Errorf("node %s: env file %s: FLANNEL_MTU=%d", n.Name, n.EnvFile, env.MTU)
+	}
+	n.c.log.Info("lease", "node", n.Name, "subnet", env.Subnet.Masked(), "mtu", env.MTU)
+	mtu := strconv.Itoa(env.MTU)
+	if err := n.NS.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
+	}); err != nil {
+		return fmt.Errorf("node %s: enable forwarding: %w", n.Name, err)
+	}
+	for _, args := range [][]string{
+		{"link", "add", "cbr0", "type", "bridge"},
+		{"addr", "add", env.Subnet.String(), "dev", "cbr0"},
+		{"link", "set", "cbr0", "mtu", mtu, "up"},
+	} {
+		if _, err := n.NS.IP(args...); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	cns, err := n.c.newNS(n.Name + "c1")
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.container = cns
+	n.mu.Unlock()
+	cip := netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits())
+	if err := kerneltest.CreateVeth(n.NS, "veth-c1", "", cns, "eth0", cip.String()); err != nil {
+		return err
+	}
+	for _, step := range []struct {
+		ns   *kerneltest.NS
+		args []string
+	}{
+		{n.NS, []string{"link", "set", "veth-c1", "mtu", mtu, "master", "cbr0"}},
+		{cns, []string{"link", "set", "eth0", "mtu", mtu}},
+		{cns, []string{"route", "add", "default", "via", env.Subnet.Addr().String()}},
+	} {
+		if _, err := step.ns.IP(step.args...); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	n.mu.Lock()
+	n.env = env
+	n.mu.Unlock()
+	return n.WaitReady(ctx)
+}
