@@ -1,0 +1,306 @@
+// Package vxlan is the "vxlan" backend, wire- and kernel-compatible with flannel's: a VXLAN device
+// "flannel.<VNI>" over the external interface, and per peer a permanent neighbour (peer subnet's network
+// address → peer's VTEP MAC), a permanent FDB entry (VTEP MAC → peer's PublicIP) and an onlink route of the
+// peer subnet via its network address. With DirectRouting, a peer whose PublicIP is on the external
+// interface's own L2 segment gets a host-gw route instead.
+//
+// Up opens a netlink handle in the network namespace of the calling thread, enables IPv4 forwarding there
+// and creates (or reuses) the device; Set and Close act on that namespace through the handle, from any
+// thread. Set owns every main-table route tagged with kernel.RouteProtocol and every neighbour and FDB
+// entry on the device. Close leaves the device and its state in place, and a restarted agent reuses a
+// compatible device with its MAC, so peers' state stays valid and no packet is lost.
+package vxlan
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/kernel"
+	"github.com/weft-net/weft/subnet"
+)
+
+// Type is the backend's type name in the network config and in leases.
+const Type = subnet.BackendVXLAN
+
+const (
+	// DefaultPort is the UDP port used when the config's Port is 0 (the Linux kernel's default, not IANA's 4789).
+	DefaultPort = 8472
+	// Overhead is what VXLAN encapsulation adds to an inner packet over IPv4: outer IP 20, UDP 8, VXLAN 8,
+	// inner Ethernet 14.
+	Overhead = 50
+	maxVNI   = 1<<24 - 1
+	minMTU   = 68 // IPv4's minimum
+)
+
+// Config is the backend's part of the network config (its Backend object), flannel-compatible. Field names
+// match case-insensitively.
+type Config struct {
+	VNI           int  // VXLAN network identifier, 1..16777215; default 1. The device is "flannel.<VNI>".
+	Port          int  // UDP destination port; 0 (the default) means DefaultPort
+	GBP           bool // VXLAN Group Based Policy extension; default false
+	Learning      bool // let the device learn remote MACs from received packets; default false
+	DirectRouting bool // route directly (as host-gw) to peers on the same L2 segment; default false
+	MTU           int  // underlay MTU; 0 (the default) means the external interface's. The device gets MTU − 50.
+}
+
+// ParseConfig decodes and validates the backend keys of the network config n, applying the defaults.
+// Validation errors are *subnet.ConfigError values naming the key and the value.
+func ParseConfig(n *subnet.Config) (Config, error) {
+	c := Config{VNI: 1}
+	if err := backend.DecodeConfig(n, &c); err != nil {
+		return Config{}, err
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	if c.VNI < 1 || c.VNI > maxVNI {
+		return &subnet.ConfigError{Field: "Backend.VNI", Value: strconv.Itoa(c.VNI), Rule: fmt.Sprintf("must be in 1..%d", maxVNI)}
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return &subnet.ConfigError{Field: "Backend.Port", Value: strconv.Itoa(c.Port), Rule: "must be in 0..65535 (0: 8472)"}
+	}
+	if c.MTU != 0 && (c.MTU < minMTU+Overhead || c.MTU > 65535) {
+		return &subnet.ConfigError{Field: "Backend.MTU", Value: strconv.Itoa(c.MTU),
+			Rule: fmt.Sprintf("must be 0 (the interface's MTU) or in %d..65535", minMTU+Overhead)}
+	}
+	return nil
+}
+
+// DeviceName is the VXLAN device's name for vni, as flannel names it.
+func DeviceName(vni int) string { return fmt.Sprintf("flannel.%d", vni) }
+
+// LeaseData is the lease's BackendData for the vxlan backend, as flannel writes it:
+// {"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}.
+type LeaseData struct {
+	VNI     int    `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// parseLeaseData decodes a peer's BackendData and its VTEP MAC, which must be a unicast Ethernet address.
+func parseLeaseData(raw json.RawMessage) (LeaseData, net.HardwareAddr, error) {
+	if len(raw) == 0 {
+		return LeaseData{}, nil, errors.New("no BackendData")
+	}
+	var d LeaseData
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return LeaseData{}, nil, fmt.Errorf("BackendData %s: %w", raw, err)
+	}
+	mac, err := net.ParseMAC(d.VtepMAC)
+	if err != nil {
+		return LeaseData{}, nil, fmt.Errorf("BackendData VtepMAC %q: %w", d.VtepMAC, err)
+	}
+	if len(mac) != 6 || mac[0]&1 != 0 || [6]byte(mac) == [6]byte{} {
+		return LeaseData{}, nil, fmt.Errorf("BackendData VtepMAC %q: not a unicast Ethernet address", d.VtepMAC)
+	}
+	return d, mac, nil
+}
+
+// randomMAC returns a random locally administered unicast MAC address.
+func randomMAC() net.HardwareAddr {
+	m := make(net.HardwareAddr, 6)
+	rand.Read(m)
+	m[0] = m[0]&^1 | 2
+	return m
+}
+
+var (
+	errNotUp  = errors.New("vxlan backend: Set before Up")
+	errClosed = errors.New("vxlan backend: closed")
+)
+
+// New returns the vxlan backend for d, validating the config's vxlan keys. It changes nothing in the kernel.
+func New(d backend.Deps) (backend.Backend, error) {
+	if d.Log == nil {
+		return nil, errors.New("vxlan backend: Deps.Log is required")
+	}
+	if d.Network == nil {
+		return nil, errors.New("vxlan backend: Deps.Network is required")
+	}
+	cfg, err := ParseConfig(d.Network)
+	if err != nil {
+		return nil, err
+	}
+	ext := d.External
+	if !ext.Addr.Is4() {
+		return nil, fmt.Errorf("vxlan backend: external interface %s: address %s is not IPv4", ext.Name, ext.Addr)
+	}
+	if ext.Index <= 0 {
+		return nil, fmt.Errorf("vxlan backend: external interface %s: no index", ext.Name)
+	}
+	underlay := cfg.MTU
+	if underlay == 0 {
+		underlay = ext.MTU
+	}
+	if underlay-Overhead < minMTU {
+		return nil, fmt.Errorf("vxlan backend: underlay MTU %d of %s leaves less than %d for the device", underlay, ext.Name, minMTU)
+	}
+	port := cfg.Port
+	if port == 0 {
+		port = DefaultPort
+	}
+	return &vxlan{
+		log: d.Log,
+		ext: ext,
+		cfg: cfg,
+		want: kernel.VXLAN{
+			Name:      DeviceName(cfg.VNI),
+			VNI:       cfg.VNI,
+			Local:     ext.Addr,
+			VtepIndex: ext.Index,
+			Port:      port,
+			Learning:  cfg.Learning,
+			GBP:       cfg.GBP,
+			MTU:       underlay - Overhead,
+		},
+		warned: map[string]string{},
+	}, nil
+}
+
+type vxlan struct {
+	log  *slog.Logger
+	ext  backend.External
+	cfg  Config
+	want kernel.VXLAN // the device we want; MAC is set by Up
+
+	mu     sync.Mutex
+	h      *kernel.Handle // set by Up; nil after Close
+	dev    int            // the device's index
+	closed bool
+	warned map[string]string // lease key → reason, for peers skipped with a warning (logged once)
+}
+
+func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return backend.Local{}, errClosed
+	}
+	if b.h == nil {
+		h, err := up(b.ext)
+		if err != nil {
+			return backend.Local{}, err
+		}
+		b.h = h
+	}
+	dev, err := b.ensure(true)
+	if err != nil {
+		return backend.Local{}, err
+	}
+	data, err := json.Marshal(LeaseData{VNI: b.cfg.VNI, VtepMAC: dev.MAC.String()})
+	if err != nil {
+		return backend.Local{}, fmt.Errorf("vxlan backend: encode lease data: %w", err)
+	}
+	return backend.Local{BackendType: Type, BackendData: data, MTU: b.want.MTU}, nil
+}
+
+// ensure makes the device exist as wanted and up, and records its index. The first time (from Up), a
+// compatible leftover device's MAC is kept, else a random one is generated; afterwards the published MAC
+// is enforced. The caller holds b.mu.
+func (b *vxlan) ensure(inUp bool) (*kernel.VXLAN, error) {
+	if b.want.MAC == nil {
+		if b.want.MAC = existingMAC(b.h, b.want); b.want.MAC == nil {
+			b.want.MAC = randomMAC()
+		}
+	}
+	dev, act, err := ensureDevice(b.h, b.want)
+	if err != nil {
+		return nil, fmt.Errorf("vxlan backend: device %s: %w", b.want.Name, err)
+	}
+	b.dev = dev.Index
+	attrs := []any{"dev", dev.Name, "vni", dev.VNI, "local", dev.Local, "port", dev.Port, "mac", dev.MAC.String(), "mtu", dev.MTU}
+	switch {
+	case act.kind == replaced:
+		b.log.Warn("replaced an incompatible link with the vxlan device", append(attrs, "reason", act.reason)...)
+	case act.kind == created && inUp:
+		b.log.Info("created the vxlan device", attrs...)
+	case act.kind == created:
+		b.log.Warn("the vxlan device was gone; recreated it with the published MAC", attrs...)
+	case len(act.fixed) > 0:
+		b.log.Warn("repaired the vxlan device", append(attrs, "fixed", strings.Join(act.fixed, ", "))...)
+	case inUp:
+		b.log.Info("reusing the existing vxlan device and its MAC", attrs...)
+	}
+	return dev, nil
+}
+
+// deviceAction says what ensureDevice did.
+type deviceAction struct {
+	kind   actionKind
+	reason string   // why a link was replaced
+	fixed  []string // what was adjusted on a reused device
+}
+
+type actionKind int
+
+const (
+	reused actionKind = iota
+	created
+	replaced
+)
+
+func (b *vxlan) Set(cfg *backend.Config) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errClosed
+	case b.h == nil:
+		return errNotUp
+	case cfg == nil:
+		return errors.New("vxlan backend: Set with a nil config")
+	case !cfg.Own.Subnet.IsValid() || !cfg.Own.Subnet.Addr().Is4():
+		return fmt.Errorf("vxlan backend: own lease %s has no IPv4 subnet", cfg.Own.Key())
+	}
+	if _, err := b.ensure(false); err != nil {
+		return err
+	}
+	var direct map[netip.Addr]bool
+	if b.cfg.DirectRouting {
+		direct = directPeers(b.h, b.ext, cfg.Peers, b.log)
+	}
+	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct})
+	b.logSkipped(skipped)
+	if err := apply(b.h, b.dev, want, b.cfg.Learning); err != nil {
+		return fmt.Errorf("vxlan backend: %w", err)
+	}
+	return nil
+}
+
+// logSkipped logs skipped peers: a warning the first time a lease is skipped for a reason, debug after.
+func (b *vxlan) logSkipped(skipped []skip) {
+	seen := map[string]string{}
+	for _, s := range skipped {
+		seen[s.key] = s.reason
+		if b.warned[s.key] == s.reason {
+			b.log.Debug("not routing to peer", "lease", s.key, "reason", s.reason)
+			continue
+		}
+		b.log.Warn("not routing to peer", "lease", s.key, "reason", s.reason)
+	}
+	b.warned = seen
+}
+
+func (b *vxlan) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	if b.h != nil {
+		closeHandle(b.h)
+		b.h = nil
+	}
+	return nil
+}

@@ -1,0 +1,30 @@
+//go:build !linux
+
+package vxlan
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/kernel"
+	"github.com/weft-net/weft/subnet"
+)
+
+func up(backend.External) (*kernel.Handle, error) { return nil, errors.ErrUnsupported }
+
+func closeHandle(*kernel.Handle) {}
+
+func existingMAC(*kernel.Handle, kernel.VXLAN) net.HardwareAddr { return nil }
+
+func ensureDevice(*kernel.Handle, kernel.VXLAN) (*kernel.VXLAN, deviceAction, error) {
+	return nil, deviceAction{}, errors.ErrUnsupported
+}
+
+func directPeers(*kernel.Handle, backend.External, []subnet.Lease, *slog.Logger) map[netip.Addr]bool {
+	return nil
+}
+
+func apply(*kernel.Handle, int, desired, bool) error { return errors.ErrUnsupported }
