@@ -1,0 +1,21 @@
+//go:build !linux
+
+package udp
+
+import (
+	"context"
+	"errors"
+
+	"github.com/weft-net/weft/backend"
+)
+
+// Up returns errors.ErrUnsupported off Linux.
+func (b *Backend) Up(context.Context) (backend.Local, error) {
+	return backend.Local{}, errors.ErrUnsupported
+}
+
+// Set returns errors.ErrUnsupported off Linux.
+func (b *Backend) Set(*backend.Config) error { return errors.ErrUnsupported }
+
+// Close is a no-op off Linux.
+func (b *Backend) Close() error { return nil }
