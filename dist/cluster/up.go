@@ -92,7 +92,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Log:        log,
 	})
 	if errors.Is(err, netcluster.ErrExists) {
-		return fmt.Errorf("%w\nIs a cluster still up? Remove it with `weft-cluster down` (--prefix %s).", err, cfg.prefix)
+		return fmt.Errorf("%w\nIs a cluster still up? Remove it with `weft-cluster down%s`.", err, prefixFlag(cfg.prefix))
 	}
 	if err != nil {
 		return err
@@ -138,11 +138,19 @@ The cluster keeps running. Explore it:
   ip netns exec %s weftd leases --etcd-endpoints %s
   ip -n %s route; ip -n %s link
 Logs: %s/n*/weftd.log, etcd: %s/etcd/etcd.log
-Remove it: weft-cluster down
+Remove it: weft-cluster down%s
 `, n1.Container().Name, to, n1.NS.Name, c.EtcdURL, n1.NS.Name, n1.NS.Name,
-			filepath.Join(stateDir, cfg.prefix), filepath.Join(stateDir, cfg.prefix))
+			filepath.Join(stateDir, cfg.prefix), filepath.Join(stateDir, cfg.prefix), prefixFlag(cfg.prefix))
 	}
 	return nil
+}
+
+// prefixFlag returns " --prefix P" unless P is the default.
+func prefixFlag(p string) string {
+	if p == "weft" {
+		return ""
+	}
+	return " --prefix " + p
 }
 
 // probeAll checks ICMP and TCP from every node's container to every other's and prints a table. It
@@ -159,7 +167,7 @@ func probeAll(ctx context.Context, c *netcluster.Cluster, nodes []*netcluster.No
 	}
 	cancel()
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM\tTO\tPING (5 echoes)\tTCP (256 KiB each way)\t")
+	fmt.Fprintln(tw, "FROM\tTO\tPING (5 echoes)\tTCP (256 KiB each way)")
 	failed := 0
 	for _, from := range nodes {
 		for _, to := range nodes {
@@ -182,10 +190,13 @@ func probeAll(ctx context.Context, c *netcluster.Cluster, nodes []*netcluster.No
 			if err := c.TCP(ctx, from, to, tcpProbeSize); err != nil {
 				tcpCol, ok = "FAIL: "+err.Error(), false
 			}
+			if ctx.Err() != nil {
+				break // interrupted: this row's failures mean nothing
+			}
 			if !ok {
 				failed++
 			}
-			fmt.Fprintf(tw, "%s %s\t%s %s\t%s\t%s\t\n", from.Name, from.ContainerIP(), to.Name, to.ContainerIP(), pingCol, tcpCol)
+			fmt.Fprintf(tw, "%s %s\t%s %s\t%s\t%s\n", from.Name, from.ContainerIP(), to.Name, to.ContainerIP(), pingCol, tcpCol)
 		}
 	}
 	tw.Flush()

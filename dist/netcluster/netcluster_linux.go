@@ -258,6 +258,16 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	return n, n.attach(ctx)
 }
 
+// AddHost creates a bare namespace <prefix>-<name> on the underlay with address addr on its eth0 (a
+// stranger on the LAN, say), removed by Close like everything else.
+func (c *Cluster) AddHost(name string, addr netip.Addr) (*kerneltest.NS, error) {
+	ns, err := c.newNS(name)
+	if err != nil {
+		return nil, err
+	}
+	return ns, c.plug(ns, "veth-"+name, netip.PrefixFrom(addr, UnderlayBits))
+}
+
 // newNS creates <prefix>-<suffix> and records it for Close.
 func (c *Cluster) newNS(suffix string) (*kerneltest.NS, error) {
 	c.mu.Lock()
