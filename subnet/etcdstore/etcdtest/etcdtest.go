@@ -130,7 +130,7 @@ func (s *Server) dumpLog() {
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		lines = append(lines, sc.Text())
-		if len(lines) > 40 {
+		if len(lines) > 20 {
 			lines = lines[1:]
 		}
 	}
@@ -189,7 +189,7 @@ func (s *Server) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.e != nil {
-		s.streams.killAll()
+		s.streams.stop()
 		s.e.Close()
 		s.e = nil
 	}
@@ -201,6 +201,7 @@ func (s *Server) Restart() {
 	s.Stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.streams.start()
 	var err error
 	// The ports were ours a moment ago; give the kernel a few tries if a lingering socket still holds one.
 	for attempt := 0; attempt < 20; attempt++ {

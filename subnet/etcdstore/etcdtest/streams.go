@@ -13,9 +13,10 @@ import (
 // up to its request timeout (5 s and more) for open streams to end; a test stopping the server wants the
 // effect of a crash instead: streams end at once with codes.Unavailable, which clients retry.
 type streamKiller struct {
-	mu      sync.Mutex // guards the fields below
-	next    int
-	cancels map[int]context.CancelFunc
+	mu       sync.Mutex // guards the fields below
+	stopping bool       // refuse new streams: clients reconnect while the server shuts down
+	next     int
+	cancels  map[int]context.CancelFunc
 }
 
 func (k *streamKiller) serverOption() grpc.ServerOption {
@@ -26,6 +27,10 @@ func (k *streamKiller) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamSe
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()
 	k.mu.Lock()
+	if k.stopping {
+		k.mu.Unlock()
+		return status.Error(codes.Unavailable, "etcdtest: server stopping")
+	}
 	if k.cancels == nil {
 		k.cancels = map[int]context.CancelFunc{}
 	}
@@ -45,13 +50,21 @@ func (k *streamKiller) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamSe
 	return err
 }
 
-// killAll ends all open streams.
-func (k *streamKiller) killAll() {
+// stop ends all open streams and refuses new ones until start.
+func (k *streamKiller) stop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.stopping = true
 	for _, cancel := range k.cancels {
 		cancel()
 	}
+}
+
+// start accepts streams again.
+func (k *streamKiller) start() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.stopping = false
 }
 
 type ctxStream struct {

@@ -1,0 +1,503 @@
+package etcdstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// maxAcquireAttempts bounds how often one acquisition re-lists after losing a race for a subnet.
+const maxAcquireAttempts = 20
+
+// errIPv6Only is returned by Hold for a network config with IPv4 disabled.
+var errIPv6Only = errors.New("IPv6-only networks (EnableIPv4 false) are not supported: lease keys are named by their IPv4 subnet")
+
+// held is a lease this store holds.
+type held struct {
+	lease   subnet.Lease
+	key     string
+	rev     int64                // etcd revision of our last write of key
+	session *concurrency.Session // keeps the etcd lease alive; nil for a reservation
+}
+
+func (h *held) leaseID() clientv3.LeaseID {
+	if h.session == nil {
+		return clientv3.NoLease
+	}
+	return h.session.Lease()
+}
+
+// done is closed when the keepalive ends; nil (never ready) for a reservation.
+func (h *held) done() <-chan struct{} {
+	if h.session == nil {
+		return nil
+	}
+	return h.session.Done()
+}
+
+// Hold acquires a lease for req (compat.md §4) and keeps it until ctx ends, calling fn with the lease after
+// every (re)acquisition and when an operator turns it into a reservation.
+//
+// Acquisition order: (1) an existing lease whose PublicIP is req.Attrs.PublicIP and that fits the config is
+// re-written with req.Attrs (a reservation stays one; an ordinary lease gets a fresh etcd lease of ours);
+// (2) req.Prev (and req.PrevIPv6), if it fits and no key holds it; (3) a random subnet among the first 100
+// free ones. Claims are transactions guarded by the key's revision or absence; a lost race re-lists.
+//
+// While held, an etcd keepalive renews the etcd lease. If the keepalive ends, or the key is deleted or
+// re-written for another PublicIP, Hold logs a warning and acquires again, preferring the same subnet. If
+// etcd is unreachable, or the config is missing or invalid, it logs and retries with backoff.
+//
+// Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
+// its TTL unless the node comes back). It returns an error only when it cannot go on: a *subnet.NetworkFullError,
+// an invalid req, or an IPv6-only config.
+func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(subnet.Lease)) error {
+	if !req.Attrs.PublicIP.Is4() {
+		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
+	}
+	value, err := json.Marshal(req.Attrs)
+	if err != nil {
+		return fmt.Errorf("hold lease: encode lease value: %w", err)
+	}
+	log := s.log.With("public_ip", req.Attrs.PublicIP)
+	prev, prev6 := req.Prev.Masked(), req.PrevIPv6.Masked()
+	var bo backoff
+	for {
+		h, err := s.acquire(ctx, log, req.Attrs, value, prev, prev6)
+		if ctx.Err() != nil {
+			if h != nil && h.session != nil {
+				h.session.Orphan()
+			}
+			return nil
+		}
+		if err != nil {
+			var full *subnet.NetworkFullError
+			if errors.As(err, &full) || errors.Is(err, errIPv6Only) {
+				return err
+			}
+			d := bo.next()
+			if errors.Is(err, subnet.ErrNoConfig) {
+				log.Warn("network config missing; waiting for an operator to create it", "key", s.configKey(), "retry_in", d)
+			} else {
+				log.Warn("acquire lease failed; retrying", "err", err, "retry_in", d)
+			}
+			if !sleep(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		log.Info("lease acquired", "key", h.key, "reservation", h.lease.Reservation, "etcd_lease", fmt.Sprintf("%x", int64(h.leaseID())))
+		acquired := time.Now()
+		fn(h.lease)
+		reason := s.keep(ctx, log, h, fn)
+		if ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("lease lost; acquiring again, preferring the same subnet", "key", h.key, "reason", reason)
+		prev, prev6 = h.lease.Subnet, h.lease.IPv6Subnet
+		if time.Since(acquired) < 10*time.Second {
+			// Lost soon after taking it: do not spin if something keeps deleting it.
+			if !sleep(ctx, bo.next()) {
+				return nil
+			}
+		} else {
+			bo.reset()
+		}
+	}
+}
+
+// leaseGrant grants an etcd lease on first use and keeps it alive until taken by a held lease or dropped.
+type leaseGrant struct {
+	s       *Store
+	session *concurrency.Session
+}
+
+func (g *leaseGrant) id(ctx context.Context) (clientv3.LeaseID, error) {
+	if g.session != nil {
+		select {
+		case <-g.session.Done():
+			g.drop(ctx)
+		default:
+			return g.session.Lease(), nil
+		}
+	}
+	rctx, cancel := g.s.reqCtx(ctx)
+	resp, err := g.s.cli.Grant(rctx, g.s.ttl)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("grant etcd lease (TTL %d s): %w", g.s.ttl, err)
+	}
+	sess, err := concurrency.NewSession(g.s.cli, concurrency.WithLease(resp.ID), concurrency.WithContext(ctx))
+	if err != nil {
+		g.s.revoke(ctx, resp.ID)
+		return 0, fmt.Errorf("keep etcd lease %x alive: %w", int64(resp.ID), err)
+	}
+	g.session = sess
+	return resp.ID, nil
+}
+
+// take hands the session to the caller.
+func (g *leaseGrant) take() *concurrency.Session {
+	s := g.session
+	g.session = nil
+	return s
+}
+
+// drop stops the keepalive and revokes the lease, if any.
+func (g *leaseGrant) drop(ctx context.Context) {
+	if g.session != nil {
+		g.s.dropSession(ctx, g.session)
+		g.session = nil
+	}
+}
+
+// dropSession stops sess's keepalive and revokes its lease: for a lease no key of ours is attached to.
+func (s *Store) dropSession(ctx context.Context, sess *concurrency.Session) {
+	sess.Orphan()
+	s.revoke(ctx, sess.Lease())
+}
+
+// revoke revokes an etcd lease, best effort (it expires anyway).
+func (s *Store) revoke(ctx context.Context, id clientv3.LeaseID) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if _, err := s.cli.Revoke(rctx, id); err != nil {
+		s.log.Debug("revoke unused etcd lease", "etcd_lease", fmt.Sprintf("%x", int64(id)), "err", err)
+	}
+}
+
+// revokeIfUnused revokes etcd lease id if no key is attached to it any more: the lease of our previous run,
+// after we re-wrote its key with a lease of ours.
+func (s *Store) revokeIfUnused(ctx context.Context, id clientv3.LeaseID) {
+	rctx, cancel := s.reqCtx(ctx)
+	resp, err := s.cli.TimeToLive(rctx, id, clientv3.WithAttachedKeys())
+	cancel()
+	if err != nil || resp.TTL < 0 || len(resp.Keys) > 0 {
+		return
+	}
+	s.revoke(ctx, id)
+}
+
+// acquire claims a lease once (compat.md §4), retrying lost races.
+func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attrs, value []byte, prev, prev6 netip.Prefix) (_ *held, err error) {
+	cfg, err := s.Config(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !cfg.EnableIPv4 {
+		return nil, fmt.Errorf("hold lease: %w", errIPv6Only)
+	}
+	g := &leaseGrant{s: s}
+	defer g.drop(ctx) // a lease granted but not taken
+	for attempt := range maxAcquireAttempts {
+		if attempt > 0 && !sleep(ctx, rand.N(time.Duration(attempt)*20*time.Millisecond)) {
+			return nil, ctx.Err()
+		}
+		entries, _, err := s.list(ctx)
+		if err != nil {
+			return nil, err
+		}
+		// (1) Our own lease from before.
+		if own := findOwn(entries, cfg, attrs.PublicIP, prev); own != nil {
+			var opts []clientv3.OpOption
+			id := clientv3.NoLease
+			if !own.lease.Reservation {
+				if id, err = g.id(ctx); err != nil {
+					return nil, err
+				}
+				opts = append(opts, clientv3.WithLease(id))
+			}
+			rctx, cancel := s.reqCtx(ctx)
+			resp, err := s.cli.Txn(rctx).
+				If(clientv3.Compare(clientv3.ModRevision(own.key), "=", own.modRev)).
+				Then(clientv3.OpPut(own.key, string(value), opts...)).Commit()
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("re-write etcd key %s: %w", own.key, err)
+			}
+			if !resp.Succeeded {
+				log.Debug("lease key changed while re-using it; retrying", "key", own.key)
+				continue
+			}
+			if own.etcdLease != clientv3.NoLease && own.etcdLease != id {
+				s.revokeIfUnused(ctx, own.etcdLease)
+			}
+			h := &held{key: own.key, rev: resp.Header.Revision, lease: subnet.Lease{
+				Subnet: own.lease.Subnet, IPv6Subnet: own.lease.IPv6Subnet, Attrs: attrs,
+				Reservation: own.lease.Reservation, Revision: resp.Header.Revision,
+			}}
+			if !h.lease.Reservation {
+				h.session = g.take()
+				h.lease.Expires = time.Now().Add(time.Duration(s.ttl) * time.Second)
+			}
+			log.Debug("re-using this public IP's lease", "key", own.key)
+			return h, nil
+		}
+		// (2) The previous subnet, or (3) a free one.
+		l, err := choose(cfg, entries, prev, prev6)
+		if err != nil {
+			return nil, err
+		}
+		id, err := g.id(ctx)
+		if err != nil {
+			return nil, err
+		}
+		key := s.leaseKey(l)
+		// No key may name the IPv4 subnet, whatever its IPv6 half: neither "<v4>" nor "<v4>&...".
+		v4Key := s.subnetsPrefix() + subnet.KeyName(l.Subnet, netip.Prefix{})
+		rctx, cancel := s.reqCtx(ctx)
+		resp, err := s.cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(v4Key), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(v4Key+"&"), "=", 0).WithRange(v4Key+"'")). // "'" is the byte after "&"
+			Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).Commit()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("create etcd key %s: %w", key, err)
+		}
+		if !resp.Succeeded {
+			log.Debug("lost the race for a subnet; retrying", "key", key)
+			continue
+		}
+		if l.IPv6Subnet.IsValid() {
+			// The transaction cannot rule out a racing claim of the same IPv6 subnet under another IPv4 subnet:
+			// check afterwards, and give way if the other key is older.
+			lost, err := s.lostIPv6Race(ctx, key, l.IPv6Subnet, resp.Header.Revision)
+			if err != nil {
+				return nil, err
+			}
+			if lost {
+				log.Debug("lost the race for an IPv6 subnet; retrying", "key", key)
+				continue
+			}
+		}
+		l.Attrs = attrs
+		l.Revision = resp.Header.Revision
+		l.Expires = time.Now().Add(time.Duration(s.ttl) * time.Second)
+		return &held{key: key, rev: resp.Header.Revision, lease: l, session: g.take()}, nil
+	}
+	return nil, fmt.Errorf("acquire lease: lost the race for a free subnet %d times in a row", maxAcquireAttempts)
+}
+
+// lostIPv6Race reports whether another key, created before ours (at rev), holds IPv6 subnet v6; if so it
+// deletes our key.
+func (s *Store) lostIPv6Race(ctx context.Context, key string, v6 netip.Prefix, rev int64) (bool, error) {
+	entries, _, err := s.list(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		if e.key != key && e.lease.IPv6Subnet == v6 && e.createRev < rev {
+			rctx, cancel := s.reqCtx(ctx)
+			_, err := s.cli.Txn(rctx).
+				If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+				Then(clientv3.OpDelete(key)).Commit()
+			cancel()
+			if err != nil {
+				return false, fmt.Errorf("give up etcd key %s: %w", key, err)
+			}
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// findOwn returns the readable lease of publicIP that fits cfg: a reservation first, then the previous
+// subnet, then the first by key. Nil if none.
+func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev netip.Prefix) *entry {
+	var best *entry
+	rank := func(e *entry) int {
+		switch {
+		case e.lease.Reservation:
+			return 2
+		case e.lease.Subnet == prev:
+			return 1
+		}
+		return 0
+	}
+	for i := range entries {
+		e := &entries[i]
+		if e.err != nil || e.lease.Attrs.PublicIP != publicIP || !cfg.Fits(e.lease) {
+			continue
+		}
+		if best == nil || rank(e) > rank(best) {
+			best = e
+		}
+	}
+	return best
+}
+
+// choose picks the subnets for a new lease: prev (and prev6) if free and fitting, else random free ones.
+// Keys with unreadable values, and keys whose name starts with a readable IPv4 subnet and "&", still take
+// their subnets.
+func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subnet.Lease, error) {
+	var taken []subnet.Lease
+	taken4, taken6 := map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
+	for _, e := range entries {
+		if !e.claim4.IsValid() && !e.lease.IPv6Subnet.IsValid() {
+			continue
+		}
+		taken = append(taken, subnet.Lease{Subnet: e.claim4, IPv6Subnet: e.lease.IPv6Subnet})
+		taken4[e.claim4] = true
+		if e.lease.IPv6Subnet.IsValid() {
+			taken6[e.lease.IPv6Subnet] = true
+		}
+	}
+	pick := func(v6 bool) (netip.Prefix, error) {
+		p, ok := subnet.PickFree(cfg, taken, v6)
+		if !ok {
+			if v6 {
+				return p, &subnet.NetworkFullError{Network: cfg.IPv6Network, SubnetLen: cfg.IPv6SubnetLen, Leases: len(taken)}
+			}
+			return p, &subnet.NetworkFullError{Network: cfg.Network, SubnetLen: cfg.SubnetLen, Leases: len(taken)}
+		}
+		return p, nil
+	}
+	if prev.IsValid() && !taken4[prev] {
+		l := subnet.Lease{Subnet: prev}
+		if cfg.EnableIPv6 {
+			l.IPv6Subnet = prev6
+			if !prev6.IsValid() || taken6[prev6] || !cfg.Fits(l) {
+				p, err := pick(true)
+				if err != nil {
+					return subnet.Lease{}, err
+				}
+				l.IPv6Subnet = p
+			}
+		}
+		if cfg.Fits(l) {
+			return l, nil
+		}
+	}
+	var l subnet.Lease
+	var err error
+	if l.Subnet, err = pick(false); err != nil {
+		return subnet.Lease{}, err
+	}
+	if cfg.EnableIPv6 {
+		if l.IPv6Subnet, err = pick(true); err != nil {
+			return subnet.Lease{}, err
+		}
+	}
+	return l, nil
+}
+
+// keep watches the held key and the keepalive until the lease is lost or ctx ends. It returns why the lease
+// was lost, or "" when ctx ended. Either way h's keepalive is stopped when it returns.
+func (s *Store) keep(ctx context.Context, log *slog.Logger, h *held, fn func(subnet.Lease)) string {
+	stopWatch := func() {}
+	defer func() { stopWatch() }()
+	var wch clientv3.WatchChan
+	watch := func() {
+		wctx, cancel := context.WithCancel(ctx)
+		stopWatch = cancel
+		wch = s.cli.Watch(wctx, h.key, clientv3.WithRev(h.rev+1))
+	}
+	watch()
+	var reread <-chan time.Time
+	var bo backoff
+	for {
+		select {
+		case <-ctx.Done():
+			if h.session != nil {
+				h.session.Orphan() // no revoke: the lease stays until its TTL runs out
+			}
+			return ""
+		case <-h.done():
+			if ctx.Err() != nil {
+				continue
+			}
+			h.session.Orphan()
+			return fmt.Sprintf("keepalive of etcd lease %x ended: it expired, was revoked, or etcd was unreachable for its TTL", int64(h.leaseID()))
+		case wr, ok := <-wch:
+			if !ok || wr.Canceled || wr.CompactRevision != 0 || wr.Err() != nil {
+				if ctx.Err() != nil {
+					continue
+				}
+				log.Debug("watch of own lease key interrupted; re-reading it", "key", h.key, "err", wr.Err(), "compact_revision", wr.CompactRevision)
+				stopWatch()
+				wch = nil
+				reread = time.After(0)
+				continue
+			}
+			for _, ev := range wr.Events {
+				reason := "lease key deleted (or expired)"
+				if ev.Type == clientv3.EventTypePut {
+					reason = s.ownKeyWritten(ctx, log, h, ev.Kv, fn)
+				}
+				if reason != "" {
+					s.release(ctx, h)
+					return reason
+				}
+			}
+		case <-reread:
+			reread = nil
+			rctx, cancel := s.reqCtx(ctx)
+			resp, err := s.cli.Get(rctx, h.key)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					d := bo.next()
+					log.Warn("read own lease key failed; retrying", "key", h.key, "err", err, "retry_in", d)
+					reread = time.After(d)
+				}
+				continue
+			}
+			bo.reset()
+			reason := "lease key deleted (or expired)"
+			if len(resp.Kvs) > 0 {
+				reason = s.ownKeyWritten(ctx, log, h, resp.Kvs[0], fn)
+			}
+			if reason != "" {
+				s.release(ctx, h)
+				return reason
+			}
+			h.rev = resp.Header.Revision
+			watch()
+		}
+	}
+}
+
+// release stops h's keepalive and revokes its etcd lease, once the key no longer uses it.
+func (s *Store) release(ctx context.Context, h *held) {
+	if h.session != nil {
+		s.dropSession(ctx, h.session)
+	}
+}
+
+// ownKeyWritten checks a write of the held key. It returns why the lease is lost, or "" if it is still ours.
+func (s *Store) ownKeyWritten(ctx context.Context, log *slog.Logger, h *held, kv *mvccpb.KeyValue, fn func(subnet.Lease)) string {
+	e := s.decode(kv)
+	switch {
+	case e.err != nil:
+		return fmt.Sprintf("lease key re-written with an unreadable value: %v", e.err)
+	case e.lease.Attrs.PublicIP != h.lease.Attrs.PublicIP:
+		return fmt.Sprintf("lease key taken over by public IP %s", e.lease.Attrs.PublicIP)
+	case e.etcdLease == h.leaseID():
+		// Our own write, or a harmless update.
+	case e.etcdLease == clientv3.NoLease:
+		// An operator reserved our lease: keep it, without an etcd lease of ours.
+		log.Info("lease converted to a reservation", "key", h.key)
+		s.release(ctx, h)
+		h.session = nil
+		h.lease.Reservation = true
+		h.lease.Expires = time.Time{}
+		h.lease.Revision = e.modRev
+		fn(h.lease)
+	default:
+		log.Warn("lease key re-written with another etcd lease by a holder with the same public IP; still watching it",
+			"key", h.key, "etcd_lease", fmt.Sprintf("%x", int64(e.etcdLease)))
+	}
+	h.lease.Revision = e.modRev
+	return ""
+}

@@ -1,0 +1,355 @@
+package etcdstore
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore/etcdtest"
+)
+
+func TestConcurrentAcquire(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	setConfig(t, newStore(t, srv), net16)
+	cfg, err := subnet.ParseConfig([]byte(net16))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 100
+	stores := make([]*Store, n)
+	for i := range stores {
+		stores[i] = newStore(t, srv) // each with its own client
+	}
+	holders := make([]*holder, n)
+	for i, st := range stores {
+		ip := fmt.Sprintf("198.51.100.%d", i+1)
+		if i >= 50 {
+			ip = fmt.Sprintf("203.0.113.%d", i+1)
+		}
+		holders[i] = startHold(t, st, subnet.AcquireRequest{Attrs: attrs(ip)})
+	}
+	seen := map[netip.Prefix]string{}
+	for i, h := range holders {
+		l := h.next(t, 30*time.Second)
+		if other, dup := seen[l.Subnet]; dup {
+			t.Errorf("holder %d (%s) got %s, already held by %s", i, l.Attrs.PublicIP, l.Subnet, other)
+		}
+		seen[l.Subnet] = l.Attrs.PublicIP.String()
+		if !cfg.Fits(l) || l.Reservation || l.Expires.IsZero() {
+			t.Errorf("holder %d: lease %+v: want a fitting, expiring lease", i, l)
+		}
+	}
+	leases, err := newStore(t, srv).Leases(testCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases) != n {
+		t.Errorf("etcd has %d leases, want %d", len(leases), n)
+	}
+	for _, h := range holders {
+		if err := h.stop(t); err != nil {
+			t.Errorf("Hold returned %v after its context ended, want nil", err)
+		}
+	}
+}
+
+func TestNetworkFull(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	setConfig(t, st, net4)
+	got := map[netip.Prefix]bool{}
+	for i := range 4 {
+		l := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs(fmt.Sprintf("198.51.100.%d", i+1))}).next(t, 10*time.Second)
+		got[l.Subnet] = true
+	}
+	if len(got) != 4 {
+		t.Fatalf("four holders got %d distinct subnets: %v", len(got), got)
+	}
+	h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.5")})
+	var err error
+	select {
+	case err = <-h.done:
+	case l := <-h.leases:
+		t.Fatalf("fifth holder got %s in a full network", l.Subnet)
+	case <-time.After(10 * time.Second):
+		t.Fatal("fifth Hold did not fail")
+	}
+	close(h.done)
+	var full *subnet.NetworkFullError
+	if !errors.As(err, &full) {
+		t.Fatalf("fifth Hold: %v, want a *subnet.NetworkFullError", err)
+	}
+	for _, want := range []string{"10.6.0.0/22", "/24", "4 leases"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestAcquireOrder(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	setConfig(t, newStore(t, srv), net16)
+	// Existing leases: 10.5.10.0 of 198.51.100.10 (this node, from its previous run), 10.5.20.0 of another node.
+	grant, err := cli.Grant(testCtx(t, 5*time.Second), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawPut(t, cli, subnetsPrefix+"10.5.10.0-24", leaseValue("198.51.100.10"), clientv3.WithLease(grant.ID))
+	rawPut(t, cli, subnetsPrefix+"10.5.20.0-24", leaseValue("198.51.100.20"), clientv3.WithLease(grant.ID))
+
+	for _, tc := range []struct {
+		name string
+		ip   string
+		prev string
+		want string // "" means any subnet but the ones named in notWant
+		not  []string
+	}{
+		{name: "same public IP is reused over prev", ip: "198.51.100.10", prev: "10.5.30.0/24", want: "10.5.10.0/24"},
+		{name: "free prev is taken", ip: "198.51.100.31", prev: "10.5.31.0/24", want: "10.5.31.0/24"},
+		{name: "prev held by another node is not taken", ip: "198.51.100.32", prev: "10.5.20.0/24", not: []string{"10.5.20.0/24", "10.5.10.0/24", "10.5.31.0/24"}},
+		{name: "prev outside SubnetMin..Max is not taken", ip: "198.51.100.33", prev: "10.5.0.0/24", not: []string{"10.5.0.0/24"}},
+		{name: "prev of another length is not taken", ip: "198.51.100.34", prev: "10.5.40.0/25", not: []string{"10.5.40.0/25"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := subnet.AcquireRequest{Attrs: attrs(tc.ip), Prev: netip.MustParsePrefix(tc.prev)}
+			h := startHold(t, newStore(t, srv), req)
+			l := h.next(t, 10*time.Second)
+			if tc.want != "" && l.Subnet.String() != tc.want {
+				t.Errorf("got %s, want %s", l.Subnet, tc.want)
+			}
+			for _, n := range tc.not {
+				if l.Subnet.String() == n {
+					t.Errorf("got %s, which it must not take", l.Subnet)
+				}
+			}
+			val, lease, _, ok := rawGet(t, cli, keyOf(l))
+			if !ok || lease == 0 || !strings.Contains(val, `"BackendData":{"VNI":1}`) || !strings.Contains(val, tc.ip) {
+				t.Errorf("key %s: value %s, etcd lease %x: want our value with an etcd lease", keyOf(l), val, lease)
+			}
+		})
+	}
+	// The other node's lease is untouched.
+	if val, _, _, _ := rawGet(t, cli, subnetsPrefix+"10.5.20.0-24"); val != leaseValue("198.51.100.20") {
+		t.Errorf("other node's lease changed to %s", val)
+	}
+}
+
+func TestRestartReusesLease(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	setConfig(t, newStore(t, srv), net16)
+	req := subnet.AcquireRequest{Attrs: attrs("198.51.100.7")}
+	h := startHold(t, newStore(t, srv), req)
+	first := h.next(t, 10*time.Second)
+	_, lease1, _, _ := rawGet(t, cli, keyOf(first))
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, ok := rawGet(t, cli, keyOf(first)); !ok {
+		t.Fatal("lease key gone after Hold's context ended; it must stay")
+	}
+
+	// The node restarts with another public-IP-independent env file subnet: its own lease still wins.
+	req.Prev = netip.MustParsePrefix("10.5.99.0/24")
+	req.Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}`)
+	second := startHold(t, newStore(t, srv), req).next(t, 10*time.Second)
+	if second.Subnet != first.Subnet {
+		t.Fatalf("after restart got %s, want %s", second.Subnet, first.Subnet)
+	}
+	val, lease2, _, _ := rawGet(t, cli, keyOf(second))
+	if lease2 == 0 || lease2 == lease1 || !strings.Contains(val, "c6:d2:32:6f:8f:44") {
+		t.Errorf("after restart: value %s etcd lease %x (before %x): want the new value under a new etcd lease", val, lease2, lease1)
+	}
+	ttl, err := cli.TimeToLive(testCtx(t, 5*time.Second), lease1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.TTL != -1 {
+		t.Errorf("the previous run's etcd lease %x still exists (TTL %d); want it revoked", lease1, ttl.TTL)
+	}
+}
+
+func TestReservation(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv, withTTL(2*time.Second))
+	setConfig(t, st, net16)
+	ctx := testCtx(t, 30*time.Second)
+	reserved := netip.MustParsePrefix("10.5.7.0/24")
+	ip := netip.MustParseAddr("198.51.100.70")
+	if err := st.Reserve(ctx, reserved, ip); err != nil {
+		t.Fatalf("Reserve: %v", err)
+	}
+	if err := st.Reserve(ctx, reserved, ip); err != nil {
+		t.Errorf("Reserve again: %v, want nil", err)
+	}
+	if err := st.Reserve(ctx, reserved, netip.MustParseAddr("198.51.100.71")); !errors.Is(err, ErrConflict) {
+		t.Errorf("Reserve for another IP: %v, want ErrConflict", err)
+	}
+	if err := st.Reserve(ctx, netip.MustParsePrefix("10.5.0.0/24"), ip); err == nil {
+		t.Errorf("Reserve outside SubnetMin..Max succeeded")
+	}
+	key := subnetsPrefix + "10.5.7.0-24"
+
+	h := startHold(t, newStore(t, srv, withTTL(2*time.Second)), subnet.AcquireRequest{Attrs: attrs(ip.String())})
+	l := h.next(t, 10*time.Second)
+	if l.Subnet != reserved || !l.Reservation || !l.Expires.IsZero() {
+		t.Fatalf("Hold got %+v, want reservation %s", l, reserved)
+	}
+	// Across several keepalive periods the key stays without an etcd lease, with our value.
+	for range 5 {
+		val, lease, _, ok := rawGet(t, cli, key)
+		if !ok || lease != 0 || !strings.Contains(val, `"VNI":1`) {
+			t.Fatalf("reservation key: present %v value %s etcd lease %x: want our value with no etcd lease", ok, val, lease)
+		}
+		time.Sleep(time.Second)
+	}
+	leases, err := st.Leases(ctx)
+	if err != nil || len(leases) != 1 || !leases[0].Reservation || !leases[0].Expires.IsZero() {
+		t.Errorf("Leases: %+v, %v: want one reservation without expiry", leases, err)
+	}
+
+	// An ordinary lease converted to a reservation while held: the holder notices and keeps it.
+	h2 := startHold(t, newStore(t, srv, withTTL(2*time.Second)), subnet.AcquireRequest{Attrs: attrs("198.51.100.72")})
+	l2 := h2.next(t, 10*time.Second)
+	if l2.Reservation {
+		t.Fatalf("second holder got a reservation: %+v", l2)
+	}
+	if err := st.Unreserve(ctx, l2.Subnet); !errors.Is(err, ErrNotReservation) {
+		t.Errorf("Unreserve of an ordinary lease: %v, want ErrNotReservation", err)
+	}
+	if err := st.Reserve(ctx, l2.Subnet, l2.Attrs.PublicIP); err != nil {
+		t.Fatalf("Reserve held lease: %v", err)
+	}
+	if l := h2.next(t, 5*time.Second); !l.Reservation || l.Subnet != l2.Subnet {
+		t.Errorf("after Reserve the holder got %+v, want reservation of %s", l, l2.Subnet)
+	}
+	time.Sleep(3 * time.Second) // past the TTL
+	if _, lease, _, ok := rawGet(t, cli, keyOf(l2)); !ok || lease != 0 {
+		t.Errorf("converted reservation: present %v etcd lease %x", ok, lease)
+	}
+
+	// Unreserve: the holder takes the same subnet again as an ordinary lease.
+	if err := st.Unreserve(ctx, reserved); err != nil {
+		t.Fatalf("Unreserve: %v", err)
+	}
+	if l := h.next(t, 10*time.Second); l.Subnet != reserved || l.Reservation {
+		t.Errorf("after Unreserve the holder got %+v, want ordinary lease of %s", l, reserved)
+	}
+	if err := st.Unreserve(ctx, netip.MustParsePrefix("10.5.8.0/24")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Unreserve of a missing key: %v, want ErrNotFound", err)
+	}
+}
+
+func TestLeaseTTL(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	setConfig(t, newStore(t, srv), net16)
+	const ttl = 2 * time.Second
+
+	t.Run("stopped holder expires", func(t *testing.T) {
+		t.Parallel()
+		st := newStore(t, srv, withTTL(ttl))
+		h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.1")})
+		l := h.next(t, 10*time.Second)
+		if err := h.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		stopped := time.Now()
+		// The store (and its client) keep running: only this lease's keepalive stopped.
+		eventually(t, ttl+4*time.Second, "lease key of a stopped holder expires", func() bool {
+			_, _, _, ok := rawGet(t, cli, keyOf(l))
+			return !ok
+		})
+		t.Logf("key expired %s after Hold stopped", time.Since(stopped).Round(100*time.Millisecond))
+	})
+	t.Run("running holder stays", func(t *testing.T) {
+		t.Parallel()
+		h := startHold(t, newStore(t, srv, withTTL(ttl)), subnet.AcquireRequest{Attrs: attrs("198.51.100.2")})
+		l := h.next(t, 10*time.Second)
+		_, lease, _, _ := rawGet(t, cli, keyOf(l))
+		for end := time.Now().Add(3 * ttl); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+			if _, got, _, ok := rawGet(t, cli, keyOf(l)); !ok || got != lease {
+				t.Fatalf("lease key of a running holder: present %v etcd lease %x, want %x", ok, got, lease)
+			}
+		}
+		select {
+		case l := <-h.leases:
+			t.Errorf("holder re-acquired (%+v) without losing its lease", l)
+		default:
+		}
+	})
+	t.Run("deleted key is acquired again", func(t *testing.T) {
+		t.Parallel()
+		h := startHold(t, newStore(t, srv, withTTL(ttl)), subnet.AcquireRequest{Attrs: attrs("198.51.100.3")})
+		l := h.next(t, 10*time.Second)
+		if _, err := cli.Delete(testCtx(t, 5*time.Second), keyOf(l)); err != nil {
+			t.Fatal(err)
+		}
+		again := h.next(t, 5*time.Second)
+		if again.Subnet != l.Subnet {
+			t.Errorf("re-acquired %s, want the same subnet %s", again.Subnet, l.Subnet)
+		}
+		if _, lease, _, ok := rawGet(t, cli, keyOf(again)); !ok || lease == 0 {
+			t.Errorf("after re-acquisition: present %v etcd lease %x", ok, lease)
+		}
+	})
+	t.Run("key taken over by another IP", func(t *testing.T) {
+		t.Parallel()
+		h := startHold(t, newStore(t, srv, withTTL(ttl)), subnet.AcquireRequest{Attrs: attrs("198.51.100.4")})
+		l := h.next(t, 10*time.Second)
+		rawPut(t, cli, keyOf(l), leaseValue("198.51.100.44"))
+		again := h.next(t, 5*time.Second)
+		if again.Subnet == l.Subnet {
+			t.Errorf("re-acquired %s, which another node took over", again.Subnet)
+		}
+		if val, _, _, _ := rawGet(t, cli, keyOf(l)); val != leaseValue("198.51.100.44") {
+			t.Errorf("the other node's key was overwritten: %s", val)
+		}
+	})
+}
+
+func TestHoldWaitsForConfig(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.1")})
+	time.Sleep(500 * time.Millisecond)
+	setConfig(t, st, net16)
+	h.next(t, 10*time.Second)
+}
+
+func TestDualStack(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	setConfig(t, st, `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	a := attrs("198.51.100.1")
+	a.PublicIPv6 = netip.MustParseAddr("2001:db8::1")
+	prev6 := netip.MustParsePrefix("fd00:5:0:7::/64")
+	l := startHold(t, st, subnet.AcquireRequest{Attrs: a, Prev: netip.MustParsePrefix("10.5.7.0/24"), PrevIPv6: prev6}).next(t, 10*time.Second)
+	if l.Subnet.String() != "10.5.7.0/24" || l.IPv6Subnet != prev6 {
+		t.Fatalf("got %s & %s, want the previous subnets", l.Subnet, l.IPv6Subnet)
+	}
+	if _, _, _, ok := rawGet(t, srv.Client(t), subnetsPrefix+"10.5.7.0-24&fd00:5:0:7::-64"); !ok {
+		t.Errorf("no dual-stack key")
+	}
+	l2 := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.2"), Prev: netip.MustParsePrefix("10.5.7.0/24")}).next(t, 10*time.Second)
+	if l2.Subnet == l.Subnet || l2.IPv6Subnet == l.IPv6Subnet || !l2.IPv6Subnet.IsValid() {
+		t.Errorf("second node got %s & %s next to %s & %s", l2.Subnet, l2.IPv6Subnet, l.Subnet, l.IPv6Subnet)
+	}
+}

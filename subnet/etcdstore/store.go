@@ -1,0 +1,415 @@
+// Package etcdstore is the subnet lease store on etcd v3, compatible with flannel's keys and values
+// (docs compat.md §1-4): the network config at "<prefix>/config" and one key per lease at
+// "<prefix>/subnets/<A.B.C.D>-<LEN>[&<v6>-<LEN6>]" whose value is the lease's Attrs as JSON.
+//
+// A lease key carries an etcd lease (TTL Config.LeaseTTL) that its holder keeps alive with etcd keepalives;
+// a key without an etcd lease is a reservation and never expires. Keys that cannot be parsed, by name or
+// value, are skipped with a warning and never overwritten.
+//
+// Store implements subnet.Store (Config, Hold, Watch) for the agent, and offers the operations the ops
+// subcommands need (SetConfig, RawConfig, Leases, Reserve, Unreserve). Its methods are safe for concurrent
+// use. Hold and Watch run on the caller's goroutine; the only goroutines the store starts are the etcd
+// client's and the keepalive session's of a held lease, which end with Hold's context or Close.
+package etcdstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// Errors of the ops methods, for errors.Is.
+var (
+	// ErrNotFound means no lease key exists for the subnet.
+	ErrNotFound = errors.New("no lease for subnet")
+	// ErrNotReservation means the subnet's key is an ordinary lease (it has an etcd lease attached).
+	ErrNotReservation = errors.New("lease is not a reservation")
+	// ErrConflict means the subnet is held by another node, or its key changed while we updated it.
+	ErrConflict = errors.New("lease conflict")
+)
+
+// Store is the lease store on etcd. Create it with New; Close it when done.
+type Store struct {
+	cli        *clientv3.Client
+	log        *slog.Logger
+	prefix     string
+	ttl        int64 // etcd lease TTL in seconds
+	reqTimeout time.Duration
+	closeOnce  sync.Once
+
+	mu     sync.Mutex       // guards warned
+	warned map[string]int64 // unreadable key -> ModRevision already warned about
+
+	// testHookBeforeWatch, if set, runs in Watch between listing and starting the watch.
+	testHookBeforeWatch func()
+}
+
+var _ subnet.Store = (*Store)(nil)
+
+// New creates a store and its etcd client. It does not wait for etcd to be reachable, except to
+// authenticate when cfg.Username is set (bounded by cfg.DialTimeout). log gets the component attribute
+// "etcdstore"; nil discards.
+func New(cfg Config, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "etcdstore")
+	eps, err := cfg.endpoints()
+	if err != nil {
+		return nil, err
+	}
+	ccfg := clientv3.Config{
+		Endpoints:            eps,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		DialTimeout:          orDefault(cfg.DialTimeout, DefaultDialTimeout),
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               newZapLogger(log.With("etcd_client", true)),
+		// gRPC's default reconnect backoff grows to 2 minutes; an agent should notice a returning etcd
+		// within seconds.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
+	}
+	if cfg.usesTLS() {
+		if ccfg.TLS, err = cfg.tlsConfig(); err != nil {
+			return nil, err
+		}
+	} // else: plain http, ccfg.TLS stays nil.
+	cli, err := clientv3.New(ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(eps, ","), err)
+	}
+	return &Store{
+		cli:        cli,
+		log:        log,
+		prefix:     cfg.prefix(),
+		ttl:        cfg.leaseTTLSeconds(),
+		reqTimeout: orDefault(cfg.RequestTimeout, DefaultRequestTimeout),
+		warned:     map[string]int64{},
+	}, nil
+}
+
+// Close closes the etcd client. Held leases stay in etcd until their TTL runs out. Close is idempotent.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() { err = s.cli.Close() })
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Store) configKey() string              { return s.prefix + "/config" }
+func (s *Store) subnetsPrefix() string          { return s.prefix + "/subnets/" }
+func (s *Store) leaseKey(l subnet.Lease) string { return s.subnetsPrefix() + l.Key() }
+
+// reqCtx bounds one etcd request.
+func (s *Store) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.reqTimeout)
+}
+
+// Config reads and validates the network config. A missing key gives an error wrapping subnet.ErrNoConfig.
+func (s *Store) Config(ctx context.Context) (*subnet.Config, error) {
+	raw, err := s.RawConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := subnet.ParseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("etcd key %s: %w", s.configKey(), err)
+	}
+	return cfg, nil
+}
+
+// RawConfig returns the network config's JSON as stored. A missing key gives an error wrapping
+// subnet.ErrNoConfig.
+func (s *Store) RawConfig(ctx context.Context) ([]byte, error) {
+	ctx, cancel := s.reqCtx(ctx)
+	defer cancel()
+	key := s.configKey()
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read etcd key %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("etcd key %s: %w", key, subnet.ErrNoConfig)
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+// SetConfig validates raw with subnet.ParseConfig and stores it, as given, as the network config.
+func (s *Store) SetConfig(ctx context.Context, raw []byte) error {
+	key := s.configKey()
+	if _, err := subnet.ParseConfig(raw); err != nil {
+		return fmt.Errorf("set etcd key %s: %w", key, err)
+	}
+	ctx, cancel := s.reqCtx(ctx)
+	defer cancel()
+	if _, err := s.cli.Put(ctx, key, string(raw)); err != nil {
+		return fmt.Errorf("set etcd key %s: %w", key, err)
+	}
+	return nil
+}
+
+// entry is one key under "<prefix>/subnets/".
+type entry struct {
+	key   string
+	value []byte
+	// lease has Subnet and IPv6Subnet whenever the key name parses, even if the value does not; the rest
+	// only when err is nil.
+	lease subnet.Lease
+	// claim4 is the IPv4 subnet named before any "&" in the key name, even if the rest does not parse:
+	// acquisition treats it as taken (the claim transaction guards the same names).
+	claim4    netip.Prefix
+	etcdLease clientv3.LeaseID
+	modRev    int64
+	createRev int64
+	err       error // why the key name or value is unreadable
+}
+
+func (s *Store) decode(kv *mvccpb.KeyValue) entry {
+	e := entry{key: string(kv.Key), value: kv.Value, etcdLease: clientv3.LeaseID(kv.Lease), modRev: kv.ModRevision, createRev: kv.CreateRevision}
+	name := strings.TrimPrefix(e.key, s.subnetsPrefix())
+	name4, _, _ := strings.Cut(name, "&")
+	e.claim4, _, _ = subnet.ParseKeyName(name4)
+	v4, v6, err := subnet.ParseKeyName(name)
+	if err != nil {
+		e.err = fmt.Errorf("etcd key %s: %w", e.key, err)
+		return e
+	}
+	e.lease.Subnet, e.lease.IPv6Subnet = v4, v6
+	var a subnet.Attrs
+	if err := json.Unmarshal(kv.Value, &a); err != nil {
+		e.err = fmt.Errorf("etcd key %s: lease value %q: %w", e.key, truncate(kv.Value), err)
+		return e
+	}
+	e.lease.Attrs = a
+	e.lease.Reservation = kv.Lease == 0
+	e.lease.Revision = kv.ModRevision
+	return e
+}
+
+func truncate(b []byte) string {
+	if len(b) > 64 {
+		return string(b[:64]) + "..."
+	}
+	return string(b)
+}
+
+// warnUnreadable logs a skipped key once per ModRevision.
+func (s *Store) warnUnreadable(e entry) {
+	s.mu.Lock()
+	seen := s.warned[e.key] == e.modRev
+	s.warned[e.key] = e.modRev
+	s.mu.Unlock()
+	if !seen {
+		s.log.Warn("skipping unreadable lease key; it is left as it is", "key", e.key, "err", e.err)
+	}
+}
+
+// list reads every lease key. Unreadable keys are included (with err set) and logged.
+func (s *Store) list(ctx context.Context) ([]entry, int64, error) {
+	ctx, cancel := s.reqCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.subnetsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("list etcd keys %s: %w", s.subnetsPrefix(), err)
+	}
+	out := make([]entry, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		e := s.decode(kv)
+		if e.err != nil {
+			s.warnUnreadable(e)
+		}
+		out = append(out, e)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// compareLeases orders leases by IPv4 subnet, then IPv6 subnet.
+func compareLeases(a, b subnet.Lease) int {
+	if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()); c != 0 {
+		return c
+	}
+	if c := a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.IPv6Subnet.Bits(), b.IPv6Subnet.Bits())
+}
+
+// Leases returns every readable lease, sorted by subnet, with Expires set from the remaining TTL of its etcd
+// lease (zero for reservations).
+func (s *Store) Leases(ctx context.Context) ([]subnet.Lease, error) {
+	entries, _, err := s.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ttls := map[clientv3.LeaseID]time.Time{}
+	var out []subnet.Lease
+	for _, e := range entries {
+		if e.err != nil {
+			continue
+		}
+		l := e.lease
+		if e.etcdLease != clientv3.NoLease {
+			exp, ok := ttls[e.etcdLease]
+			if !ok {
+				rctx, cancel := s.reqCtx(ctx)
+				resp, err := s.cli.TimeToLive(rctx, e.etcdLease)
+				cancel()
+				if err != nil {
+					return nil, fmt.Errorf("etcd key %s: TTL of etcd lease %x: %w", e.key, int64(e.etcdLease), err)
+				}
+				exp = time.Now().Add(time.Duration(max(resp.TTL, 0)) * time.Second)
+				ttls[e.etcdLease] = exp
+			}
+			l.Expires = exp
+		}
+		out = append(out, l)
+	}
+	slices.SortFunc(out, compareLeases)
+	return out, nil
+}
+
+// findSubnet returns the entry whose key holds IPv4 subnet p, or nil.
+func findSubnet(entries []entry, p netip.Prefix) *entry {
+	for i := range entries {
+		if entries[i].lease.Subnet == p {
+			return &entries[i]
+		}
+	}
+	return nil
+}
+
+// Reserve makes subnet p a reservation (a key without an etcd lease, which never expires) for the node with
+// publicIP. An existing lease of p held by publicIP is converted in place, keeping its value; one held by
+// another node is an ErrConflict. If p is free it must fit the network config; in a dual-stack network a free
+// IPv6 subnet is reserved along with it. The value of a new reservation holds only PublicIP, as flannel's
+// documentation suggests; the node fills in its backend data when it takes the lease.
+func (s *Store) Reserve(ctx context.Context, p netip.Prefix, publicIP netip.Addr) error {
+	if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {
+		return fmt.Errorf("reserve %s: want a masked IPv4 subnet", p)
+	}
+	if !publicIP.Is4() {
+		return fmt.Errorf("reserve %s: public IP %s: must be an IPv4 address", p, publicIP)
+	}
+	entries, _, err := s.list(ctx)
+	if err != nil {
+		return fmt.Errorf("reserve %s: %w", p, err)
+	}
+	rctx, cancel := s.reqCtx(ctx)
+	defer cancel()
+	if e := findSubnet(entries, p); e != nil {
+		switch {
+		case e.err != nil:
+			return fmt.Errorf("reserve %s: key is unreadable, not changing it: %w", p, e.err)
+		case e.lease.Attrs.PublicIP != publicIP:
+			return fmt.Errorf("reserve %s for %s: etcd key %s is held by %s: %w", p, publicIP, e.key, e.lease.Attrs.PublicIP, ErrConflict)
+		case e.lease.Reservation:
+			return nil
+		}
+		resp, err := s.cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)).
+			Then(clientv3.OpPut(e.key, string(e.value))).Commit()
+		if err != nil {
+			return fmt.Errorf("reserve %s: update etcd key %s: %w", p, e.key, err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("reserve %s: etcd key %s changed meanwhile: %w", p, e.key, ErrConflict)
+		}
+		s.log.Info("lease converted to a reservation", "key", e.key, "public_ip", publicIP)
+		return nil
+	}
+	cfg, err := s.Config(ctx)
+	if err != nil {
+		return fmt.Errorf("reserve %s: %w", p, err)
+	}
+	l := subnet.Lease{Subnet: p, Attrs: subnet.Attrs{PublicIP: publicIP}}
+	if cfg.EnableIPv6 {
+		v6, ok := subnet.PickFree(cfg, namedLeases(entries), true)
+		if !ok {
+			return fmt.Errorf("reserve %s: %w", p, &subnet.NetworkFullError{Network: cfg.IPv6Network, SubnetLen: cfg.IPv6SubnetLen, Leases: len(namedLeases(entries))})
+		}
+		l.IPv6Subnet = v6
+	}
+	if !cfg.Fits(l) {
+		return fmt.Errorf("reserve %s: outside the network config's allocatable range %s-%s /%d", p, cfg.SubnetMin, cfg.SubnetMax, cfg.SubnetLen)
+	}
+	value, err := json.Marshal(l.Attrs)
+	if err != nil {
+		return fmt.Errorf("reserve %s: %w", p, err)
+	}
+	key := s.leaseKey(l)
+	resp, err := s.cli.Txn(rctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(value))).Commit()
+	if err != nil {
+		return fmt.Errorf("reserve %s: create etcd key %s: %w", p, key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("reserve %s: etcd key %s was created meanwhile: %w", p, key, ErrConflict)
+	}
+	s.log.Info("reservation created", "key", key, "public_ip", publicIP)
+	return nil
+}
+
+// Unreserve deletes the reservation of subnet p (even one with an unreadable value). It refuses an ordinary
+// lease (ErrNotReservation) and a missing key (ErrNotFound). A node holding the reservation takes the same subnet again as an ordinary lease.
+func (s *Store) Unreserve(ctx context.Context, p netip.Prefix) error {
+	entries, _, err := s.list(ctx)
+	if err != nil {
+		return fmt.Errorf("unreserve %s: %w", p, err)
+	}
+	e := findSubnet(entries, p)
+	switch {
+	case e == nil:
+		return fmt.Errorf("unreserve %s: %w", p, ErrNotFound)
+	case e.etcdLease != clientv3.NoLease:
+		return fmt.Errorf("unreserve %s: etcd key %s has etcd lease %x: %w", p, e.key, int64(e.etcdLease), ErrNotReservation)
+	}
+	rctx, cancel := s.reqCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(rctx).
+		If(clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)).
+		Then(clientv3.OpDelete(e.key)).Commit()
+	if err != nil {
+		return fmt.Errorf("unreserve %s: delete etcd key %s: %w", p, e.key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("unreserve %s: etcd key %s changed meanwhile: %w", p, e.key, ErrConflict)
+	}
+	s.log.Info("reservation deleted", "key", e.key)
+	return nil
+}
+
+// namedLeases returns the leases of all keys whose names parse, readable or not: the subnets that are taken.
+func namedLeases(entries []entry) []subnet.Lease {
+	var out []subnet.Lease
+	for _, e := range entries {
+		if e.lease.Subnet.IsValid() {
+			out = append(out, e.lease)
+		}
+	}
+	return out
+}

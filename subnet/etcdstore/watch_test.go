@@ -1,0 +1,228 @@
+package etcdstore
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore/etcdtest"
+)
+
+// watcher runs Watch on its own goroutine and records the snapshots.
+type watcher struct {
+	sets chan []subnet.Lease
+	done chan error
+}
+
+func startWatch(t testing.TB, st *Store) *watcher {
+	ctx := testCtx(t, time.Minute)
+	w := &watcher{sets: make(chan []subnet.Lease, 1000), done: make(chan error, 1)}
+	go func() { w.done <- st.Watch(ctx, func(ls []subnet.Lease) { w.sets <- ls }) }()
+	return w
+}
+
+// summary renders a set as "subnet=publicIP" items in order.
+func summary(ls []subnet.Lease) string {
+	var b []string
+	for _, l := range ls {
+		b = append(b, fmt.Sprintf("%s=%s", l.Subnet, l.Attrs.PublicIP))
+	}
+	return strings.Join(b, " ")
+}
+
+// waitFor waits until a delivered set renders as want, and returns it.
+func (w *watcher) waitFor(t testing.TB, want string) []subnet.Lease {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	last := "(nothing)"
+	for {
+		select {
+		case ls := <-w.sets:
+			if !slices.IsSortedFunc(ls, compareLeases) {
+				t.Errorf("delivered set not sorted: %s", summary(ls))
+			}
+			if last = summary(ls); last == want {
+				return ls
+			}
+		case err := <-w.done:
+			t.Fatalf("Watch returned %v", err)
+		case <-timeout:
+			t.Fatalf("Watch did not deliver %q; last delivered %q", want, last)
+		}
+	}
+}
+
+func TestWatchChanges(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	rawPut(t, cli, subnetsPrefix+"10.5.1.0-24", leaseValue("198.51.100.1"))
+	w := startWatch(t, st)
+	w.waitFor(t, "10.5.1.0/24=198.51.100.1")
+
+	grant, err := cli.Grant(testCtx(t, 5*time.Second), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawPut(t, cli, subnetsPrefix+"10.5.3.0-24", leaseValue("198.51.100.3"), clientv3.WithLease(grant.ID))
+	ls := w.waitFor(t, "10.5.1.0/24=198.51.100.1 10.5.3.0/24=198.51.100.3")
+	if !ls[0].Reservation || ls[1].Reservation || ls[1].Revision == 0 {
+		t.Errorf("Reservation/Revision wrong: %+v", ls)
+	}
+	rawPut(t, cli, subnetsPrefix+"10.5.2.0-24", leaseValue("198.51.100.2"))
+	w.waitFor(t, "10.5.1.0/24=198.51.100.1 10.5.2.0/24=198.51.100.2 10.5.3.0/24=198.51.100.3")
+	rawPut(t, cli, subnetsPrefix+"10.5.2.0-24", leaseValue("198.51.100.22"))
+	w.waitFor(t, "10.5.1.0/24=198.51.100.1 10.5.2.0/24=198.51.100.22 10.5.3.0/24=198.51.100.3")
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), subnetsPrefix+"10.5.1.0-24"); err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor(t, "10.5.2.0/24=198.51.100.22 10.5.3.0/24=198.51.100.3")
+	if _, err := cli.Revoke(testCtx(t, 5*time.Second), grant.ID); err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor(t, "10.5.2.0/24=198.51.100.22")
+	// A key outside subnets/ is not a lease.
+	rawPut(t, cli, subnet.DefaultPrefix+"/config", net16)
+	rawPut(t, cli, subnetsPrefix+"10.5.4.0-24", leaseValue("198.51.100.4"))
+	w.waitFor(t, "10.5.2.0/24=198.51.100.22 10.5.4.0/24=198.51.100.4")
+}
+
+func TestWatchCompaction(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	rawPut(t, cli, subnetsPrefix+"10.5.1.0-24", leaseValue("198.51.100.1"))
+	rawPut(t, cli, subnetsPrefix+"10.5.2.0-24", leaseValue("198.51.100.2"))
+	// Between the first list and the watch, the leases change and history is compacted past the list's
+	// revision: the watch from there fails with a compaction error.
+	var once sync.Once
+	st.testHookBeforeWatch = func() {
+		once.Do(func() {
+			rawPut(t, cli, subnetsPrefix+"10.5.3.0-24", leaseValue("198.51.100.3"))
+			rawPut(t, cli, subnetsPrefix+"10.5.2.0-24", leaseValue("198.51.100.22"))
+			if _, err := cli.Delete(testCtx(t, 5*time.Second), subnetsPrefix+"10.5.1.0-24"); err != nil {
+				t.Error(err)
+			}
+			srv.Compact(t)
+		})
+	}
+	w := startWatch(t, st)
+	w.waitFor(t, "10.5.1.0/24=198.51.100.1 10.5.2.0/24=198.51.100.2")
+	w.waitFor(t, "10.5.2.0/24=198.51.100.22 10.5.3.0/24=198.51.100.3")
+	rawPut(t, cli, subnetsPrefix+"10.5.4.0-24", leaseValue("198.51.100.4"))
+	got := w.waitFor(t, "10.5.2.0/24=198.51.100.22 10.5.3.0/24=198.51.100.3 10.5.4.0/24=198.51.100.4")
+	real, err := st.Leases(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if summary(got) != summary(real) {
+		t.Errorf("delivered %q, etcd has %q", summary(got), summary(real))
+	}
+}
+
+func TestEtcdRestart(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv, withTTL(2*time.Second))
+	setConfig(t, st, net16)
+	h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.1")})
+	held := h.next(t, 10*time.Second)
+	w := startWatch(t, newStore(t, srv))
+	want := fmt.Sprintf("%s=198.51.100.1", held.Subnet)
+	w.waitFor(t, want)
+
+	// etcd is gone for longer than the lease TTL: the holder's keepalive gives up and Hold retries until etcd
+	// is back, then takes its lease again (etcd restores leases' TTLs on restart).
+	t.Logf("%s etcd stopping", time.Now().Format("05.000"))
+	srv.Stop()
+	t.Logf("%s etcd stopped", time.Now().Format("05.000"))
+	time.Sleep(3 * time.Second)
+	srv.Restart()
+	t.Logf("%s etcd restarted", time.Now().Format("05.000"))
+	if l := h.next(t, 15*time.Second); l.Subnet != held.Subnet {
+		t.Errorf("after etcd restart the holder got %s, want %s", l.Subnet, held.Subnet)
+	}
+	// The watch resumes and delivers later changes.
+	rawPut(t, cli, subnetsPrefix+"10.5.250.0-24", leaseValue("198.51.100.250"))
+	got := w.waitFor(t, want+" 10.5.250.0/24=198.51.100.250")
+	if l := got[0]; l.Reservation {
+		t.Errorf("holder's lease became a reservation: %+v", l)
+	}
+	if _, lease, _, ok := rawGet(t, cli, keyOf(held)); !ok || lease == 0 {
+		t.Errorf("holder's key after restart: present %v etcd lease %x", ok, lease)
+	}
+	select {
+	case err := <-h.done:
+		t.Errorf("Hold returned %v during the etcd outage", err)
+	default:
+	}
+}
+
+func TestUnreadableKeys(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	setConfig(t, st, net4)
+	garbage := map[string]string{
+		subnetsPrefix + "10.6.0.0-24":      `{"PublicIP":`,                  // not JSON
+		subnetsPrefix + "10.6.2.0-24&junk": leaseValue("198.51.100.9"),      // bad IPv6 half
+		subnetsPrefix + "10.6.4.0-24":      `{"PublicIP":"not an address"}`, // bad address (and outside the network)
+		subnetsPrefix + "garbage":          leaseValue("198.51.100.9"),      // bad name
+		subnetsPrefix + "10.6.1.128-24":    leaseValue("198.51.100.9"),      // bits beyond the length
+		subnetsPrefix + "10.6.3.0-24/x":    leaseValue("198.51.100.9"),      // a deeper key: takes no subnet
+	}
+	revs := map[string]int64{}
+	for k, v := range garbage {
+		rawPut(t, cli, k, v)
+		_, _, rev, _ := rawGet(t, cli, k)
+		revs[k] = rev
+	}
+	rawPut(t, cli, subnetsPrefix+"10.6.1.0-24", leaseValue("198.51.100.1"))
+
+	w := startWatch(t, st)
+	w.waitFor(t, "10.6.1.0/24=198.51.100.1")
+	// Unreadable keys still hold the IPv4 subnets they name: with 10.6.0.0 and 10.6.2.0 unreadable and
+	// 10.6.1.0 held, only 10.6.3.0 is free, even for a node whose previous subnet was an unreadable one.
+	prev := netip.MustParsePrefix("10.6.0.0/24")
+	l := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs("198.51.100.3"), Prev: prev}).next(t, 10*time.Second)
+	if l.Subnet.String() != "10.6.3.0/24" {
+		t.Errorf("got %s, want the one free subnet 10.6.3.0/24", l.Subnet)
+	}
+	w.waitFor(t, "10.6.1.0/24=198.51.100.1 10.6.3.0/24=198.51.100.3")
+	h := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs("198.51.100.4")})
+	select {
+	case err := <-h.done:
+		close(h.done)
+		if err == nil || !strings.Contains(err.Error(), "(5 leases exist)") {
+			t.Errorf("Hold in a full network: %v, want network full with 5 leases (all keys naming a subnet)", err)
+		}
+	case l := <-h.leases:
+		t.Errorf("got %s in a full network", l.Subnet)
+	case <-time.After(10 * time.Second):
+		t.Error("Hold in a full network did not fail")
+	}
+	// A key whose value becomes unreadable drops out of the set.
+	rawPut(t, cli, subnetsPrefix+"10.6.1.0-24", `garbage`)
+	w.waitFor(t, "10.6.3.0/24=198.51.100.3")
+
+	leases, err := st.Leases(testCtx(t, 5*time.Second))
+	if err != nil || summary(leases) != "10.6.3.0/24=198.51.100.3" {
+		t.Errorf("Leases: %q, %v", summary(leases), err)
+	}
+	for k, v := range garbage {
+		if got, _, rev, ok := rawGet(t, cli, k); !ok || got != v || rev != revs[k] {
+			t.Errorf("unreadable key %s was changed: %q rev %d", k, got, rev)
+		}
+	}
+}
