@@ -60,7 +60,7 @@ func (h *held) done() <-chan struct{} {
 //
 // Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
 // its TTL unless the node comes back). It returns an error only when it cannot go on: a *subnet.NetworkFullError,
-// an invalid req, or an IPv6-only config.
+// an invalid req, an IPv6-only config, or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(subnet.Lease)) error {
 	if !req.Attrs.PublicIP.Is4() {
 		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
@@ -68,6 +68,9 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(sub
 	value, err := json.Marshal(req.Attrs)
 	if err != nil {
 		return fmt.Errorf("hold lease: encode lease value: %w", err)
+	}
+	if fn == nil {
+		fn = func(subnet.Lease) {}
 	}
 	log := s.log.With("public_ip", req.Attrs.PublicIP)
 	prev, prev6 := req.Prev.Masked(), req.PrevIPv6.Masked()
@@ -84,6 +87,9 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(sub
 			var full *subnet.NetworkFullError
 			if errors.As(err, &full) || errors.Is(err, errIPv6Only) {
 				return err
+			}
+			if s.closed() {
+				return fmt.Errorf("hold lease: %w", ErrClosed)
 			}
 			d := bo.next()
 			if errors.Is(err, subnet.ErrNoConfig) {
@@ -102,6 +108,9 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(sub
 		reason := s.keep(ctx, log, h, fn)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if s.closed() {
+			return fmt.Errorf("hold lease %s: %w", h.key, ErrClosed)
 		}
 		log.Warn("lease lost; acquiring again, preferring the same subnet", "key", h.key, "reason", reason)
 		prev, prev6 = h.lease.Subnet, h.lease.IPv6Subnet
@@ -423,6 +432,12 @@ func (s *Store) keep(ctx context.Context, log *slog.Logger, h *held, fn func(sub
 			if !ok || wr.Canceled || wr.CompactRevision != 0 || wr.Err() != nil {
 				if ctx.Err() != nil {
 					continue
+				}
+				if s.closed() {
+					if h.session != nil {
+						h.session.Orphan()
+					}
+					return "store closed"
 				}
 				log.Debug("watch of own lease key interrupted; re-reading it", "key", h.key, "err", wr.Err(), "compact_revision", wr.CompactRevision)
 				stopWatch()

@@ -353,3 +353,30 @@ func TestDualStack(t *testing.T) {
 		t.Errorf("second node got %s & %s next to %s & %s", l2.Subnet, l2.IPv6Subnet, l.Subnet, l.IPv6Subnet)
 	}
 }
+
+func TestCloseEndsHoldAndWatch(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	setConfig(t, st, net16)
+	h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.1")})
+	l := h.next(t, 10*time.Second)
+	w := startWatch(t, st)
+	w.waitFor(t, fmt.Sprintf("%s=198.51.100.1", l.Subnet))
+	st.Close()
+	for name, done := range map[string]chan error{"Hold": h.done, "Watch": w.done} {
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("%s after Close: %v, want ErrClosed", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s did not return after Close", name)
+		}
+	}
+	close(h.done)
+	// The lease is left in place (until its TTL runs out).
+	if _, _, _, ok := rawGet(t, srv.Client(t), keyOf(l)); !ok {
+		t.Error("Close deleted the lease key")
+	}
+}

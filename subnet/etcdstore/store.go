@@ -41,6 +41,8 @@ var (
 	ErrNotReservation = errors.New("lease is not a reservation")
 	// ErrConflict means the subnet is held by another node, or its key changed while we updated it.
 	ErrConflict = errors.New("lease conflict")
+	// ErrClosed is returned by Hold and Watch when the store is closed while they run.
+	ErrClosed = errors.New("etcd store closed")
 )
 
 // Store is the lease store on etcd. Create it with New; Close it when done.
@@ -120,6 +122,9 @@ func (s *Store) Close() error {
 func (s *Store) configKey() string              { return s.prefix + "/config" }
 func (s *Store) subnetsPrefix() string          { return s.prefix + "/subnets/" }
 func (s *Store) leaseKey(l subnet.Lease) string { return s.subnetsPrefix() + l.Key() }
+
+// closed reports whether Close was called.
+func (s *Store) closed() bool { return s.cli.Ctx().Err() != nil }
 
 // reqCtx bounds one etcd request.
 func (s *Store) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {

@@ -18,8 +18,8 @@ import (
 var errCompacted = errors.New("watch revision compacted")
 
 // Watch calls fn with the complete set of readable leases, sorted by subnet, once at start and after every
-// batch of changes, until ctx ends; then it returns nil. fn runs on Watch's goroutine and gets a new slice
-// each time.
+// batch of changes, until ctx ends; then it returns nil (or ErrClosed if the store is closed). fn runs on
+// Watch's goroutine and gets a new slice each time; the first call waits until etcd answers.
 //
 // It lists the leases and watches from the revision after the list. The etcd client resumes the watch across
 // brief disconnects by itself. After a compaction past the watched revision, or if the watch ends for another
@@ -32,6 +32,9 @@ func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
 		err := w.run(ctx, &bo)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if s.closed() {
+			return fmt.Errorf("watch leases: %w", ErrClosed)
 		}
 		if errors.Is(err, errCompacted) {
 			s.log.Info("lease watch fell behind a compaction; listing again", "err", err)
