@@ -38,6 +38,17 @@ func (r Route) String() string {
 	return b.String()
 }
 
+// ForeignRouteError means a route Weft wants to install has the destination of a route that another
+// protocol (an operator, another daemon) installed; Weft leaves such a route alone.
+type ForeignRouteError struct {
+	Dst      netip.Prefix
+	Protocol int
+}
+
+func (e *ForeignRouteError) Error() string {
+	return fmt.Sprintf("route to %s exists with protocol %d (not ours); leaving it in place", e.Dst, e.Protocol)
+}
+
 // DiffRoutes compares the routes we have (all tagged ours) with those we want, keyed by destination. It
 // returns the routes to add or replace (missing or different) and the routes to delete (no longer wanted).
 // Both results are sorted by destination, so plans are deterministic.

@@ -147,9 +147,22 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 	}
 	put, del := DiffRoutes(have, want)
 	var first error
-	for _, r := range put {
-		if err := h.ReplaceRoute(r); err != nil && first == nil {
-			first = err
+	if len(put) > 0 {
+		foreign, err := h.foreignRoutes(v6)
+		if err != nil {
+			return err
+		}
+		for _, r := range put {
+			if proto, ok := foreign[r.Dst]; ok {
+				// Replacing would take over a route somebody else made: leave it and say so.
+				if first == nil {
+					first = &ForeignRouteError{Dst: r.Dst, Protocol: proto}
+				}
+				continue
+			}
+			if err := h.ReplaceRoute(r); err != nil && first == nil {
+				first = err
+			}
 		}
 	}
 	for _, r := range del {
@@ -158,6 +171,30 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 		}
 	}
 	return first
+}
+
+// foreignRoutes returns the main-table unicast destinations held by routes of another protocol, with it.
+func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]int, error) {
+	family := netlink.FAMILY_V4
+	if v6 {
+		family = netlink.FAMILY_V6
+	}
+	nrs, err := retry(func() ([]netlink.Route, error) {
+		return h.NL.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list main-table routes: %w", err)
+	}
+	out := map[netip.Prefix]int{}
+	for _, nr := range nrs {
+		if nr.Dst == nil || nr.Protocol == RouteProtocol || nr.Type != unix.RTN_UNICAST {
+			continue
+		}
+		if dst, ok := prefixFromIPNet(nr.Dst); ok {
+			out[dst] = int(nr.Protocol)
+		}
+	}
+	return out, nil
 }
 
 func slicesFilter[T any](s []T, keep func(T) bool) []T {

@@ -1,6 +1,7 @@
 package kernel_test
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -57,5 +58,44 @@ func TestSyncRoutesInNetns(t *testing.T) {
 	}
 	if strings.Contains(got, "10.5.9.0/24") {
 		t.Errorf("stale route of ours not removed:\n%s", got)
+	}
+}
+
+// TestSyncRoutesLeavesForeignSameDestination checks that a foreign route holding the very destination we
+// want is neither replaced nor adopted, and that SyncRoutes reports it.
+func TestSyncRoutesLeavesForeignSameDestination(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
+	ns.MustIP(t, "link", "add", "d0", "type", "bridge")
+	ns.MustIP(t, "addr", "add", "192.0.2.1/24", "dev", "d0")
+	ns.MustIP(t, "link", "set", "d0", "up")
+	ns.MustIP(t, "route", "add", "10.5.1.0/24", "via", "192.0.2.99", "proto", "static")
+	var syncErr error
+	err := ns.Do(func() error {
+		h, err := kernel.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		link, err := h.NL.LinkByName("d0")
+		if err != nil {
+			return err
+		}
+		syncErr = h.SyncRoutes(false, []kernel.Route{
+			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
+			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
+		}, nil)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fe *kernel.ForeignRouteError
+	if !errors.As(syncErr, &fe) || fe.Dst.String() != "10.5.1.0/24" {
+		t.Errorf("SyncRoutes err = %v, want a ForeignRouteError for 10.5.1.0/24", syncErr)
+	}
+	got := ns.MustIP(t, "route", "show")
+	if !strings.Contains(got, "10.5.1.0/24 via 192.0.2.99 dev d0 proto static") || !strings.Contains(got, "10.5.2.0/24 via 192.0.2.12 dev d0 proto 87") {
+		t.Errorf("routes after sync:\n%s", got)
 	}
 }

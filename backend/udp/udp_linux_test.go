@@ -278,10 +278,9 @@ func TestCluster(t *testing.T) {
 				}
 				continue
 			}
+			// The drop counter rises and the listener gets nothing. (rx_packets is not compared: unrelated
+			// overlay traffic from earlier subtests may still arrive meanwhile.)
 			waitStat(t, n1.b, c.counter, before[c.counter]+1)
-			if after := n1.b.Stats(); after["rx_packets"] != before["rx_packets"] {
-				t.Errorf("%s: rx_packets went from %d to %d", c.name, before["rx_packets"], after["rx_packets"])
-			}
 			lc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 			if n, _, err := lc.ReadFromUDPAddrPort(make([]byte, 100)); err == nil {
 				t.Errorf("%s: delivered %d bytes", c.name, n)
