@@ -1,0 +1,220 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// etcdFlags are the flags every command that talks to etcd takes.
+type etcdFlags struct {
+	Endpoints []string
+	Prefix    string
+	KeyFile   string
+	CertFile  string
+	CAFile    string
+	Username  string
+	Password  string
+}
+
+func (e *etcdFlags) register(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&e.Endpoints, "etcd-endpoints", []string{"http://127.0.0.1:2379"}, "etcd endpoints, comma-separated")
+	fs.StringVar(&e.Prefix, "etcd-prefix", subnet.DefaultPrefix, "etcd key prefix of the network")
+	fs.StringVar(&e.KeyFile, "etcd-keyfile", "", "TLS client key file for etcd")
+	fs.StringVar(&e.CertFile, "etcd-certfile", "", "TLS client certificate file for etcd")
+	fs.StringVar(&e.CAFile, "etcd-cafile", "", "TLS CA file to verify etcd's certificate")
+	fs.StringVar(&e.Username, "etcd-username", "", "etcd username")
+	fs.StringVar(&e.Password, "etcd-password", "", "etcd password (prefer the WEFTD_ETCD_PASSWORD environment variable)")
+}
+
+// logFlags select the log format and level.
+type logFlags struct {
+	Format string
+	Level  string
+}
+
+func (l *logFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&l.Format, "log-format", "text", "log format: text or json")
+	fs.StringVar(&l.Level, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.Level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.Format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", l.Format)
+}
+
+// Config is weftd's agent configuration, from flags and the environment.
+type Config struct {
+	Etcd etcdFlags
+	Log  logFlags
+
+	Ifaces       []string      // --iface: names or IPv4 addresses; empty: see IfaceRegexes
+	IfaceRegexes []string      // --iface-regex; empty: see CanReach
+	CanReach     string        // --iface-can-reach; empty: the default route's interface
+	PublicIP     string        // --public-ip; empty: the interface's address
+	SubnetFile   string        // --subnet-file
+	LeaseTTL     time.Duration // --subnet-lease-ttl
+	RenewMargin  int           // --subnet-lease-renew-margin (minutes); accepted for compatibility
+	IPMasq       bool          // --ip-masq
+	FwdRules     bool          // --iptables-forward-rules
+	IPTResync    time.Duration // --iptables-resync
+	HealthzIP    string        // --healthz-ip
+	HealthzPort  int           // --healthz-port; 0: no health server
+	Reconcile    time.Duration // --reconcile-interval
+	Version      bool          // --version
+}
+
+// LogValue describes the config for logs without its secrets.
+func (c Config) LogValue() slog.Value {
+	redact := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return "[redacted]"
+	}
+	return slog.GroupValue(
+		slog.Any("etcd-endpoints", c.Etcd.Endpoints),
+		slog.String("etcd-prefix", c.Etcd.Prefix),
+		slog.String("etcd-certfile", c.Etcd.CertFile),
+		slog.String("etcd-keyfile", redact(c.Etcd.KeyFile)),
+		slog.String("etcd-cafile", c.Etcd.CAFile),
+		slog.String("etcd-username", c.Etcd.Username),
+		slog.String("etcd-password", redact(c.Etcd.Password)),
+		slog.Any("iface", c.Ifaces),
+		slog.Any("iface-regex", c.IfaceRegexes),
+		slog.String("iface-can-reach", c.CanReach),
+		slog.String("public-ip", c.PublicIP),
+		slog.String("subnet-file", c.SubnetFile),
+		slog.Duration("subnet-lease-ttl", c.LeaseTTL),
+		slog.Bool("ip-masq", c.IPMasq),
+		slog.String("healthz", fmt.Sprintf("%s:%d", c.HealthzIP, c.HealthzPort)),
+		slog.Duration("reconcile-interval", c.Reconcile),
+	)
+}
+
+func newAgentFlags(c *Config) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("weftd", pflag.ContinueOnError)
+	c.Etcd.register(fs)
+	c.Log.register(fs)
+	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or IPv4 address for inter-node traffic (repeatable; the first that exists wins)")
+	fs.StringSliceVar(&c.IfaceRegexes, "iface-regex", nil, "regular expression matched against interface names and addresses (repeatable)")
+	fs.StringVar(&c.CanReach, "iface-can-reach", "", "use the interface that routes to this address")
+	fs.StringVar(&c.PublicIP, "public-ip", "", "IPv4 address other nodes use to reach this one (default: the interface's address)")
+	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
+	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
+	fs.IntVar(&c.RenewMargin, "subnet-lease-renew-margin", 60, "accepted for flanneld compatibility; weftd renews with etcd keepalives")
+	fs.BoolVar(&c.IPMasq, "ip-masq", false, "written to the env file as FLANNEL_IPMASQ (masquerade rules are not installed yet)")
+	fs.BoolVar(&c.FwdRules, "iptables-forward-rules", true, "accepted for flanneld compatibility (forward rules are not installed yet)")
+	fs.DurationVar(&c.IPTResync, "iptables-resync", 5*time.Second, "accepted for flanneld compatibility")
+	fs.StringVar(&c.HealthzIP, "healthz-ip", "0.0.0.0", "address of the health server")
+	fs.IntVar(&c.HealthzPort, "healthz-port", 0, "port of the health server (/healthz, /readyz, /metrics); 0 disables it")
+	fs.DurationVar(&c.Reconcile, "reconcile-interval", 30*time.Second, "how often the kernel state is checked and repaired")
+	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
+	return fs
+}
+
+// errHelp is returned after usage was printed for --help.
+var errHelp = errors.New("help requested")
+
+// parseFlags parses args into fs and fills every flag not given on the command line from the environment:
+// WEFTD_<NAME>, else FLANNELD_<NAME>, with NAME the flag name upper-cased and dashes turned to underscores.
+func parseFlags(fs *pflag.FlagSet, args []string, getenv func(string) string) error {
+	fs.SortFlags = false
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return errHelp
+		}
+		return err
+	}
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || err != nil || f.Name == "help" {
+			return
+		}
+		name := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		for _, prefix := range []string{"WEFTD_", "FLANNELD_"} {
+			if v := getenv(prefix + name); v != "" {
+				if serr := fs.Set(f.Name, v); serr != nil {
+					err = fmt.Errorf("environment %s%s=%q: %w", prefix, name, v, serr)
+				}
+				return
+			}
+		}
+	})
+	return err
+}
+
+// agentConfig parses weftd's own flags and validates them.
+func agentConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	var c Config
+	fs := newAgentFlags(&c)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: weftd [flags]\n       weftd COMMAND [flags]   (config get|set, leases [delete], reserve, unreserve, version)\n\nFlags (each also settable as WEFTD_<FLAG> or FLANNELD_<FLAG>):\n")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, getenv); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q (commands: config, leases, reserve, unreserve, version)", fs.Arg(0))
+	}
+	return c, c.validate()
+}
+
+func (c *Config) validate() error {
+	if c.Version {
+		return nil
+	}
+	if c.CanReach != "" {
+		if _, err := netip.ParseAddr(c.CanReach); err != nil {
+			return fmt.Errorf("--iface-can-reach %q: want an IP address", c.CanReach)
+		}
+	}
+	if c.PublicIP != "" {
+		if a, err := netip.ParseAddr(c.PublicIP); err != nil || !a.Is4() {
+			return fmt.Errorf("--public-ip %q: want an IPv4 address", c.PublicIP)
+		}
+	}
+	if c.LeaseTTL < 2*time.Second {
+		return fmt.Errorf("--subnet-lease-ttl %s: must be at least 2s", c.LeaseTTL)
+	}
+	if c.Reconcile < 100*time.Millisecond {
+		return fmt.Errorf("--reconcile-interval %s: must be at least 100ms", c.Reconcile)
+	}
+	if c.HealthzPort < 0 || c.HealthzPort > 65535 {
+		return fmt.Errorf("--healthz-port %d: want 0 (off) to 65535", c.HealthzPort)
+	}
+	if len(c.Etcd.Endpoints) == 0 {
+		return errors.New("--etcd-endpoints: at least one endpoint is required")
+	}
+	if c.SubnetFile == "" {
+		return errors.New("--subnet-file: must not be empty")
+	}
+	_, err := c.Log.logger(io.Discard)
+	return err
+}
+
+func getenv(k string) string { return os.Getenv(k) }

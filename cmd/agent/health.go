@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+type metric struct {
+	name  string
+	value uint64
+}
+
+// health serves /healthz (200 while running), /readyz (200 once the env file is written and the data path
+// is in sync) and /metrics (Prometheus text format).
+type health struct {
+	ready atomic.Bool
+	peers atomic.Int64
+	stats func() []metric // set before serving
+}
+
+func newHealth() *health { return &health{stats: func() []metric { return nil }} }
+
+func (h *health) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !h.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		ready := 0
+		if h.ready.Load() {
+			ready = 1
+		}
+		fmt.Fprintf(w, "weft_ready %d\nweft_peers %d\n", ready, h.peers.Load())
+		for _, m := range h.stats() {
+			fmt.Fprintf(w, "%s %d\n", m.name, m.value)
+		}
+	})
+	return mux
+}
+
+func (h *health) listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("health server on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// serve runs the health server until ctx ends.
+func (h *health) serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
+	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	})
+	defer stop()
+	log.Debug("health server listening", "addr", ln.Addr())
+	if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+		log.Error("health server", "err", err)
+	}
+}
+
+// backendMetrics names a backend's counters weft_<type>_<key>, sorted by name.
+func backendMetrics(typ string, stats map[string]uint64) []metric {
+	prefix := "weft_" + strings.ReplaceAll(typ, "-", "_") + "_"
+	out := make([]metric, 0, len(stats))
+	for k, v := range stats {
+		out = append(out, metric{prefix + k, v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}

@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
+)
+
+// command is an operator subcommand: weftd NAME [flags] [args].
+type command func(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error
+
+var commands = map[string]command{
+	"config":    configCmd,
+	"leases":    leasesCmd,
+	"reserve":   reserveCmd,
+	"unreserve": unreserveCmd,
+	"version": func(_ context.Context, _ []string, _ func(string) string, stdout io.Writer) error {
+		_, err := fmt.Fprintln(stdout, "weftd", version)
+		return err
+	},
+}
+
+// opTimeout bounds one operator command's etcd work.
+const opTimeout = 15 * time.Second
+
+// opFlags parses a subcommand's flags (the etcd flags plus extra) and opens the store.
+func opFlags(name, usage string, args []string, getenv func(string) string, extra func(*pflag.FlagSet)) (*pflag.FlagSet, *etcdFlags, error) {
+	var ef etcdFlags
+	fs := pflag.NewFlagSet("weftd "+name, pflag.ContinueOnError)
+	ef.register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: weftd %s %s\n\nFlags:\n", name, usage)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, getenv); err != nil {
+		return nil, nil, err
+	}
+	return fs, &ef, nil
+}
+
+func openOpStore(ef *etcdFlags) (*etcdstore.Store, error) {
+	return openStore(*ef, 24*time.Hour, slog.New(slog.DiscardHandler))
+}
+
+func configCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) == 0 || (args[0] != "get" && args[0] != "set") {
+		return errors.New("usage: weftd config get|set [flags] (weftd config set --help)")
+	}
+	if args[0] == "get" {
+		fs, ef, err := opFlags("config get", "[flags]", args[1:], getenv, nil)
+		if err != nil {
+			return err
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("config get: unexpected argument %q", fs.Arg(0))
+		}
+		store, err := openOpStore(ef)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		ctx, cancel := context.WithTimeout(ctx, opTimeout)
+		defer cancel()
+		raw, err := store.RawConfig(ctx)
+		if err != nil {
+			return err
+		}
+		var pretty bytes.Buffer
+		if json.Indent(&pretty, raw, "", "  ") != nil {
+			pretty.Reset()
+			pretty.Write(raw)
+		}
+		fmt.Fprintln(stdout, pretty.String())
+		if _, err := subnet.ParseConfig(raw); err != nil {
+			return fmt.Errorf("the stored config is invalid: %w", err)
+		}
+		return nil
+	}
+	var o configSetOpts
+	fs, ef, err := opFlags("config set", "[flags]", args[1:], getenv, o.register)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("config set: unexpected argument %q", fs.Arg(0))
+	}
+	raw, err := o.build(fs)
+	if err != nil {
+		return err
+	}
+	cfg, err := validateConfig(raw)
+	if err != nil {
+		return err
+	}
+	store, err := openOpStore(ef)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if err := store.SetConfig(ctx, raw); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s/config: %s\n", ef.Prefix, raw)
+	if cfg.DefaultedBackend {
+		fmt.Fprintf(stdout, "note: no backend type given; agents use %s\n", cfg.BackendType)
+	}
+	return nil
+}
+
+// configSetOpts are the flags of `weftd config set`.
+type configSetOpts struct {
+	network, subnetMin, subnetMax string
+	subnetLen                     int
+	ipv6Network                   string
+	ipv6SubnetLen                 int
+	disableIPv4                   bool
+	backendType, backendJSON      string
+	vni, port, mtu                int
+	directRouting, gbp, learning  bool
+	raw                           string
+}
+
+func (o *configSetOpts) register(fs *pflag.FlagSet) {
+	fs.StringVar(&o.raw, "json", "", "the whole config as JSON (other config flags are then not allowed)")
+	fs.StringVar(&o.network, "network", "", "IPv4 overlay network, e.g. 10.5.0.0/16")
+	fs.IntVar(&o.subnetLen, "subnet-len", 0, "per-node subnet length (default 24, or the network's length + 2 for a network smaller than /22)")
+	fs.StringVar(&o.subnetMin, "subnet-min", "", "first allocatable subnet address")
+	fs.StringVar(&o.subnetMax, "subnet-max", "", "last allocatable subnet address")
+	fs.BoolVar(&o.disableIPv4, "disable-ipv4", false, "IPv6 only")
+	fs.StringVar(&o.ipv6Network, "ipv6-network", "", "IPv6 overlay network (enables IPv6)")
+	fs.IntVar(&o.ipv6SubnetLen, "ipv6-subnet-len", 0, "per-node IPv6 subnet length")
+	fs.StringVar(&o.backendType, "backend", "", "backend type: vxlan, udp, host-gw or alloc (default vxlan)")
+	fs.StringVar(&o.backendJSON, "backend-json", "", `the Backend object as JSON, e.g. '{"Type":"vxlan","VNI":4}'`)
+	fs.IntVar(&o.vni, "vni", 0, "vxlan: VNI")
+	fs.IntVar(&o.port, "port", 0, "vxlan or udp: UDP port")
+	fs.IntVar(&o.mtu, "mtu", 0, "vxlan: underlay MTU")
+	fs.BoolVar(&o.directRouting, "direct-routing", false, "vxlan: route directly to peers on the same L2")
+	fs.BoolVar(&o.gbp, "gbp", false, "vxlan: group based policy")
+	fs.BoolVar(&o.learning, "learning", false, "vxlan: MAC learning")
+}
+
+// build turns the flags into config JSON.
+func (o *configSetOpts) build(fs *pflag.FlagSet) ([]byte, error) {
+	if o.raw != "" {
+		n := 0
+		fs.Visit(func(f *pflag.Flag) {
+			if f.Name != "json" && !isEtcdFlag(f.Name) {
+				n++
+			}
+		})
+		if n > 0 {
+			return nil, errors.New("config set: --json cannot be combined with other config flags")
+		}
+		return []byte(o.raw), nil
+	}
+	cfg := map[string]any{}
+	if o.network != "" {
+		cfg["Network"] = o.network
+	}
+	if o.subnetLen != 0 {
+		cfg["SubnetLen"] = o.subnetLen
+	}
+	if o.subnetMin != "" {
+		cfg["SubnetMin"] = o.subnetMin
+	}
+	if o.subnetMax != "" {
+		cfg["SubnetMax"] = o.subnetMax
+	}
+	if o.disableIPv4 {
+		cfg["EnableIPv4"] = false
+	}
+	if o.ipv6Network != "" {
+		cfg["EnableIPv6"] = true
+		cfg["IPv6Network"] = o.ipv6Network
+	}
+	if o.ipv6SubnetLen != 0 {
+		cfg["IPv6SubnetLen"] = o.ipv6SubnetLen
+	}
+	b := map[string]any{}
+	if o.backendJSON != "" {
+		if err := json.Unmarshal([]byte(o.backendJSON), &b); err != nil {
+			return nil, fmt.Errorf("--backend-json %q: want a JSON object: %w", o.backendJSON, err)
+		}
+	}
+	if o.backendType != "" {
+		b["Type"] = o.backendType
+	}
+	for _, k := range []struct {
+		flag, key string
+		value     any
+	}{
+		{"vni", "VNI", o.vni}, {"port", "Port", o.port}, {"mtu", "MTU", o.mtu},
+		{"direct-routing", "DirectRouting", o.directRouting}, {"gbp", "GBP", o.gbp}, {"learning", "Learning", o.learning},
+	} {
+		if fs.Changed(k.flag) {
+			b[k.key] = k.value
+		}
+	}
+	if len(b) > 0 {
+		cfg["Backend"] = b
+	}
+	return json.Marshal(cfg)
+}
+
+func isEtcdFlag(name string) bool {
+	switch name {
+	case "etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password":
+		return true
+	}
+	return false
+}
+
+// validateConfig checks a config as an agent would: the network fields, then the backend's own keys by
+// constructing the backend (constructors validate and touch no kernel state).
+func validateConfig(raw []byte) (*subnet.Config, error) {
+	cfg, err := subnet.ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	factory, ok := backends[cfg.BackendType]
+	if !ok {
+		return nil, fmt.Errorf("network config: Backend.Type %q: not supported by this weftd", cfg.BackendType)
+	}
+	probe := netip.MustParseAddr("192.0.2.1")
+	ext := backend.External{Name: "validate", Index: 1, MTU: 1500, Addr: probe, PublicIP: probe}
+	if _, err := factory(backend.Deps{Log: slog.New(slog.DiscardHandler), External: ext, Network: cfg}); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func leasesCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "delete" {
+		return subnetCmd(ctx, "leases delete", args[1:], getenv, stdout, nil, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
+			return "deleted lease " + p.String(), s.DeleteLease(ctx, p)
+		})
+	}
+	var asJSON bool
+	fs, ef, err := opFlags("leases", "[--json] | delete SUBNET", args, getenv, func(fs *pflag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+	})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("leases: unexpected argument %q (did you mean `weftd leases delete SUBNET`?)", fs.Arg(0))
+	}
+	store, err := openOpStore(ef)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	leases, err := store.Leases(ctx)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		type row struct {
+			Key         string
+			Subnet      string
+			Attrs       subnet.Attrs
+			Reservation bool
+			Expires     *time.Time `json:",omitempty"`
+		}
+		rows := []row{}
+		for _, l := range leases {
+			r := row{Key: l.Key(), Subnet: l.Subnet.String(), Attrs: l.Attrs, Reservation: l.Reservation}
+			if !l.Expires.IsZero() {
+				r.Expires = &l.Expires
+			}
+			rows = append(rows, r)
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	return printLeases(stdout, leases, time.Now())
+}
+
+// printLeases writes the lease table.
+func printLeases(w io.Writer, leases []subnet.Lease, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SUBNET\tPUBLIC-IP\tBACKEND\tTTL-LEFT\tKIND")
+	for _, l := range leases {
+		kind, ttl := "lease", "?"
+		if l.Reservation {
+			kind, ttl = "reservation", "never expires"
+		} else if !l.Expires.IsZero() {
+			ttl = l.Expires.Sub(now).Round(time.Second).String()
+		}
+		sub := l.Subnet.String()
+		if l.IPv6Subnet.IsValid() {
+			sub += "," + l.IPv6Subnet.String()
+		}
+		bt := l.Attrs.BackendType
+		if bt == "" {
+			bt = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", sub, l.Attrs.PublicIP, bt, ttl, kind)
+	}
+	return tw.Flush()
+}
+
+// subnetCmd runs a command that takes one SUBNET argument.
+func subnetCmd(ctx context.Context, name string, args []string, getenv func(string) string, stdout io.Writer,
+	extra func(*pflag.FlagSet), do func(context.Context, *etcdstore.Store, netip.Prefix) (string, error)) error {
+	fs, ef, err := opFlags(name, "SUBNET [flags]", args, getenv, extra)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%s: want exactly one SUBNET argument, e.g. 10.5.7.0/24", name)
+	}
+	p, err := netip.ParsePrefix(fs.Arg(0))
+	if err != nil || p.Masked() != p {
+		return fmt.Errorf("%s: SUBNET %q: want a subnet such as 10.5.7.0/24", name, fs.Arg(0))
+	}
+	store, err := openOpStore(ef)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	msg, err := do(ctx, store, p)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, msg)
+	return err
+}
+
+func reserveCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	var pub string
+	return subnetCmd(ctx, "reserve", args, getenv, stdout, func(fs *pflag.FlagSet) {
+		fs.StringVar(&pub, "public-ip", "", "public IPv4 address of the node the subnet is reserved for (required)")
+	}, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
+		ip, err := netip.ParseAddr(pub)
+		if err != nil || !ip.Is4() {
+			return "", fmt.Errorf("reserve: --public-ip %q: want the node's IPv4 address", pub)
+		}
+		return fmt.Sprintf("reserved %s for %s", p, ip), s.Reserve(ctx, p, ip)
+	})
+}
+
+func unreserveCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	return subnetCmd(ctx, "unreserve", args, getenv, stdout, nil, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
+		return "removed reservation " + p.String(), s.Unreserve(ctx, p)
+	})
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
+)
+
+// run is the agent: it returns nil when ctx ends (SIGTERM), leaving the lease, the env file and the kernel
+// state in place, and an error only for a problem that a restart with the same configuration cannot fix.
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	log.Info("starting weftd", "version", version, "config", cfg)
+	store, err := openStore(cfg.Etcd, cfg.LeaseTTL, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	netCfg, err := waitConfig(ctx, store, cfg.Etcd.Prefix, log)
+	if err != nil {
+		return nilIfDone(ctx, err)
+	}
+	if netCfg.DefaultedBackend {
+		log.Info("network config has no Backend.Type; using the default", "backend", netCfg.BackendType)
+	}
+	sel, err := cfg.ifaceSelector()
+	if err != nil {
+		return err
+	}
+	ext, err := backend.SelectExternal(sel)
+	if err != nil {
+		return fmt.Errorf("select external interface: %w", err)
+	}
+	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
+
+	a := &agent{cfg: cfg, log: log, net: netCfg, kick: make(chan struct{}, 1), health: newHealth()}
+	if a.be, a.local, err = startBackend(ctx, netCfg, ext, log); err != nil {
+		return err
+	}
+	defer func() {
+		if err := a.be.Close(); err != nil {
+			log.Error("close backend", "err", err)
+		}
+	}()
+	a.health.stats = a.stats
+
+	req := subnet.AcquireRequest{Attrs: subnet.Attrs{
+		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData,
+	}}
+	if prev, err := subnet.ReadEnvFile(cfg.SubnetFile); err == nil {
+		req.Prev, req.PrevIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()
+		log.Info("found previous env file", "path", cfg.SubnetFile, "subnet", req.Prev)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		log.Warn("ignoring unreadable previous env file", "err", err)
+	}
+
+	var wg sync.WaitGroup
+	if cfg.HealthzPort != 0 {
+		srv, err := a.health.listen(fmt.Sprintf("%s:%d", cfg.HealthzIP, cfg.HealthzPort))
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { a.health.serve(ctx, srv, log) })
+	}
+	wg.Go(func() { a.holdLease(ctx, store, req) })
+	wg.Go(func() { a.watchLeases(ctx, store) })
+	wg.Go(func() { a.reconcileLoop(ctx) })
+	wg.Wait()
+	log.Info("stopped; lease, env file and kernel state left in place")
+	return nil
+}
+
+// openStore connects to etcd.
+func openStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
+	return etcdstore.New(etcdstore.Config{
+		Endpoints: f.Endpoints, Prefix: f.Prefix,
+		CertFile: f.CertFile, KeyFile: f.KeyFile, CAFile: f.CAFile,
+		Username: f.Username, Password: f.Password,
+		LeaseTTL: ttl,
+	}, log)
+}
+
+func nilIfDone(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// waitConfig reads the network config, waiting while it is missing or unreadable; an invalid config is
+// also waited on (an operator may fix it), with the validation error logged.
+func waitConfig(ctx context.Context, store subnet.Store, prefix string, log *slog.Logger) (*subnet.Config, error) {
+	const retry = 5 * time.Second
+	for {
+		c, err := store.Config(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if errors.Is(err, subnet.ErrNoConfig) {
+			log.Warn("network config missing; waiting for it (write it with `weftd config set --network CIDR --backend TYPE`)",
+				"key", prefix+"/config", "retry", retry)
+		} else {
+			log.Error("cannot use the network config; waiting for it to be fixed", "key", prefix+"/config", "err", err, "retry", retry)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(retry):
+		}
+	}
+}
+
+func (c *Config) ifaceSelector() (backend.IfaceSelector, error) {
+	s := backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes}
+	var err error
+	if c.CanReach != "" {
+		if s.CanReach, err = netip.ParseAddr(c.CanReach); err != nil {
+			return s, fmt.Errorf("--iface-can-reach %q: %w", c.CanReach, err)
+		}
+	}
+	if c.PublicIP != "" {
+		if s.PublicIP, err = netip.ParseAddr(c.PublicIP); err != nil {
+			return s, fmt.Errorf("--public-ip %q: %w", c.PublicIP, err)
+		}
+	}
+	return s, nil
+}
+
+// startBackend constructs the configured backend and brings it up.
+func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, log *slog.Logger) (backend.Backend, backend.Local, error) {
+	factory, ok := backends[n.BackendType]
+	if !ok {
+		return nil, backend.Local{}, fmt.Errorf("backend type %q is not supported by this weftd", n.BackendType)
+	}
+	blog := log.With("backend", n.BackendType)
+	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n})
+	if err != nil {
+		return nil, backend.Local{}, fmt.Errorf("backend %s: %w", n.BackendType, err)
+	}
+	local, err := be.Up(ctx)
+	if err != nil {
+		be.Close()
+		return nil, backend.Local{}, fmt.Errorf("backend %s: up: %w", n.BackendType, err)
+	}
+	blog.Info("backend up", "mtu", local.MTU, "data", string(local.BackendData))
+	return be, local, nil
+}
+
+// agent is the running state of weftd.
+type agent struct {
+	cfg    Config
+	log    *slog.Logger
+	net    *subnet.Config
+	be     backend.Backend
+	local  backend.Local
+	health *health
+	kick   chan struct{} // capacity 1: "the desired state changed"
+
+	mu        sync.Mutex // guards the fields below
+	own       *subnet.Lease
+	all       []subnet.Lease // every lease, own included, from the last watch snapshot
+	haveWatch bool           // a first complete snapshot has arrived
+	env       []byte         // content of the env file last written
+
+	acquisitions, reconciles, reconcileErrors atomic.Uint64
+}
+
+func (a *agent) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// holdLease acquires and keeps this node's lease, retrying after failures such as a full network.
+func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.AcquireRequest) {
+	for {
+		err := store.Hold(ctx, req, a.onLease)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Error("cannot hold a subnet lease; retrying", "err", err, "retry", 10*time.Second)
+		a.health.ready.Store(false)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Second):
+		}
+	}
+}
+
+func (a *agent) onLease(l subnet.Lease) {
+	a.acquisitions.Add(1)
+	a.log.Info("holding subnet lease", "subnet", l.Subnet, "ipv6-subnet", l.IPv6Subnet, "reservation", l.Reservation)
+	env := subnet.Env{MTU: a.local.MTU, IPMasq: a.cfg.IPMasq}
+	if a.net.EnableIPv4 {
+		env.Network, env.Subnet = a.net.Network, subnet.FirstAddr(l.Subnet)
+	}
+	if a.net.EnableIPv6 && l.IPv6Subnet.IsValid() {
+		env.IPv6Network, env.IPv6Subnet = a.net.IPv6Network, subnet.FirstAddr(l.IPv6Subnet)
+	}
+	a.mu.Lock()
+	a.own = &l
+	changed := string(a.env) != string(env.Marshal())
+	a.mu.Unlock()
+	if changed {
+		if err := subnet.WriteEnvFile(a.cfg.SubnetFile, env); err != nil {
+			a.log.Error("write env file", "err", err)
+		} else {
+			a.mu.Lock()
+			a.env = env.Marshal()
+			a.mu.Unlock()
+			a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", env.Subnet, "mtu", env.MTU)
+			if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+				a.log.Warn("sd_notify READY=1", "err", err)
+			} else if sent {
+				a.log.Debug("notified systemd: READY=1")
+			}
+		}
+	}
+	a.poke()
+}
+
+// watchLeases keeps the lease snapshot current.
+func (a *agent) watchLeases(ctx context.Context, store subnet.Store) {
+	for {
+		err := store.Watch(ctx, func(all []subnet.Lease) {
+			a.mu.Lock()
+			a.all, a.haveWatch = all, true
+			a.mu.Unlock()
+			a.poke()
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Error("lease watch stopped; restarting", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// desired returns the complete desired state, or nil while the own lease or the first watch snapshot is
+// still missing (applying an empty peer set then would tear down working routes after a restart).
+func (a *agent) desired() *backend.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.own == nil || !a.haveWatch {
+		return nil
+	}
+	cfg := &backend.Config{Network: *a.net, Own: *a.own}
+	ownKey := a.own.Key()
+	for _, l := range a.all {
+		if l.Key() != ownKey && l.Subnet != a.own.Subnet {
+			cfg.Peers = append(cfg.Peers, l)
+		}
+	}
+	return cfg
+}
+
+// reconcileLoop is the only caller of the backend's Set: on every change and every reconcile interval.
+func (a *agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Reconcile)
+	defer t.Stop()
+	lastPeers := -1
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-t.C:
+		}
+		want := a.desired()
+		if want == nil {
+			continue
+		}
+		a.reconciles.Add(1)
+		if err := a.be.Set(want); err != nil {
+			a.reconcileErrors.Add(1)
+			a.health.ready.Store(false)
+			a.log.Error("reconcile kernel state", "err", err)
+			continue
+		}
+		if len(want.Peers) != lastPeers {
+			a.log.Info("data path in sync", "own", want.Own.Subnet, "peers", len(want.Peers))
+			lastPeers = len(want.Peers)
+		}
+		a.mu.Lock()
+		envWritten := a.env != nil
+		a.mu.Unlock()
+		a.health.ready.Store(envWritten)
+		a.health.peers.Store(int64(len(want.Peers)))
+	}
+}
+
+// stats is what /metrics shows besides readiness.
+func (a *agent) stats() []metric {
+	m := []metric{
+		{"weft_lease_acquisitions_total", a.acquisitions.Load()},
+		{"weft_reconcile_total", a.reconciles.Load()},
+		{"weft_reconcile_errors_total", a.reconcileErrors.Load()},
+	}
+	if s, ok := a.be.(interface{ Stats() map[string]uint64 }); ok {
+		m = append(m, backendMetrics(a.net.BackendType, s.Stats())...)
+	}
+	return m
+}
