@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/dist/netcluster"
 )
 
@@ -69,6 +70,12 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if _, err := os.Stat(stateFile(cfg.prefix)); err == nil {
 		return fmt.Errorf("a cluster %q is already up (state %s); remove it with `weft-cluster down`", cfg.prefix, stateFile(cfg.prefix))
+	}
+	if left, err := kerneltest.ListNS(cfg.prefix + "-"); err != nil {
+		return err
+	} else if len(left) > 0 {
+		return fmt.Errorf("namespaces with prefix %q already exist: %s\nIs a cluster still up? Remove it with `weft-cluster down%s`.",
+			cfg.prefix, strings.Join(left, " "), prefixFlag(cfg.prefix))
 	}
 	level := slog.LevelWarn
 	if cfg.verbose {
@@ -135,12 +142,12 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, `
 The cluster keeps running. Explore it:
   ip netns exec %s ping %s
-  ip netns exec %s weftd leases --etcd-endpoints %s
+  ip netns exec %s %s leases --etcd-endpoints %s
   ip -n %s route; ip -n %s link
 Logs: %s/n*/weftd.log, etcd: %s/etcd/etcd.log
-Remove it: weft-cluster down%s
-`, n1.Container().Name, to, n1.NS.Name, c.EtcdURL, n1.NS.Name, n1.NS.Name,
-			filepath.Join(stateDir, cfg.prefix), filepath.Join(stateDir, cfg.prefix), prefixFlag(cfg.prefix))
+Remove it: %s down%s
+`, n1.Container().Name, to, n1.NS.Name, weftd, c.EtcdURL, n1.NS.Name, n1.NS.Name,
+			filepath.Join(stateDir, cfg.prefix), filepath.Join(stateDir, cfg.prefix), self, prefixFlag(cfg.prefix))
 	}
 	return nil
 }
