@@ -262,13 +262,8 @@ func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attr
 			return nil, err
 		}
 		key := s.leaseKey(l)
-		// No key may name the IPv4 subnet, whatever its IPv6 half: neither "<v4>" nor "<v4>&...".
-		v4Key := s.subnetsPrefix() + subnet.KeyName(l.Subnet, netip.Prefix{})
 		rctx, cancel := s.reqCtx(ctx)
-		resp, err := s.cli.Txn(rctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
-				clientv3.Compare(clientv3.CreateRevision(v4Key), "=", 0),
-				clientv3.Compare(clientv3.CreateRevision(v4Key+"&"), "=", 0).WithRange(v4Key+"'")). // "'" is the byte after "&"
+		resp, err := s.cli.Txn(rctx).If(s.unclaimed(l)...).
 			Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).Commit()
 		cancel()
 		if err != nil {
@@ -350,17 +345,11 @@ func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev neti
 // Keys with unreadable values, and keys whose name starts with a readable IPv4 subnet and "&", still take
 // their subnets.
 func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subnet.Lease, error) {
-	var taken []subnet.Lease
+	taken := takenLeases(entries)
 	taken4, taken6 := map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
-	for _, e := range entries {
-		if !e.claim4.IsValid() && !e.lease.IPv6Subnet.IsValid() {
-			continue
-		}
-		taken = append(taken, subnet.Lease{Subnet: e.claim4, IPv6Subnet: e.lease.IPv6Subnet})
-		taken4[e.claim4] = true
-		if e.lease.IPv6Subnet.IsValid() {
-			taken6[e.lease.IPv6Subnet] = true
-		}
+	for _, l := range taken {
+		taken4[l.Subnet] = true
+		taken6[l.IPv6Subnet] = true
 	}
 	pick := func(v6 bool) (netip.Prefix, error) {
 		p, ok := subnet.PickFree(cfg, taken, v6)

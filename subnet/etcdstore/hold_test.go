@@ -380,3 +380,35 @@ func TestCloseEndsHoldAndWatch(t *testing.T) {
 		t.Error("Close deleted the lease key")
 	}
 }
+
+func TestDeleteLease(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	setConfig(t, st, net16)
+	ctx := testCtx(t, 20*time.Second)
+	h := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs("198.51.100.1")})
+	l := h.next(t, 10*time.Second)
+	rawPut(t, cli, subnetsPrefix+"10.5.200.0-24", `garbage`)
+	if err := st.Reserve(ctx, netip.MustParsePrefix("10.5.201.0/24"), netip.MustParseAddr("198.51.100.2")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"10.5.200.0/24", "10.5.201.0/24", l.Subnet.String()} {
+		if err := st.DeleteLease(ctx, netip.MustParsePrefix(p)); err != nil {
+			t.Errorf("DeleteLease(%s): %v", p, err)
+		}
+	}
+	for _, k := range []string{"10.5.200.0-24", "10.5.201.0-24"} {
+		if _, _, _, ok := rawGet(t, cli, subnetsPrefix+k); ok {
+			t.Errorf("key %s still there after DeleteLease", k)
+		}
+	}
+	if err := st.DeleteLease(ctx, netip.MustParsePrefix("10.5.202.0/24")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("DeleteLease of a missing key: %v, want ErrNotFound", err)
+	}
+	// The running holder takes its subnet again.
+	if again := h.next(t, 5*time.Second); again.Subnet != l.Subnet {
+		t.Errorf("holder re-acquired %s, want %s", again.Subnet, l.Subnet)
+	}
+}

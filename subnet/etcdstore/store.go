@@ -297,14 +297,37 @@ func (s *Store) Leases(ctx context.Context) ([]subnet.Lease, error) {
 	return out, nil
 }
 
-// findSubnet returns the entry whose key holds IPv4 subnet p, or nil.
+// findSubnet returns the entry whose key names IPv4 subnet p (see entry.claim4), or nil.
 func findSubnet(entries []entry, p netip.Prefix) *entry {
 	for i := range entries {
-		if entries[i].lease.Subnet == p {
+		if entries[i].claim4 == p {
 			return &entries[i]
 		}
 	}
 	return nil
+}
+
+// takenLeases returns the subnets that keys take, readable or not, as leases for subnet.PickFree: the IPv4
+// subnet each key name claims and the IPv6 subnet of each fully readable name.
+func takenLeases(entries []entry) []subnet.Lease {
+	var out []subnet.Lease
+	for _, e := range entries {
+		if e.claim4.IsValid() || e.lease.IPv6Subnet.IsValid() {
+			out = append(out, subnet.Lease{Subnet: e.claim4, IPv6Subnet: e.lease.IPv6Subnet})
+		}
+	}
+	return out
+}
+
+// unclaimed returns transaction conditions that hold while no key names l's IPv4 subnet ("<v4>" or
+// "<v4>&...") and l's own key does not exist: the guard of a claim.
+func (s *Store) unclaimed(l subnet.Lease) []clientv3.Cmp {
+	v4Key := s.subnetsPrefix() + subnet.KeyName(l.Subnet, netip.Prefix{})
+	return []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(s.leaseKey(l)), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(v4Key), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(v4Key+"&"), "=", 0).WithRange(v4Key + "'"), // "'" is the byte after "&"
+	}
 }
 
 // Reserve makes subnet p a reservation (a key without an etcd lease, which never expires) for the node with
@@ -352,9 +375,10 @@ func (s *Store) Reserve(ctx context.Context, p netip.Prefix, publicIP netip.Addr
 	}
 	l := subnet.Lease{Subnet: p, Attrs: subnet.Attrs{PublicIP: publicIP}}
 	if cfg.EnableIPv6 {
-		v6, ok := subnet.PickFree(cfg, namedLeases(entries), true)
+		taken := takenLeases(entries)
+		v6, ok := subnet.PickFree(cfg, taken, true)
 		if !ok {
-			return fmt.Errorf("reserve %s: %w", p, &subnet.NetworkFullError{Network: cfg.IPv6Network, SubnetLen: cfg.IPv6SubnetLen, Leases: len(namedLeases(entries))})
+			return fmt.Errorf("reserve %s: %w", p, &subnet.NetworkFullError{Network: cfg.IPv6Network, SubnetLen: cfg.IPv6SubnetLen, Leases: len(taken)})
 		}
 		l.IPv6Subnet = v6
 	}
@@ -366,14 +390,12 @@ func (s *Store) Reserve(ctx context.Context, p netip.Prefix, publicIP netip.Addr
 		return fmt.Errorf("reserve %s: %w", p, err)
 	}
 	key := s.leaseKey(l)
-	resp, err := s.cli.Txn(rctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(value))).Commit()
+	resp, err := s.cli.Txn(rctx).If(s.unclaimed(l)...).Then(clientv3.OpPut(key, string(value))).Commit()
 	if err != nil {
 		return fmt.Errorf("reserve %s: create etcd key %s: %w", p, key, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("reserve %s: etcd key %s was created meanwhile: %w", p, key, ErrConflict)
+		return fmt.Errorf("reserve %s: a key for it was created meanwhile: %w", p, ErrConflict)
 	}
 	s.log.Info("reservation created", "key", key, "public_ip", publicIP)
 	return nil
@@ -406,15 +428,4 @@ func (s *Store) Unreserve(ctx context.Context, p netip.Prefix) error {
 	}
 	s.log.Info("reservation deleted", "key", e.key)
 	return nil
-}
-
-// namedLeases returns the leases of all keys whose names parse, readable or not: the subnets that are taken.
-func namedLeases(entries []entry) []subnet.Lease {
-	var out []subnet.Lease
-	for _, e := range entries {
-		if e.lease.Subnet.IsValid() {
-			out = append(out, e.lease)
-		}
-	}
-	return out
 }

@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -211,6 +212,13 @@ func TestUnreadableKeys(t *testing.T) {
 		t.Errorf("got %s in a full network", l.Subnet)
 	case <-time.After(10 * time.Second):
 		t.Error("Hold in a full network did not fail")
+	}
+	// Operations on a subnet named by an unreadable key refuse, or leave it alone.
+	if err := st.Reserve(testCtx(t, 5*time.Second), netip.MustParsePrefix("10.6.2.0/24"), netip.MustParseAddr("198.51.100.9")); err == nil {
+		t.Error("Reserve of a subnet an unreadable key names succeeded")
+	}
+	if err := st.Unreserve(testCtx(t, 5*time.Second), netip.MustParsePrefix("10.6.3.0/24")); !errors.Is(err, ErrNotReservation) {
+		t.Errorf("Unreserve of a held lease next to an unreadable key: %v, want ErrNotReservation", err)
 	}
 	// A key whose value becomes unreadable drops out of the set.
 	rawPut(t, cli, subnetsPrefix+"10.6.1.0-24", `garbage`)
