@@ -198,7 +198,7 @@ func (s *Store) revokeIfUnused(ctx context.Context, id clientv3.LeaseID) {
 }
 
 // acquire claims a lease once (compat.md §4), retrying lost races.
-func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attrs, value []byte, prev, prev6 netip.Prefix) (_ *held, err error) {
+func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attrs, value []byte, prev, prev6 netip.Prefix) (*held, error) {
 	cfg, err := s.Config(ctx)
 	if err != nil {
 		return nil, err

@@ -412,3 +412,30 @@ func TestDeleteLease(t *testing.T) {
 		t.Errorf("holder re-acquired %s, want %s", again.Subnet, l.Subnet)
 	}
 }
+
+func TestLostIPv6Race(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	ctx := testCtx(t, 10*time.Second)
+	v6 := netip.MustParsePrefix("fd00:5:0:9::/64")
+	older, newer := subnetsPrefix+"10.5.1.0-24&fd00:5:0:9::-64", subnetsPrefix+"10.5.2.0-24&fd00:5:0:9::-64"
+	rawPut(t, cli, older, leaseValue("198.51.100.1"))
+	rawPut(t, cli, newer, leaseValue("198.51.100.2"))
+	_, _, olderRev, _ := rawGet(t, cli, older)
+	_, _, newerRev, _ := rawGet(t, cli, newer)
+
+	if lost, err := st.lostIPv6Race(ctx, older, v6, olderRev); err != nil || lost {
+		t.Errorf("older key: lost %v, %v; want kept", lost, err)
+	}
+	if lost, err := st.lostIPv6Race(ctx, newer, v6, newerRev); err != nil || !lost {
+		t.Errorf("newer key: lost %v, %v; want given up", lost, err)
+	}
+	if _, _, _, ok := rawGet(t, cli, newer); ok {
+		t.Error("the newer key was not deleted")
+	}
+	if _, _, _, ok := rawGet(t, cli, older); !ok {
+		t.Error("the older key was deleted")
+	}
+}
