@@ -108,41 +108,30 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) error {
 	return fmt.Errorf("%s (pid %d) did not exit within %s of %s; killed", p.name, p.pid(), grace, sig)
 }
 
-// procStartTime returns field 22 of /proc/PID/stat (start time in clock ticks since boot).
-func procStartTime(pid int) (uint64, error) {
+// procStat returns the state (field 3) and start time (field 22, clock ticks since boot) of /proc/PID/stat.
+func procStat(pid int) (state string, start uint64, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return "", 0, err
 	}
+	// The command name (field 2) may contain spaces; the fields after it follow the last ')'.
 	s := string(b)
-	// The command name (field 2) may contain spaces; fields after it follow the last ')'.
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); start time is field 22.
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return "", 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
-	return strconv.ParseUint(f[19], 10, 64)
+	start, err = strconv.ParseUint(f[19], 10, 64)
+	return f[0], start, err
+}
+
+// procStartTime returns the process's start time, which tells it from a later process with a reused PID.
+func procStartTime(pid int) (uint64, error) {
+	_, start, err := procStat(pid)
+	return start, err
 }
 
 // procAlive reports whether pid is a live (not zombie) process whose start time is start.
 func procAlive(pid int, start uint64) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return false
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return false
-	}
-	st, err := strconv.ParseUint(f[19], 10, 64)
-	return err == nil && st == start
+	state, st, err := procStat(pid)
+	return err == nil && state != "Z" && state != "X" && st == start
 }
