@@ -189,14 +189,19 @@ type AcquireRequest struct {
 	PrevIPv6 netip.Prefix
 }
 
+// HoldFunc receives Store.Hold's events: held is true for a lease just (re)acquired, false for a lease
+// just lost (Hold is acquiring again).
+type HoldFunc func(l Lease, held bool)
+
 // Store is the lease store as the agent consumes it.
 type Store interface {
 	// Config reads and validates the network config. It returns an error wrapping ErrNoConfig if the key is absent.
 	Config(ctx context.Context) (*Config, error)
-	// Hold acquires a lease for req and keeps it until ctx ends, calling fn with the held lease after every
-	// (re)acquisition. If the lease is deleted or expires it acquires again, preferring the same subnet.
-	// When ctx ends, the lease is left in place. It returns only for ctx ending or a fatal error.
-	Hold(ctx context.Context, req AcquireRequest, fn func(Lease)) error
+	// Hold acquires a lease for req and keeps it until ctx ends, calling fn(lease, true) after every
+	// (re)acquisition. If the lease is deleted or expires it calls fn(lost, false) and acquires again,
+	// preferring the same subnet. When ctx ends, the lease is left in place. It returns only for ctx ending
+	// or a fatal error.
+	Hold(ctx context.Context, req AcquireRequest, fn HoldFunc) error
 	// Watch calls fn with the complete set of leases (own included) at start and after every change,
 	// until ctx ends; it resumes after disconnects and compactions without missing changes.
 	Watch(ctx context.Context, fn func([]Lease)) error

@@ -173,6 +173,7 @@ type agent struct {
 	all       []subnet.Lease // every lease, own included, from the last watch snapshot
 	haveWatch bool           // a first complete snapshot has arrived
 	env       []byte         // content of the env file last written
+	lost      bool           // the own lease was lost and is being re-acquired
 
 	acquisitions, reconciles, reconcileErrors atomic.Uint64
 }
@@ -201,7 +202,15 @@ func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.Ac
 	}
 }
 
-func (a *agent) onLease(l subnet.Lease) {
+func (a *agent) onLease(l subnet.Lease, held bool) {
+	if !held {
+		// Keep forwarding with the kernel state as it is, but say we are degraded until re-acquired.
+		a.health.ready.Store(false)
+		a.mu.Lock()
+		a.lost = true
+		a.mu.Unlock()
+		return
+	}
 	a.acquisitions.Add(1)
 	a.log.Info("holding subnet lease", "subnet", l.Subnet, "ipv6-subnet", l.IPv6Subnet, "reservation", l.Reservation)
 	env := subnet.Env{MTU: a.local.MTU, IPMasq: a.cfg.IPMasq}
@@ -212,7 +221,7 @@ func (a *agent) onLease(l subnet.Lease) {
 		env.IPv6Network, env.IPv6Subnet = a.net.IPv6Network, subnet.FirstAddr(l.IPv6Subnet)
 	}
 	a.mu.Lock()
-	a.own = &l
+	a.own, a.lost = &l, false
 	changed := string(a.env) != string(env.Marshal())
 	a.mu.Unlock()
 	if changed {
@@ -300,9 +309,9 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 			lastPeers = len(want.Peers)
 		}
 		a.mu.Lock()
-		envWritten := a.env != nil
+		ready := a.env != nil && !a.lost
 		a.mu.Unlock()
-		a.health.ready.Store(envWritten)
+		a.health.ready.Store(ready)
 		a.health.peers.Store(int64(len(want.Peers)))
 	}
 }

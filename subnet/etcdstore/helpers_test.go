@@ -70,6 +70,7 @@ func leaseValue(ip string) string {
 // holder runs Hold on its own goroutine.
 type holder struct {
 	leases chan subnet.Lease
+	lost   chan subnet.Lease // leases Hold reported lost
 	done   chan error
 	cancel context.CancelFunc
 }
@@ -77,8 +78,16 @@ type holder struct {
 // startHold runs st.Hold(req) until the test ends or stop is called.
 func startHold(t testing.TB, st *Store, req subnet.AcquireRequest) *holder {
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &holder{leases: make(chan subnet.Lease, 100), done: make(chan error, 1), cancel: cancel}
-	go func() { h.done <- st.Hold(ctx, req, func(l subnet.Lease) { h.leases <- l }) }()
+	h := &holder{leases: make(chan subnet.Lease, 100), lost: make(chan subnet.Lease, 100), done: make(chan error, 1), cancel: cancel}
+	go func() {
+		h.done <- st.Hold(ctx, req, func(l subnet.Lease, held bool) {
+			if held {
+				h.leases <- l
+			} else {
+				h.lost <- l
+			}
+		})
+	}()
 	t.Cleanup(func() { h.stop(t) })
 	return h
 }

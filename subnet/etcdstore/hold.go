@@ -47,7 +47,8 @@ func (h *held) done() <-chan struct{} {
 }
 
 // Hold acquires a lease for req (compat.md §4) and keeps it until ctx ends, calling fn with the lease after
-// every (re)acquisition and when an operator turns it into a reservation.
+// every (re)acquisition and when an operator turns it into a reservation (held true), and with the lost
+// lease (held false) before acquiring again.
 //
 // Acquisition order: (1) an existing lease whose PublicIP is req.Attrs.PublicIP and that fits the config is
 // re-written with req.Attrs (a reservation stays one; an ordinary lease gets a fresh etcd lease of ours);
@@ -61,7 +62,7 @@ func (h *held) done() <-chan struct{} {
 // Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
 // its TTL unless the node comes back). It returns an error only when it cannot go on: a *subnet.NetworkFullError,
 // an invalid req, an IPv6-only config, or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
-func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(subnet.Lease)) error {
+func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
 	if !req.Attrs.PublicIP.Is4() {
 		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
 	}
@@ -70,7 +71,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(sub
 		return fmt.Errorf("hold lease: encode lease value: %w", err)
 	}
 	if fn == nil {
-		fn = func(subnet.Lease) {}
+		fn = func(subnet.Lease, bool) {}
 	}
 	log := s.log.With("public_ip", req.Attrs.PublicIP)
 	prev, prev6 := req.Prev.Masked(), req.PrevIPv6.Masked()
@@ -104,7 +105,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(sub
 		}
 		log.Info("lease acquired", "key", h.key, "reservation", h.lease.Reservation, "etcd_lease", fmt.Sprintf("%x", int64(h.leaseID())))
 		acquired := time.Now()
-		fn(h.lease)
+		fn(h.lease, true)
 		reason := s.keep(ctx, log, h, fn)
 		if ctx.Err() != nil {
 			return nil
@@ -113,6 +114,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn func(sub
 			return fmt.Errorf("hold lease %s: %w", h.key, ErrClosed)
 		}
 		log.Warn("lease lost; acquiring again, preferring the same subnet", "key", h.key, "reason", reason)
+		fn(h.lease, false)
 		prev, prev6 = h.lease.Subnet, h.lease.IPv6Subnet
 		if time.Since(acquired) < 10*time.Second {
 			// Lost soon after taking it: do not spin if something keeps deleting it.
@@ -392,7 +394,7 @@ func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subn
 
 // keep watches the held key and the keepalive until the lease is lost or ctx ends. It returns why the lease
 // was lost, or "" when ctx ended. Either way h's keepalive is stopped when it returns.
-func (s *Store) keep(ctx context.Context, log *slog.Logger, h *held, fn func(subnet.Lease)) string {
+func (s *Store) keep(ctx context.Context, log *slog.Logger, h *held, fn subnet.HoldFunc) string {
 	stopWatch := func() {}
 	defer func() { stopWatch() }()
 	var wch clientv3.WatchChan
@@ -480,7 +482,7 @@ func (s *Store) release(ctx context.Context, h *held) {
 }
 
 // ownKeyWritten checks a write of the held key. It returns why the lease is lost, or "" if it is still ours.
-func (s *Store) ownKeyWritten(ctx context.Context, log *slog.Logger, h *held, kv *mvccpb.KeyValue, fn func(subnet.Lease)) string {
+func (s *Store) ownKeyWritten(ctx context.Context, log *slog.Logger, h *held, kv *mvccpb.KeyValue, fn subnet.HoldFunc) string {
 	e := s.decode(kv)
 	switch {
 	case e.err != nil:
@@ -497,7 +499,7 @@ func (s *Store) ownKeyWritten(ctx context.Context, log *slog.Logger, h *held, kv
 		h.lease.Reservation = true
 		h.lease.Expires = time.Time{}
 		h.lease.Revision = e.modRev
-		fn(h.lease)
+		fn(h.lease, true)
 	default:
 		log.Warn("lease key re-written with another etcd lease by a holder with the same public IP; still watching it",
 			"key", h.key, "etcd_lease", fmt.Sprintf("%x", int64(e.etcdLease)))

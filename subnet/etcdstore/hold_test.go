@@ -304,6 +304,14 @@ func TestLeaseTTL(t *testing.T) {
 		if again.Subnet != l.Subnet {
 			t.Errorf("re-acquired %s, want the same subnet %s", again.Subnet, l.Subnet)
 		}
+		select {
+		case lost := <-h.lost:
+			if lost.Subnet != l.Subnet {
+				t.Errorf("reported lost %s, want %s", lost.Subnet, l.Subnet)
+			}
+		default:
+			t.Errorf("the loss was not reported to fn before re-acquisition")
+		}
 		if _, lease, _, ok := rawGet(t, cli, keyOf(again)); !ok || lease == 0 {
 			t.Errorf("after re-acquisition: present %v etcd lease %x", ok, lease)
 		}
