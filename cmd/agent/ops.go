@@ -54,8 +54,16 @@ func opFlags(name, usage string, args []string, getenv func(string) string, extr
 	return fs, &ef, nil
 }
 
-func openOpStore(ef *etcdFlags) (*etcdstore.Store, error) {
-	return openStore(*ef, 24*time.Hour, slog.New(slog.DiscardHandler))
+// withStore opens the store, runs do with a context bounded by opTimeout, and closes the store.
+func withStore(ctx context.Context, ef *etcdFlags, do func(context.Context, *etcdstore.Store) error) error {
+	store, err := openStore(*ef, 24*time.Hour, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	return do(ctx, store)
 }
 
 func configCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
@@ -70,15 +78,11 @@ func configCmd(ctx context.Context, args []string, getenv func(string) string, s
 		if fs.NArg() > 0 {
 			return fmt.Errorf("config get: unexpected argument %q", fs.Arg(0))
 		}
-		store, err := openOpStore(ef)
-		if err != nil {
+		var raw []byte
+		if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+			raw, err = store.RawConfig(ctx)
 			return err
-		}
-		defer store.Close()
-		ctx, cancel := context.WithTimeout(ctx, opTimeout)
-		defer cancel()
-		raw, err := store.RawConfig(ctx)
-		if err != nil {
+		}); err != nil {
 			return err
 		}
 		var pretty bytes.Buffer
@@ -108,14 +112,9 @@ func configCmd(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	store, err := openOpStore(ef)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	if err := store.SetConfig(ctx, raw); err != nil {
+	if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) error {
+		return store.SetConfig(ctx, raw)
+	}); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s/config: %s\n", ef.Prefix, raw)
@@ -263,15 +262,11 @@ func leasesCmd(ctx context.Context, args []string, getenv func(string) string, s
 	if fs.NArg() > 0 {
 		return fmt.Errorf("leases: unexpected argument %q (did you mean `weftd leases delete SUBNET`?)", fs.Arg(0))
 	}
-	store, err := openOpStore(ef)
-	if err != nil {
+	var leases []subnet.Lease
+	if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+		leases, err = store.Leases(ctx)
 		return err
-	}
-	defer store.Close()
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	leases, err := store.Leases(ctx)
-	if err != nil {
+	}); err != nil {
 		return err
 	}
 	if asJSON {
@@ -335,15 +330,11 @@ func subnetCmd(ctx context.Context, name string, args []string, getenv func(stri
 	if err != nil || p.Masked() != p {
 		return fmt.Errorf("%s: SUBNET %q: want a subnet such as 10.5.7.0/24", name, fs.Arg(0))
 	}
-	store, err := openOpStore(ef)
-	if err != nil {
+	var msg string
+	if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+		msg, err = do(ctx, store, p)
 		return err
-	}
-	defer store.Close()
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	msg, err := do(ctx, store, p)
-	if err != nil {
+	}); err != nil {
 		return err
 	}
 	_, err = fmt.Fprintln(stdout, msg)

@@ -404,16 +404,36 @@ func (s *Store) Reserve(ctx context.Context, p netip.Prefix, publicIP netip.Addr
 // Unreserve deletes the reservation of subnet p (even one with an unreadable value). It refuses an ordinary
 // lease (ErrNotReservation) and a missing key (ErrNotFound). A node holding the reservation takes the same subnet again as an ordinary lease.
 func (s *Store) Unreserve(ctx context.Context, p netip.Prefix) error {
+	return s.deleteSubnetKey(ctx, "unreserve", p, func(e *entry) error {
+		if e.etcdLease != clientv3.NoLease {
+			return fmt.Errorf("etcd key %s has etcd lease %x: %w", e.key, int64(e.etcdLease), ErrNotReservation)
+		}
+		return nil
+	})
+}
+
+// DeleteLease deletes the key holding IPv4 subnet p, lease or reservation, even one with an unreadable value.
+// A node still running re-acquires a subnet (preferring the same one); stop its agent first to evict it. A
+// missing key is ErrNotFound.
+func (s *Store) DeleteLease(ctx context.Context, p netip.Prefix) error {
+	return s.deleteSubnetKey(ctx, "delete lease", p, nil)
+}
+
+// deleteSubnetKey deletes the key holding IPv4 subnet p if allow (nil: always) accepts it, guarded by the
+// revision it was read at. op names the operation in errors and the log.
+func (s *Store) deleteSubnetKey(ctx context.Context, op string, p netip.Prefix, allow func(*entry) error) error {
 	entries, _, err := s.list(ctx)
 	if err != nil {
-		return fmt.Errorf("unreserve %s: %w", p, err)
+		return fmt.Errorf("%s %s: %w", op, p, err)
 	}
 	e := findSubnet(entries, p)
-	switch {
-	case e == nil:
-		return fmt.Errorf("unreserve %s: %w", p, ErrNotFound)
-	case e.etcdLease != clientv3.NoLease:
-		return fmt.Errorf("unreserve %s: etcd key %s has etcd lease %x: %w", p, e.key, int64(e.etcdLease), ErrNotReservation)
+	if e == nil {
+		return fmt.Errorf("%s %s: %w", op, p, ErrNotFound)
+	}
+	if allow != nil {
+		if err := allow(e); err != nil {
+			return fmt.Errorf("%s %s: %w", op, p, err)
+		}
 	}
 	rctx, cancel := s.reqCtx(ctx)
 	defer cancel()
@@ -421,11 +441,11 @@ func (s *Store) Unreserve(ctx context.Context, p netip.Prefix) error {
 		If(clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)).
 		Then(clientv3.OpDelete(e.key)).Commit()
 	if err != nil {
-		return fmt.Errorf("unreserve %s: delete etcd key %s: %w", p, e.key, err)
+		return fmt.Errorf("%s %s: delete etcd key %s: %w", op, p, e.key, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("unreserve %s: etcd key %s changed meanwhile: %w", p, e.key, ErrConflict)
+		return fmt.Errorf("%s %s: etcd key %s changed meanwhile: %w", op, p, e.key, ErrConflict)
 	}
-	s.log.Info("reservation deleted", "key", e.key)
+	s.log.Info("etcd key deleted", "op", op, "key", e.key)
 	return nil
 }
