@@ -3,6 +3,7 @@ module github.com/weft-net/weft
 go 1.26.8
 
 require (
+	github.com/coreos/go-iptables v0.8.0
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/spf13/pflag v1.0.10
 	github.com/vishvananda/netlink v1.3.1

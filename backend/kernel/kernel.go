@@ -1,6 +1,7 @@
-// Package kernel is the one place that talks to the Linux kernel's networking (through netlink and /proc/sys)
-// for the backends. It provides idempotent, declarative helpers: sync a set of routes tagged with Weft's
-// route protocol, set a link's address, write a sysctl.
+// Package kernel is the one place that talks to the Linux kernel's networking (through netlink, /proc/sys
+// and the iptables command) for the backends and the agent. It provides idempotent, declarative helpers:
+// sync a set of routes tagged with Weft's route protocol, set a link's address, write a sysctl, keep a
+// packet filter chain (masquerade, forward) equal to its plan.
 //
 // Ownership: every route Weft installs carries RouteProtocol, and route sync removes only routes with that
 // protocol, so routes created by anyone else are never touched.
