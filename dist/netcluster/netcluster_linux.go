@@ -57,6 +57,9 @@ type Options struct {
 	Network string
 	// SubnetLen is the per-node prefix length. Zero: the network config's default (24 for a /16).
 	SubnetLen int
+	// ConfigArgs are appended to the `weftd config set` command line that writes the network config (e.g.
+	// "--subnet-min", "10.9.0.0"). Nil: none.
+	ConfigArgs []string
 	// Nodes is the number of nodes Start creates. Zero: 3. At most MaxNodes.
 	Nodes int
 	// Weftd is the path of the weftd binary; required.
@@ -336,6 +339,7 @@ func (c *Cluster) setConfig(ctx context.Context, ns *kerneltest.NS) error {
 	if o.BackendJSON != "" {
 		args = append(args, "--backend-json", o.BackendJSON)
 	}
+	args = append(args, o.ConfigArgs...)
 	c.log.Info("writing network config", "network", o.Network, "backend", o.Backend)
 	// etcd may still be electing itself right after its start: retry briefly.
 	var err error
