@@ -126,28 +126,9 @@ func TestVXLANNeighFDBInNetns(t *testing.T) {
 			t.Errorf("vx7 lacks %q:\n%s", want, link)
 		}
 	}
-	if got, want := norm(ns.MustIP(t, "neigh", "show", "dev", "vx7")), "10.5.1.0 lladdr 02:00:00:00:00:01 PERMANENT"; got != want {
-		t.Errorf("neighbours:\n%s\nwant:\n%s", got, want)
-	}
-	fdb, err := ns.Exec("bridge", "fdb", "show", "dev", "vx7")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := "02:00:00:00:00:01 dst 192.0.2.11 self permanent"; norm(fdb) != want {
-		t.Errorf("fdb:\n%s\nwant:\n%s", fdb, want)
-	}
+	kerneltest.Expect(t, "neighbours", ns.MustIP(t, "neigh", "show", "dev", "vx7"), "10.5.1.0 lladdr 02:00:00:00:00:01 PERMANENT")
+	kerneltest.Expect(t, "fdb", ns.MustExec(t, "bridge", "fdb", "show", "dev", "vx7"), "02:00:00:00:00:01 dst 192.0.2.11 self permanent")
 	if out := ns.MustIP(t, "link", "show"); strings.Contains(out, "br9") {
 		t.Errorf("br9 not deleted:\n%s", out)
 	}
-}
-
-// norm trims each line's surrounding blanks and drops empty lines (iproute2 output has trailing spaces).
-func norm(s string) string {
-	var lines []string
-	for l := range strings.Lines(s) {
-		if l = strings.Join(strings.Fields(l), " "); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	return strings.Join(lines, "\n")
 }

@@ -22,29 +22,19 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// The kernel tier: a small cluster of network namespaces carrying real traffic through the backend.
-//
-//	netns <p>-lan   bridge br0 (the underlay switch; 192.0.2.99/24 is added later as a non-peer)
-//	  ├─ veth ─ netns <p>-n1   eth0 192.0.2.11/24; flannel0; bridge cbr0 10.5.1.1/24
-//	  │                            └─ veth ─ netns <p>-c1   eth0 10.5.1.2/24, default via 10.5.1.1
-//	  ├─ veth ─ netns <p>-n2   192.0.2.12/24 ... 10.5.2.0/24 (its lease has BackendType "", as flanneld's)
-//	  └─ veth ─ netns <p>-n3   192.0.2.13/24 ... 10.5.3.0/24
-//
-// Every node runs one Backend: Up inside the node's namespace, Set with hand-built leases.
+// The kernel tier: a kerneltest.Topology of three nodes carrying real traffic through the backend. Every
+// node runs one Backend (flannel0): Up inside the node's namespace, Set with hand-built leases; node 2's lease
+// has BackendType "", as flanneld's udp backend writes it. The nodes filter reverse paths strictly, and the
+// lan namespace gets 192.0.2.99/24 on br0 as a host that is no peer (ReceiveChecks).
 
 const testNetwork = `{"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}`
 
 type node struct {
-	i     int
-	ns    *kerneltest.NS // the node
-	c     *kerneltest.NS // its "container"
+	*kerneltest.Node
 	b     *Backend
 	lease subnet.Lease
 	local backend.Local
 }
-
-func (n *node) underlay() netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + n.i)}) }
-func (n *node) container() string    { return fmt.Sprintf("10.5.%d.2", n.i) }
 
 type cluster struct {
 	t     *testing.T
@@ -55,23 +45,16 @@ type cluster struct {
 
 func newCluster(t *testing.T, count int) *cluster {
 	t.Helper()
-	kerneltest.RequireRoot(t)
-	kerneltest.RequireCommand(t, "ping")
-	p := kerneltest.Prefix()
+	tp := kerneltest.NewTopology(t, count)
 	cfg, err := subnet.ParseConfig([]byte(testNetwork))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &cluster{t: t, lan: kerneltest.NewNS(t, p+"-lan"), net: cfg}
-	kerneltest.Bridge(t, cl.lan, "br0")
-	for i := 1; i <= count; i++ {
-		n := &node{i: i, ns: kerneltest.NewNS(t, fmt.Sprintf("%s-n%d", p, i)), c: kerneltest.NewNS(t, fmt.Sprintf("%s-c%d", p, i))}
-		kerneltest.Veth(t, cl.lan, fmt.Sprintf("v%d", i), "", n.ns, "eth0", n.underlay().String()+"/24")
-		cl.lan.MustIP(t, "link", "set", fmt.Sprintf("v%d", i), "master", "br0")
-		kerneltest.Bridge(t, n.ns, "cbr0")
-		n.ns.MustIP(t, "addr", "add", fmt.Sprintf("10.5.%d.1/24", i), "dev", "cbr0")
+	cl := &cluster{t: t, lan: tp.LAN, net: cfg}
+	for _, kn := range tp.Nodes {
+		n := &node{Node: kn}
 		// Strict reverse-path filtering, as many distributions configure it.
-		if err := n.ns.Do(func() error {
+		if err := n.NS.Do(func() error {
 			for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"} {
 				if err := kernel.WriteSysctl(k, "1"); err != nil {
 					return err
@@ -81,18 +64,15 @@ func newCluster(t *testing.T, count int) *cluster {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		kerneltest.Veth(t, n.ns, "vc", "", n.c, "eth0", n.container()+"/24")
-		n.ns.MustIP(t, "link", "set", "vc", "master", "cbr0")
-		n.c.MustIP(t, "route", "add", "default", "via", fmt.Sprintf("10.5.%d.1", i))
 		n.lease = subnet.Lease{
-			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.5.%d.0/24", i)),
-			Attrs:  subnet.Attrs{PublicIP: n.underlay(), BackendType: "udp"},
+			Subnet: n.Subnet,
+			Attrs:  subnet.Attrs{PublicIP: n.Underlay, BackendType: "udp"},
 		}
-		if i == 2 {
+		if n.I == 2 {
 			n.lease.Attrs.BackendType = "" // as flanneld's udp backend writes it
 		}
-		n.b = newTestBackend(t, n.ns, n.underlay(), fmt.Sprintf("n%d", i), cfg)
-		n.local = up(t, n.ns, n.b)
+		n.b = newTestBackend(t, n.NS, n.Underlay, fmt.Sprintf("n%d", n.I), cfg)
+		n.local = up(t, n.NS, n.b)
 		cl.nodes = append(cl.nodes, n)
 	}
 	for _, n := range cl.nodes {
@@ -136,27 +116,26 @@ func (cl *cluster) set(n *node, skip map[int]bool) {
 	cl.t.Helper()
 	cfg := &backend.Config{Network: *cl.net, Own: n.lease}
 	for _, o := range cl.nodes {
-		if o != n && !skip[o.i] {
+		if o != n && !skip[o.I] {
 			cfg.Peers = append(cfg.Peers, o.lease)
 		}
 	}
 	if err := n.b.Set(cfg); err != nil {
-		cl.t.Fatalf("node %d: Set: %v", n.i, err)
+		cl.t.Fatalf("node %d: Set: %v", n.I, err)
 	}
 }
 
 // ping pings dst from the container of n and returns ping's output and whether every reply came back.
-func ping(n *node, dst string, args ...string) (string, bool) {
-	argv := append([]string{"ping", "-n", "-c", "2", "-i", "0.2", "-W", "2"}, args...)
-	out, err := n.c.Exec(append(argv, dst)...)
+func ping(n *node, dst netip.Addr, args ...string) (string, bool) {
+	out, err := n.Ping(dst, args...)
 	return out, err == nil
 }
 
-func (cl *cluster) mustPing(n *node, dst string, args ...string) string {
+func (cl *cluster) mustPing(n *node, dst netip.Addr, args ...string) string {
 	cl.t.Helper()
 	out, ok := ping(n, dst, args...)
 	if !ok {
-		cl.t.Fatalf("ping %s from container %d failed:\n%s", dst, n.i, out)
+		cl.t.Fatalf("ping %s from container %d failed:\n%s", dst, n.I, out)
 	}
 	return out
 }
@@ -171,21 +150,21 @@ func TestCluster(t *testing.T) {
 		if want := (backend.Local{BackendType: "udp", MTU: 1472}); n1.local.BackendType != want.BackendType || n1.local.MTU != want.MTU || n1.local.BackendData != nil {
 			t.Errorf("Local = %+v, want %+v", n1.local, want)
 		}
-		if out := n1.ns.MustIP(t, "-d", "link", "show", "flannel0"); !strings.Contains(out, "mtu 1472") || !strings.Contains(out, "tun type tun pi off") {
+		if out := n1.NS.MustIP(t, "-d", "link", "show", "flannel0"); !strings.Contains(out, "mtu 1472") || !strings.Contains(out, "tun type tun pi off") {
 			t.Errorf("flannel0 is not an IFF_NO_PI TUN with MTU 1472:\n%s", out)
 		}
 	})
 
 	t.Run("Ping", func(t *testing.T) {
 		for _, p := range [][2]*node{{n1, n2}, {n2, n1}, {n1, n3}, {n3, n2}} {
-			out := cl.mustPing(p[0], p[1].container())
+			out := cl.mustPing(p[0], p[1].CtrAddr)
 			// The backend does not decrement the TTL: 64 less the two kernel forwarding hops.
 			if !strings.Contains(out, "ttl=62") {
-				t.Errorf("ping %d→%d: want ttl=62 (two routed hops):\n%s", p[0].i, p[1].i, out)
+				t.Errorf("ping %d→%d: want ttl=62 (two routed hops):\n%s", p[0].I, p[1].I, out)
 			}
 		}
 		// The node itself reaches a remote container through the TUN (source: the TUN address).
-		if out, err := n1.ns.Exec("ping", "-n", "-c", "1", "-W", "2", n2.container()); err != nil {
+		if out, err := n1.NS.Exec("ping", "-n", "-c", "1", "-W", "2", n2.CtrAddr.String()); err != nil {
 			t.Errorf("ping from node 1 itself: %v", err)
 		} else if !strings.Contains(out, "1 received") {
 			t.Errorf("ping from node 1 itself:\n%s", out)
@@ -200,22 +179,22 @@ func TestCluster(t *testing.T) {
 
 	t.Run("MTU", func(t *testing.T) {
 		// An inner packet of exactly the TUN MTU (1472 = 1444 + 8 ICMP + 20 IP) passes with DF set.
-		cl.mustPing(n1, n2.container(), "-M", "do", "-s", "1444")
-		cl.mustPing(n2, n1.container(), "-M", "do", "-s", "1444")
+		cl.mustPing(n1, n2.CtrAddr, "-M", "do", "-s", "1444")
+		cl.mustPing(n2, n1.CtrAddr, "-M", "do", "-s", "1444")
 		// One byte more: the node refuses to route it into the TUN and says so (frag needed); once the
 		// container has learnt the path MTU its own stack says "message too long".
-		out, ok := ping(n1, n2.container(), "-M", "do", "-s", "1445")
+		out, ok := ping(n1, n2.CtrAddr, "-M", "do", "-s", "1445")
 		if ok || !(strings.Contains(out, "Frag needed") || strings.Contains(out, "message too long")) {
 			t.Errorf("DF ping one byte over the MTU: want frag needed / message too long:\n%s", out)
 		}
 		// DF clear: a packet over the MTU is fragmented by the node and still arrives.
-		cl.mustPing(n1, n2.container(), "-s", "4000")
+		cl.mustPing(n1, n2.CtrAddr, "-s", "4000")
 	})
 
 	t.Run("NoLease", func(t *testing.T) {
 		before := n1.b.Stats()
 		start := time.Now()
-		out, ok := ping(n1, "10.5.99.2")
+		out, ok := ping(n1, netip.MustParseAddr("10.5.99.2"))
 		if ok || !strings.Contains(out, "From 10.5.1.0 icmp_seq=1 Destination Net Unreachable") {
 			t.Errorf("ping to an unleased subnet: want net unreachable from the TUN address:\n%s", out)
 		}
@@ -228,7 +207,7 @@ func TestCluster(t *testing.T) {
 		}
 		// TCP to an unleased host fails promptly too: the kernel turns our ICMP error into a socket error.
 		var err error
-		n1.c.Do(func() error {
+		n1.Ctr.Do(func() error {
 			_, err = net.DialTimeout("tcp4", "10.5.99.2:80", 2*time.Second)
 			return nil
 		})
@@ -240,15 +219,15 @@ func TestCluster(t *testing.T) {
 	t.Run("ReceiveChecks", func(t *testing.T) {
 		// A UDP listener in container 1 sees what the backend of node 1 delivers.
 		var lc *net.UDPConn
-		if err := n1.c.Do(func() (err error) {
-			lc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(n1.container()+":9999")))
+		if err := n1.Ctr.Do(func() (err error) {
+			lc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(n1.CtrAddr, 9999)))
 			return err
 		}); err != nil {
 			t.Fatal(err)
 		}
 		defer lc.Close()
-		dst := netip.MustParseAddrPort(n1.container() + ":9999")
-		to := netip.AddrPortFrom(n1.underlay(), DefaultPort)
+		dst := netip.AddrPortFrom(n1.CtrAddr, 9999)
+		to := netip.AddrPortFrom(n1.Underlay, DefaultPort)
 		cl.lan.MustIP(t, "addr", "add", "192.0.2.99/24", "dev", "br0")
 
 		cases := []struct {
@@ -258,13 +237,13 @@ func TestCluster(t *testing.T) {
 			payload []byte
 			counter string // "" for delivered
 		}{
-			{"real peer, good packet (control)", n2.ns, n2.underlay(), udpPacket(n2.container(), dst, "hello"), ""},
-			{"no peer", cl.lan, netip.MustParseAddr("192.0.2.99"), udpPacket(n2.container(), dst, "spoof"), "drop_unknown_peer"},
-			{"inner source of another peer", n2.ns, n2.underlay(), udpPacket(n3.container(), dst, "spoof"), "drop_bad_inner_source"},
-			{"inner source in our subnet", n2.ns, n2.underlay(), udpPacket("10.5.1.7", dst, "spoof"), "drop_bad_inner_source"},
-			{"inner destination not ours", n2.ns, n2.underlay(), udpPacket(n2.container(), netip.MustParseAddrPort(n3.container()+":9999"), "relay"), "drop_not_our_subnet"},
-			{"malformed", n2.ns, n2.underlay(), []byte{0x45, 0, 0, 200, 1, 2, 3}, "drop_malformed"},
-			{"IPv6", n2.ns, n2.underlay(), append([]byte{0x60}, make([]byte, 60)...), "drop_malformed"},
+			{"real peer, good packet (control)", n2.NS, n2.Underlay, udpPacket(n2.CtrAddr.String(), dst, "hello"), ""},
+			{"no peer", cl.lan, netip.MustParseAddr("192.0.2.99"), udpPacket(n2.CtrAddr.String(), dst, "spoof"), "drop_unknown_peer"},
+			{"inner source of another peer", n2.NS, n2.Underlay, udpPacket(n3.CtrAddr.String(), dst, "spoof"), "drop_bad_inner_source"},
+			{"inner source in our subnet", n2.NS, n2.Underlay, udpPacket("10.5.1.7", dst, "spoof"), "drop_bad_inner_source"},
+			{"inner destination not ours", n2.NS, n2.Underlay, udpPacket(n2.CtrAddr.String(), netip.AddrPortFrom(n3.CtrAddr, 9999), "relay"), "drop_not_our_subnet"},
+			{"malformed", n2.NS, n2.Underlay, []byte{0x45, 0, 0, 200, 1, 2, 3}, "drop_malformed"},
+			{"IPv6", n2.NS, n2.Underlay, append([]byte{0x60}, make([]byte, 60)...), "drop_malformed"},
 		}
 		for _, c := range cases {
 			before := n1.b.Stats()
@@ -290,30 +269,30 @@ func TestCluster(t *testing.T) {
 
 	t.Run("PeerRemovedAndReAdded", func(t *testing.T) {
 		cl.set(n1, map[int]bool{2: true})
-		out, ok := ping(n1, n2.container())
+		out, ok := ping(n1, n2.CtrAddr)
 		if ok || !strings.Contains(out, "Destination Net Unreachable") {
 			t.Errorf("ping to a removed peer: want net unreachable:\n%s", out)
 		}
 		before := n1.b.Stats()["drop_unknown_peer"]
-		if out, ok := ping(n2, n1.container()); ok {
+		if out, ok := ping(n2, n1.CtrAddr); ok {
 			t.Errorf("ping from a removed peer went through:\n%s", out)
 		}
 		if after := n1.b.Stats()["drop_unknown_peer"]; after < before+2 {
 			t.Errorf("drop_unknown_peer went from %d to %d, want +2", before, after)
 		}
-		cl.mustPing(n1, n3.container()) // others unaffected
+		cl.mustPing(n1, n3.CtrAddr) // others unaffected
 		cl.set(n1, nil)
-		cl.mustPing(n1, n2.container())
-		cl.mustPing(n2, n1.container())
+		cl.mustPing(n1, n2.CtrAddr)
+		cl.mustPing(n2, n1.CtrAddr)
 	})
 
 	t.Run("Reconcile", func(t *testing.T) {
-		n1.ns.MustIP(t, "route", "add", "10.5.77.0/24", "dev", "flannel0", "proto", "87") // stale, ours
-		n1.ns.MustIP(t, "route", "add", "10.5.88.0/24", "dev", "cbr0")                    // foreign
-		n1.ns.MustIP(t, "route", "del", "10.5.0.0/16", "dev", "flannel0")                 // drift
-		n1.ns.MustIP(t, "addr", "add", "10.9.9.9/32", "dev", "flannel0")                  // stray address
+		n1.NS.MustIP(t, "route", "add", "10.5.77.0/24", "dev", "flannel0", "proto", "87") // stale, ours
+		n1.NS.MustIP(t, "route", "add", "10.5.88.0/24", "dev", "cbr0")                    // foreign
+		n1.NS.MustIP(t, "route", "del", "10.5.0.0/16", "dev", "flannel0")                 // drift
+		n1.NS.MustIP(t, "addr", "add", "10.9.9.9/32", "dev", "flannel0")                  // stray address
 		cl.set(n1, nil)
-		routes := n1.ns.MustIP(t, "route", "show")
+		routes := n1.NS.MustIP(t, "route", "show")
 		if !strings.Contains(routes, "10.5.0.0/16 dev flannel0 proto 87 scope link") {
 			t.Errorf("network route not restored:\n%s", routes)
 		}
@@ -323,11 +302,11 @@ func TestCluster(t *testing.T) {
 		if !strings.Contains(routes, "10.5.88.0/24 dev cbr0") {
 			t.Errorf("foreign route removed:\n%s", routes)
 		}
-		addrs := n1.ns.MustIP(t, "-4", "-o", "addr", "show", "dev", "flannel0")
+		addrs := n1.NS.MustIP(t, "-4", "-o", "addr", "show", "dev", "flannel0")
 		if !strings.Contains(addrs, "inet 10.5.1.0/32") || strings.Contains(addrs, "10.9.9.9") {
 			t.Errorf("flannel0 addresses: want only 10.5.1.0/32:\n%s", addrs)
 		}
-		cl.mustPing(n1, n2.container())
+		cl.mustPing(n1, n2.CtrAddr)
 	})
 
 	t.Run("Close", func(t *testing.T) {
@@ -337,14 +316,14 @@ func TestCluster(t *testing.T) {
 		for _, n := range cl.nodes {
 			for range 2 { // idempotent
 				if err := n.b.Close(); err != nil {
-					t.Errorf("node %d: Close: %v", n.i, err)
+					t.Errorf("node %d: Close: %v", n.I, err)
 				}
 			}
 		}
 		if got := loopGoroutines(); got != 0 {
 			t.Errorf("%d packet loops still running after Close", got)
 		}
-		if out, err := n1.ns.IP("link", "show", "flannel0"); err == nil {
+		if out, err := n1.NS.IP("link", "show", "flannel0"); err == nil {
 			t.Errorf("flannel0 still exists after Close:\n%s", out)
 		}
 		if err := n1.b.Set(&backend.Config{Network: *cl.net, Own: n1.lease}); err != ErrClosed {
@@ -439,13 +418,13 @@ func tcpExchange(t *testing.T, server, client *node) {
 	t.Helper()
 	const size = 200 << 10
 	toServer, toClient := make([]byte, size), make([]byte, size)
-	r := rand.New(rand.NewPCG(uint64(server.i), uint64(client.i)))
+	r := rand.New(rand.NewPCG(uint64(server.I), uint64(client.I)))
 	for i := range size {
 		toServer[i], toClient[i] = byte(r.Uint32()), byte(r.Uint32())
 	}
 	var ln net.Listener
-	if err := server.c.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", server.container()+":0")
+	if err := server.Ctr.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", server.CtrAddr.String()+":0")
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -464,17 +443,17 @@ func tcpExchange(t *testing.T, server, client *node) {
 		serverErr = exchange(c, deadline, toClient, toServer)
 	})
 	var c net.Conn
-	if err := client.c.Do(func() (err error) {
+	if err := client.Ctr.Do(func() (err error) {
 		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
 		return err
 	}); err != nil {
-		t.Fatalf("dial %d→%d: %v", client.i, server.i, err)
+		t.Fatalf("dial %d→%d: %v", client.I, server.I, err)
 	}
 	clientErr := exchange(c, deadline, toServer, toClient)
 	c.Close()
 	wg.Wait()
 	if clientErr != nil || serverErr != nil {
-		t.Errorf("TCP %d→%d: client: %v; server: %v", client.i, server.i, clientErr, serverErr)
+		t.Errorf("TCP %d→%d: client: %v; server: %v", client.I, server.I, clientErr, serverErr)
 	}
 }
 

@@ -6,37 +6,39 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/backend/backendtest"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/subnet"
 )
 
 // startVXLAN creates and brings up the vxlan backend on every node with the given Backend JSON.
-func startVXLAN(t *testing.T, nodes []*node, backendJSON string) {
+func startVXLAN(t *testing.T, nodes []*backendtest.Node, backendJSON string) {
 	t.Helper()
 	for _, n := range nodes {
-		be, err := New(depsFor(t, n, backendJSON))
+		be, err := New(n.Deps(t, &subnet.Config{Network: kerneltest.TopologyNetwork, BackendType: Type, Backend: json.RawMessage(backendJSON)}))
 		if err != nil {
 			t.Fatal(err)
 		}
-		n.be = be
+		n.Be = be
 		t.Cleanup(func() { be.Close() })
-		n.up(t)
+		n.Up(t)
 	}
 }
 
-// mac is the node's published VTEP MAC.
-func (n *node) mac(t *testing.T) string {
+// vtepMAC is the node's published VTEP MAC.
+func vtepMAC(t *testing.T, n *backendtest.Node) string {
 	t.Helper()
 	var d LeaseData
-	if err := json.Unmarshal(n.local.BackendData, &d); err != nil {
-		t.Fatalf("n%d: BackendData %s: %v", n.i, n.local.BackendData, err)
+	if err := json.Unmarshal(n.Local.BackendData, &d); err != nil {
+		t.Fatalf("n%d: BackendData %s: %v", n.I, n.Local.BackendData, err)
 	}
 	return d.VtepMAC
 }
 
 // devMAC reads flannel.1's MAC and ifindex from the kernel.
-func devMAC(t *testing.T, n *node) (mac, index string) {
+func devMAC(t *testing.T, n *backendtest.Node) (mac, index string) {
 	t.Helper()
-	out := n.ns.MustIP(t, "-o", "link", "show", "flannel.1")
+	out := n.NS.MustIP(t, "-o", "link", "show", "flannel.1")
 	index, _, _ = strings.Cut(out, ":")
 	f := strings.Fields(out)
 	for i, w := range f {
@@ -52,18 +54,18 @@ func devMAC(t *testing.T, n *node) (mac, index string) {
 // the MTU, then reconcile: repair of hand-deleted neighbours, FDB entries and routes, removal of state
 // nothing explains (while a foreign route stays), peer removal, and Close leaving the data path in place.
 func TestVXLANTraffic(t *testing.T) {
-	_, nodes := newCluster(t, 3)
+	tp, nodes := backendtest.NewCluster(t, 3)
 	kerneltest.RequireCommand(t, "bridge")
 	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 	for _, n := range nodes {
 		mac, _ := devMAC(t, n)
-		if n.local.BackendType != "vxlan" || n.local.MTU != 1450 ||
-			string(n.local.BackendData) != fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac) {
-			t.Fatalf("n%d: Local = %+v %s; device MAC %s", n.i, n.local, n.local.BackendData, mac)
+		if n.Local.BackendType != "vxlan" || n.Local.MTU != 1450 ||
+			string(n.Local.BackendData) != fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac) {
+			t.Fatalf("n%d: Local = %+v %s; device MAC %s", n.I, n.Local, n.Local.BackendData, mac)
 		}
 	}
-	link := n1.ns.MustIP(t, "-d", "link", "show", "flannel.1")
+	link := n1.NS.MustIP(t, "-d", "link", "show", "flannel.1")
 	for _, want := range []string{"mtu 1450", ",UP,", "vxlan id 1 local 192.0.2.11 dev eth0", "dstport 8472", "nolearning"} {
 		if !strings.Contains(link, want) {
 			t.Errorf("flannel.1 lacks %q:\n%s", want, link)
@@ -71,17 +73,17 @@ func TestVXLANTraffic(t *testing.T) {
 	}
 
 	// State nothing explains: a stale route, neighbour and FDB entry of ours, and a foreign route.
-	n1.ns.MustIP(t, "route", "add", "10.5.99.0/24", "via", "10.5.99.0", "dev", "flannel.1", "onlink", "proto", "87")
-	n1.ns.MustIP(t, "route", "add", "10.5.98.0/24", "via", "192.0.2.98", "dev", "eth0")
-	n1.ns.MustIP(t, "neigh", "add", "10.5.97.0", "lladdr", "02:00:00:00:00:97", "dev", "flannel.1", "nud", "permanent")
-	n1.ns.MustExec(t, "bridge", "fdb", "add", "02:00:00:00:00:97", "dev", "flannel.1", "dst", "192.0.2.97", "self", "permanent")
+	n1.NS.MustIP(t, "route", "add", "10.5.99.0/24", "via", "10.5.99.0", "dev", "flannel.1", "onlink", "proto", "87")
+	n1.NS.MustIP(t, "route", "add", "10.5.98.0/24", "via", "192.0.2.98", "dev", "eth0")
+	n1.NS.MustIP(t, "neigh", "add", "10.5.97.0", "lladdr", "02:00:00:00:00:97", "dev", "flannel.1", "nud", "permanent")
+	n1.NS.MustExec(t, "bridge", "fdb", "add", "02:00:00:00:00:97", "dev", "flannel.1", "dst", "192.0.2.97", "self", "permanent")
 
 	for _, n := range nodes {
-		n.set(t, others(nodes, n)...)
+		n.Set(t, backendtest.Others(nodes, n)...)
 	}
-	mustPingAll(t, nodes)
+	tp.PingAll(t)
 
-	m2, m3 := n2.mac(t), n3.mac(t)
+	m2, m3 := vtepMAC(t, n2), vtepMAC(t, n3)
 	wantRoutes := `
 		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
 		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink`
@@ -93,42 +95,42 @@ func TestVXLANTraffic(t *testing.T) {
 		%s dst 192.0.2.13 self permanent`, m2, m3)
 	check := func(when string) {
 		t.Helper()
-		expect(t, "n1 routes of ours "+when, n1.ns.MustIP(t, "route", "show", "proto", "87"), wantRoutes)
-		expectSorted(t, "n1 neighbours "+when, n1.ns.MustIP(t, "neigh", "show", "dev", "flannel.1"), wantNeigh)
-		expectSorted(t, "n1 fdb "+when, n1.ns.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), wantFDB)
+		kerneltest.Expect(t, "n1 routes of ours "+when, n1.NS.MustIP(t, "route", "show", "proto", "87"), wantRoutes)
+		kerneltest.ExpectSorted(t, "n1 neighbours "+when, n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), wantNeigh)
+		kerneltest.ExpectSorted(t, "n1 fdb "+when, n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), wantFDB)
 	}
 	check("after Set")
-	expect(t, "n1 foreign routes", n1.ns.MustIP(t, "route", "show", "proto", "boot"), "10.5.98.0/24 via 192.0.2.98 dev eth0")
-	if out := n1.ns.MustIP(t, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(out, "inet 10.5.1.0/32") ||
+	kerneltest.Expect(t, "n1 foreign routes", n1.NS.MustIP(t, "route", "show", "proto", "boot"), "10.5.98.0/24 via 192.0.2.98 dev eth0")
+	if out := n1.NS.MustIP(t, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(out, "inet 10.5.1.0/32") ||
 		strings.Count(out, "inet ") != 1 {
 		t.Errorf("flannel.1 addresses: %s", out)
 	}
 	for _, n := range nodes {
-		expect(t, fmt.Sprintf("n%d ip_forward", n.i), n.ns.MustExec(t, "cat", "/proc/sys/net/ipv4/ip_forward"), "1")
+		kerneltest.Expect(t, fmt.Sprintf("n%d ip_forward", n.I), n.NS.MustExec(t, "cat", "/proc/sys/net/ipv4/ip_forward"), "1")
 	}
 
 	// The device MTU holds for DF packets; one byte more gets "fragmentation needed".
-	if out, err := ping(n1, n2, "-M", "do", "-s", "1422"); err != nil {
+	if out, err := n1.Ping(n2.CtrAddr, "-M", "do", "-s", "1422"); err != nil {
 		t.Errorf("DF ping at the MTU (1450): %v\n%s", err, out)
 	}
-	if out, err := ping(n1, n2, "-M", "do", "-s", "1423"); err == nil ||
+	if out, err := n1.Ping(n2.CtrAddr, "-M", "do", "-s", "1423"); err == nil ||
 		!(strings.Contains(out, "mtu = 1450") || strings.Contains(out, "too long")) {
 		t.Errorf("DF ping one byte over the MTU: err %v, want frag needed:\n%s", err, out)
 	}
 
 	// Idempotent, and repairs what was deleted behind its back.
-	n1.set(t, n2, n3)
+	n1.Set(t, n2, n3)
 	check("after a second Set")
-	n1.ns.MustIP(t, "neigh", "del", "10.5.2.0", "dev", "flannel.1")
-	n1.ns.MustExec(t, "bridge", "fdb", "del", m3, "dev", "flannel.1", "dst", "192.0.2.13", "self")
-	n1.ns.MustIP(t, "route", "del", "10.5.3.0/24")
-	n1.ns.MustIP(t, "addr", "flush", "dev", "flannel.1")
-	n1.set(t, n2, n3)
+	n1.NS.MustIP(t, "neigh", "del", "10.5.2.0", "dev", "flannel.1")
+	n1.NS.MustExec(t, "bridge", "fdb", "del", m3, "dev", "flannel.1", "dst", "192.0.2.13", "self")
+	n1.NS.MustIP(t, "route", "del", "10.5.3.0/24")
+	n1.NS.MustIP(t, "addr", "flush", "dev", "flannel.1")
+	n1.Set(t, n2, n3)
 	check("after repair")
-	mustPingAll(t, nodes)
+	tp.PingAll(t)
 
 	// A peer that left loses its neighbour, FDB entry and route.
-	n1.set(t, n2)
+	n1.Set(t, n2)
 	wantRoutes = "10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink"
 	wantNeigh = fmt.Sprintf("10.5.2.0 lladdr %s PERMANENT", m2)
 	wantFDB = fmt.Sprintf("%s dst 192.0.2.12 self permanent", m2)
@@ -136,12 +138,12 @@ func TestVXLANTraffic(t *testing.T) {
 
 	// Close changes nothing in the kernel.
 	for _, n := range nodes {
-		if err := n.be.Close(); err != nil {
+		if err := n.Be.Close(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	check("after Close")
-	if _, err := ping(n2, n1); err != nil {
+	if _, err := n2.Ping(n1.CtrAddr); err != nil {
 		t.Errorf("c2 -> c1 after Close: %v", err)
 	}
 }
@@ -150,27 +152,27 @@ func TestVXLANTraffic(t *testing.T) {
 // (fixing MTU and state in place), replaces an incompatible one, and that Set restores the published MAC
 // and recreates a deleted device.
 func TestVXLANDeviceReuse(t *testing.T) {
-	_, nodes := newCluster(t, 2)
+	_, nodes := backendtest.NewCluster(t, 2)
 	n1, n2 := nodes[0], nodes[1]
 	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
 	mac1, idx1 := devMAC(t, n1)
-	if n1.mac(t) != mac1 {
-		t.Fatalf("published MAC %s, device MAC %s", n1.mac(t), mac1)
+	if vtepMAC(t, n1) != mac1 {
+		t.Fatalf("published MAC %s, device MAC %s", vtepMAC(t, n1), mac1)
 	}
 
 	restart := func() {
 		t.Helper()
-		n1.be.Close()
-		startVXLAN(t, []*node{n1}, `{"Type":"vxlan"}`)
+		n1.Be.Close()
+		startVXLAN(t, []*backendtest.Node{n1}, `{"Type":"vxlan"}`)
 	}
 	// A restart keeps the device and its MAC; MTU and state are fixed in place.
-	n1.ns.MustIP(t, "link", "set", "flannel.1", "down", "mtu", "1300")
+	n1.NS.MustIP(t, "link", "set", "flannel.1", "down", "mtu", "1300")
 	restart()
 	mac, idx := devMAC(t, n1)
-	if mac != mac1 || idx != idx1 || n1.mac(t) != mac1 {
-		t.Errorf("after restart: device %s MAC %s (published %s), want device %s MAC %s", idx, mac, n1.mac(t), idx1, mac1)
+	if mac != mac1 || idx != idx1 || vtepMAC(t, n1) != mac1 {
+		t.Errorf("after restart: device %s MAC %s (published %s), want device %s MAC %s", idx, mac, vtepMAC(t, n1), idx1, mac1)
 	}
-	if link := n1.ns.MustIP(t, "link", "show", "flannel.1"); !strings.Contains(link, "mtu 1450") || !strings.Contains(link, ",UP") {
+	if link := n1.NS.MustIP(t, "link", "show", "flannel.1"); !strings.Contains(link, "mtu 1450") || !strings.Contains(link, ",UP") {
 		t.Errorf("MTU or state not fixed: %s", link)
 	}
 
@@ -185,74 +187,74 @@ func TestVXLANDeviceReuse(t *testing.T) {
 		{"another vni", []string{"type", "vxlan", "id", "5", "local", "192.0.2.11", "dev", "eth0", "dstport", "8472", "nolearning"}, "vxlan id 1 "},
 		{"a bridge", []string{"type", "bridge"}, "vxlan id 1 "},
 	} {
-		n1.be.Close()
-		n1.ns.MustIP(t, "link", "del", "flannel.1")
-		n1.ns.MustIP(t, append([]string{"link", "add", "flannel.1"}, tc.argv...)...)
+		n1.Be.Close()
+		n1.NS.MustIP(t, "link", "del", "flannel.1")
+		n1.NS.MustIP(t, append([]string{"link", "add", "flannel.1"}, tc.argv...)...)
 		oldMAC, oldIdx := devMAC(t, n1)
-		startVXLAN(t, []*node{n1}, `{"Type":"vxlan"}`)
+		startVXLAN(t, []*backendtest.Node{n1}, `{"Type":"vxlan"}`)
 		mac, idx := devMAC(t, n1)
-		link := n1.ns.MustIP(t, "-d", "link", "show", "flannel.1")
-		if idx == oldIdx || mac == oldMAC || n1.mac(t) != mac || !strings.Contains(link, tc.want) || !strings.Contains(link, ",UP") {
-			t.Errorf("%s: not replaced (index %s -> %s, MAC %s -> %s, published %s):\n%s", tc.name, oldIdx, idx, oldMAC, mac, n1.mac(t), link)
+		link := n1.NS.MustIP(t, "-d", "link", "show", "flannel.1")
+		if idx == oldIdx || mac == oldMAC || vtepMAC(t, n1) != mac || !strings.Contains(link, tc.want) || !strings.Contains(link, ",UP") {
+			t.Errorf("%s: not replaced (index %s -> %s, MAC %s -> %s, published %s):\n%s", tc.name, oldIdx, idx, oldMAC, mac, vtepMAC(t, n1), link)
 		}
 	}
 
 	// Set enforces the published MAC and recreates a deleted device with it.
-	pub := n1.mac(t)
-	n1.set(t, n2)
-	n2.set(t, n1)
-	n1.ns.MustIP(t, "link", "set", "flannel.1", "address", "02:12:34:56:78:9a")
-	n1.set(t, n2)
+	pub := vtepMAC(t, n1)
+	n1.Set(t, n2)
+	n2.Set(t, n1)
+	n1.NS.MustIP(t, "link", "set", "flannel.1", "address", "02:12:34:56:78:9a")
+	n1.Set(t, n2)
 	if mac, _ := devMAC(t, n1); mac != pub {
 		t.Errorf("after Set: MAC %s, want the published %s", mac, pub)
 	}
-	n1.ns.MustIP(t, "link", "del", "flannel.1")
-	n1.set(t, n2)
+	n1.NS.MustIP(t, "link", "del", "flannel.1")
+	n1.Set(t, n2)
 	if mac, _ := devMAC(t, n1); mac != pub {
 		t.Errorf("recreated device: MAC %s, want the published %s", mac, pub)
 	}
-	if _, err := ping(n1, n2); err != nil {
+	if _, err := n1.Ping(n2.CtrAddr); err != nil {
 		t.Errorf("c1 -> c2 after the device was recreated: %v", err)
 	}
 
 	// Another VNI is another device; the old one is no longer ours and is left alone.
-	n1.be.Close()
-	startVXLAN(t, []*node{n1}, `{"Type":"vxlan","VNI":2,"Port":4789}`)
-	if link := n1.ns.MustIP(t, "-d", "link", "show", "flannel.2"); !strings.Contains(link, "vxlan id 2 ") || !strings.Contains(link, "dstport 4789") {
+	n1.Be.Close()
+	startVXLAN(t, []*backendtest.Node{n1}, `{"Type":"vxlan","VNI":2,"Port":4789}`)
+	if link := n1.NS.MustIP(t, "-d", "link", "show", "flannel.2"); !strings.Contains(link, "vxlan id 2 ") || !strings.Contains(link, "dstport 4789") {
 		t.Errorf("flannel.2: %s", link)
 	}
-	n1.ns.MustIP(t, "link", "show", "flannel.1")
+	n1.NS.MustIP(t, "link", "show", "flannel.1")
 }
 
 // TestVXLANDirectRouting checks that with DirectRouting a peer on the same L2 segment gets a host-gw route
 // (and no neighbour or FDB entry) while a peer reached through a gateway goes over VXLAN.
 func TestVXLANDirectRouting(t *testing.T) {
-	_, nodes := newCluster(t, 3)
+	tp, nodes := backendtest.NewCluster(t, 3)
 	kerneltest.RequireCommand(t, "bridge")
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 	// From n1, n3 is reached through n2 (a router), so it is not directly reachable.
-	n1.ns.MustIP(t, "route", "add", "192.0.2.13/32", "via", "192.0.2.12", "dev", "eth0")
+	n1.NS.MustIP(t, "route", "add", "192.0.2.13/32", "via", "192.0.2.12", "dev", "eth0")
 	startVXLAN(t, nodes, `{"Type":"vxlan","DirectRouting":true}`)
 	for _, n := range nodes {
-		n.set(t, others(nodes, n)...)
+		n.Set(t, backendtest.Others(nodes, n)...)
 	}
-	mustPingAll(t, nodes)
-	expect(t, "n1 routes of ours", n1.ns.MustIP(t, "route", "show", "proto", "87"), `
+	tp.PingAll(t)
+	kerneltest.Expect(t, "n1 routes of ours", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
 		10.5.2.0/24 via 192.0.2.12 dev eth0
 		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink`)
-	expect(t, "n1 neighbours", n1.ns.MustIP(t, "neigh", "show", "dev", "flannel.1"), "10.5.3.0 lladdr "+n3.mac(t)+" PERMANENT")
-	expect(t, "n1 fdb", n1.ns.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), n3.mac(t)+" dst 192.0.2.13 self permanent")
-	expect(t, "n2 routes of ours", n2.ns.MustIP(t, "route", "show", "proto", "87"), `
+	kerneltest.Expect(t, "n1 neighbours", n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), "10.5.3.0 lladdr "+vtepMAC(t, n3)+" PERMANENT")
+	kerneltest.Expect(t, "n1 fdb", n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), vtepMAC(t, n3)+" dst 192.0.2.13 self permanent")
+	kerneltest.Expect(t, "n2 routes of ours", n2.NS.MustIP(t, "route", "show", "proto", "87"), `
 		10.5.1.0/24 via 192.0.2.11 dev eth0
 		10.5.3.0/24 via 192.0.2.13 dev eth0`)
 
 	// When n3 becomes directly reachable, its vxlan state goes and a direct route replaces it.
-	n1.ns.MustIP(t, "route", "del", "192.0.2.13/32")
-	n1.set(t, n2, n3)
-	expect(t, "n1 routes of ours", n1.ns.MustIP(t, "route", "show", "proto", "87"), `
+	n1.NS.MustIP(t, "route", "del", "192.0.2.13/32")
+	n1.Set(t, n2, n3)
+	kerneltest.Expect(t, "n1 routes of ours", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
 		10.5.2.0/24 via 192.0.2.12 dev eth0
 		10.5.3.0/24 via 192.0.2.13 dev eth0`)
-	expect(t, "n1 neighbours", n1.ns.MustIP(t, "neigh", "show", "dev", "flannel.1"), "")
-	expect(t, "n1 fdb", n1.ns.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), "")
-	mustPingAll(t, nodes)
+	kerneltest.Expect(t, "n1 neighbours", n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), "")
+	kerneltest.Expect(t, "n1 fdb", n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), "")
+	tp.PingAll(t)
 }

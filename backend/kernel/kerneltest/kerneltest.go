@@ -1,7 +1,8 @@
 // Package kerneltest provides the network-namespace primitives of Weft's kernel and end-to-end tests:
 // a root gate, throwaway named namespaces that are deleted on cleanup (also after a failure), running code
-// or commands inside them, and veth/bridge plumbing. It never changes the host's own namespace: every link
-// is created inside a test namespace.
+// or commands inside them, veth/bridge plumbing, and Topology, the backends' test cluster (an underlay
+// switch and nodes with containers) with golden-text helpers for iproute2 output. It never changes the
+// host's own namespace: every link is created inside a test namespace.
 //
 // The CI and developer kernels have no dummy or macvlan modules: use a bridge where a stand-alone link is
 // needed. veth, bridge, vxlan and tun are available.

@@ -1,0 +1,99 @@
+// Package backendtest runs backends on the nodes of a kerneltest.Topology, for the backends' kernel-tier
+// tests: each node describes its eth0 as the backend's External, brings the backend up inside its namespace
+// and hands it leases built from the other nodes' Local.
+package backendtest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"testing"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/subnet"
+)
+
+// Node is a topology node that runs a backend. The test creates Be (with Deps) and calls Up and Set.
+type Node struct {
+	*kerneltest.Node
+	Ext   backend.External // the node's eth0, with PublicIP = Addr
+	Be    backend.Backend  // the backend under test; set by the test
+	Local backend.Local    // what Be's Up returned
+}
+
+// NewCluster builds a kerneltest.Topology of n nodes (see kerneltest.NewTopology); no backend is created yet.
+func NewCluster(t *testing.T, n int) (*kerneltest.Topology, []*Node) {
+	t.Helper()
+	tp := kerneltest.NewTopology(t, n)
+	var nodes []*Node
+	for _, kn := range tp.Nodes {
+		nd := &Node{Node: kn}
+		err := nd.NS.Do(func() error {
+			ifi, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			nd.Ext = backend.External{Name: "eth0", Index: ifi.Index, MTU: ifi.MTU}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd.Ext.Addr = nd.Underlay
+		nd.Ext.PublicIP = nd.Ext.Addr
+		nodes = append(nodes, nd)
+	}
+	return tp, nodes
+}
+
+// Deps returns the dependencies of a backend for the node: its External, the network config and a logger
+// that writes to t at debug level.
+func (n *Node) Deps(t testing.TB, network *subnet.Config) backend.Deps {
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return backend.Deps{Log: log.With("node", fmt.Sprintf("n%d", n.I)), External: n.Ext, Network: network}
+}
+
+// Lease is the node's lease: its subnet, with its PublicIP and what its backend published.
+func (n *Node) Lease() subnet.Lease {
+	return subnet.Lease{Subnet: n.Subnet, Attrs: subnet.Attrs{
+		PublicIP: n.Ext.PublicIP, BackendType: n.Local.BackendType, BackendData: n.Local.BackendData}}
+}
+
+// Up calls Up on the node's backend inside the node's namespace and records Local.
+func (n *Node) Up(t testing.TB) {
+	t.Helper()
+	err := n.NS.Do(func() error {
+		var err error
+		n.Local, err = n.Be.Up(context.Background())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("n%d: Up: %v", n.I, err)
+	}
+}
+
+// Set calls Set on the node's backend with the node's own lease and the peers' in the topology's network.
+// It calls from the test's own thread: the backend must not depend on the calling thread's namespace.
+func (n *Node) Set(t testing.TB, peers ...*Node) {
+	t.Helper()
+	cfg := &backend.Config{Network: subnet.Config{Network: kerneltest.TopologyNetwork}, Own: n.Lease()}
+	for _, p := range peers {
+		cfg.Peers = append(cfg.Peers, p.Lease())
+	}
+	if err := n.Be.Set(cfg); err != nil {
+		t.Fatalf("n%d: Set: %v", n.I, err)
+	}
+}
+
+// Others returns every node but n.
+func Others(nodes []*Node, n *Node) []*Node {
+	var out []*Node
+	for _, o := range nodes {
+		if o != n {
+			out = append(out, o)
+		}
+	}
+	return out
+}
