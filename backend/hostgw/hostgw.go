@@ -67,7 +67,7 @@ func (b *hostGW) Up(ctx context.Context) (backend.Local, error) {
 		return backend.Local{}, errClosed
 	}
 	if b.h == nil {
-		h, err := up(b.ext)
+		h, err := kernel.NewForwardingHandle(b.ext.Index)
 		if err != nil {
 			return backend.Local{}, err
 		}
@@ -123,7 +123,7 @@ func (b *hostGW) Close() error {
 	}
 	b.closed = true
 	if b.h != nil {
-		closeHandle(b.h)
+		b.h.Close()
 		b.h = nil
 	}
 	return nil

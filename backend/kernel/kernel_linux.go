@@ -32,6 +32,25 @@ func NewHandle() (*Handle, error) {
 // Close releases the handle.
 func (h *Handle) Close() { h.NL.Close() }
 
+// NewForwardingHandle opens a handle for a backend that forwards overlay traffic over the link with index
+// link, in the calling thread's network namespace: it checks the link is there (an error wrapping ErrNoLink
+// if not) and enables IPv4 forwarding in the namespace. On error no handle is left open.
+func NewForwardingHandle(link int) (*Handle, error) {
+	h, err := NewHandle()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := h.LinkName(link); err != nil {
+		h.Close()
+		return nil, err
+	}
+	if err := WriteSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
 // retry runs a netlink dump, retrying when the kernel reports the dump was interrupted by a change.
 func retry[T any](f func() (T, error)) (T, error) {
 	var v T

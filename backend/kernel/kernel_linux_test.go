@@ -99,3 +99,41 @@ func TestSyncRoutesLeavesForeignSameDestination(t *testing.T) {
 		t.Errorf("routes after sync:\n%s", got)
 	}
 }
+
+// TestNewForwardingHandleInNetns checks that NewForwardingHandle refuses a missing link (with ErrNoLink)
+// and, for a link that is there, enables IPv4 forwarding in the namespace.
+func TestNewForwardingHandleInNetns(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
+	kerneltest.Bridge(t, ns, "u0")
+	err := ns.Do(func() error {
+		if err := kernel.WriteSysctl("net.ipv4.ip_forward", "0"); err != nil {
+			return err
+		}
+		if h, err := kernel.NewForwardingHandle(9999); !errors.Is(err, kernel.ErrNoLink) {
+			if h != nil {
+				h.Close()
+			}
+			t.Errorf("NewForwardingHandle(missing link) = %v, want ErrNoLink", err)
+		}
+		h, err := kernel.NewHandle()
+		if err != nil {
+			return err
+		}
+		u0, err := h.NL.LinkByName("u0")
+		h.Close()
+		if err != nil {
+			return err
+		}
+		fh, err := kernel.NewForwardingHandle(u0.Attrs().Index)
+		if err != nil {
+			return err
+		}
+		fh.Close()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.Expect(t, "ip_forward", ns.MustExec(t, "cat", "/proc/sys/net/ipv4/ip_forward"), "1")
+}

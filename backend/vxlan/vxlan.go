@@ -187,7 +187,7 @@ func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
 		return backend.Local{}, errClosed
 	}
 	if b.h == nil {
-		h, err := up(b.ext)
+		h, err := kernel.NewForwardingHandle(b.ext.Index)
 		if err != nil {
 			return backend.Local{}, err
 		}
@@ -299,7 +299,7 @@ func (b *vxlan) Close() error {
 	}
 	b.closed = true
 	if b.h != nil {
-		closeHandle(b.h)
+		b.h.Close()
 		b.h = nil
 	}
 	return nil

@@ -12,26 +12,6 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// up opens a netlink handle in the calling thread's namespace, checks the external interface is there and
-// enables IPv4 forwarding.
-func up(ext backend.External) (*kernel.Handle, error) {
-	h, err := kernel.NewHandle()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := h.LinkName(ext.Index); err != nil {
-		h.Close()
-		return nil, err
-	}
-	if err := kernel.WriteSysctl("net.ipv4.ip_forward", "1"); err != nil {
-		h.Close()
-		return nil, err
-	}
-	return h, nil
-}
-
-func closeHandle(h *kernel.Handle) { h.Close() }
-
 // existingMAC returns the MAC of a leftover device that can be reused as want, or nil.
 func existingMAC(h *kernel.Handle, want kernel.VXLAN) net.HardwareAddr {
 	have, err := h.VXLANByName(want.Name)

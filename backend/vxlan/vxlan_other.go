@@ -13,10 +13,6 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-func up(backend.External) (*kernel.Handle, error) { return nil, errors.ErrUnsupported }
-
-func closeHandle(*kernel.Handle) {}
-
 func existingMAC(*kernel.Handle, kernel.VXLAN) net.HardwareAddr { return nil }
 
 func ensureDevice(*kernel.Handle, kernel.VXLAN) (*kernel.VXLAN, deviceAction, error) {
