@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -109,6 +110,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("subnet-file", c.SubnetFile),
 		slog.Duration("subnet-lease-ttl", c.LeaseTTL),
 		slog.Bool("ip-masq", c.IPMasq),
+		slog.Bool("iptables-forward-rules", c.FwdRules),
+		slog.Duration("iptables-resync", c.IPTResync),
 		slog.String("healthz", fmt.Sprintf("%s:%d", c.HealthzIP, c.HealthzPort)),
 		slog.Duration("reconcile-interval", c.Reconcile),
 	)
@@ -125,15 +128,36 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
 	fs.IntVar(&c.RenewMargin, "subnet-lease-renew-margin", 60, "accepted for flanneld compatibility; weftd renews with etcd keepalives")
-	fs.BoolVar(&c.IPMasq, "ip-masq", false, "written to the env file as FLANNEL_IPMASQ (masquerade rules are not installed yet)")
-	fs.BoolVar(&c.FwdRules, "iptables-forward-rules", true, "accepted for flanneld compatibility (forward rules are not installed yet)")
-	fs.DurationVar(&c.IPTResync, "iptables-resync", 5*time.Second, "accepted for flanneld compatibility")
+	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (nat chain FLANNEL-POSTRTG); written to the env file as FLANNEL_IPMASQ")
+	fs.BoolVar(&c.FwdRules, "iptables-forward-rules", true, "accept forwarding to and from the overlay network (filter chain FLANNEL-FWD)")
+	c.IPTResync = 5 * time.Second
+	fs.Var((*secondsOrDuration)(&c.IPTResync), "iptables-resync", "how often the packet filter rules are checked and restored (a duration, or seconds as flanneld takes it)")
 	fs.StringVar(&c.HealthzIP, "healthz-ip", "0.0.0.0", "address of the health server")
 	fs.IntVar(&c.HealthzPort, "healthz-port", 0, "port of the health server (/healthz, /readyz, /metrics); 0 disables it")
 	fs.DurationVar(&c.Reconcile, "reconcile-interval", 30*time.Second, "how often the kernel state is checked and repaired")
 	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
 	return fs
 }
+
+// secondsOrDuration is a duration flag that also takes a plain number of seconds, as flanneld's
+// --iptables-resync does (FLANNELD_IPTABLES_RESYNC=5 keeps working after a migration).
+type secondsOrDuration time.Duration
+
+func (d *secondsOrDuration) Set(s string) error {
+	if n, err := strconv.Atoi(s); err == nil {
+		*d = secondsOrDuration(time.Duration(n) * time.Second)
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("want a duration (5s) or a number of seconds (5)")
+	}
+	*d = secondsOrDuration(v)
+	return nil
+}
+
+func (d *secondsOrDuration) String() string { return time.Duration(*d).String() }
+func (d *secondsOrDuration) Type() string   { return "duration" }
 
 // errHelp is returned after usage was printed for --help.
 var errHelp = errors.New("help requested")
@@ -203,6 +227,9 @@ func (c *Config) validate() error {
 	}
 	if c.Reconcile < 100*time.Millisecond {
 		return fmt.Errorf("--reconcile-interval %s: must be at least 100ms", c.Reconcile)
+	}
+	if c.IPTResync < 100*time.Millisecond {
+		return fmt.Errorf("--iptables-resync %s: must be at least 100ms", c.IPTResync)
 	}
 	if c.HealthzPort < 0 || c.HealthzPort > 65535 {
 		return fmt.Errorf("--healthz-port %d: want 0 (off) to 65535", c.HealthzPort)

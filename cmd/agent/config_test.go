@@ -49,6 +49,16 @@ func TestAgentConfigFlagsAndEnv(t *testing.T) {
 				t.Errorf("FLANNELD_ environment not applied: %+v", c)
 			}
 		}},
+		{"iptables-resync as flanneld's seconds", nil, map[string]string{"FLANNELD_IPTABLES_RESYNC": "7", "FLANNELD_IPTABLES_FORWARD_RULES": "false"}, func(t *testing.T, c Config) {
+			if c.IPTResync != 7*time.Second || c.FwdRules {
+				t.Errorf("iptables-resync = %s, forward rules %t; want 7s, false", c.IPTResync, c.FwdRules)
+			}
+		}},
+		{"iptables-resync as a duration", []string{"--iptables-resync=1500ms"}, nil, func(t *testing.T, c Config) {
+			if c.IPTResync != 1500*time.Millisecond {
+				t.Errorf("iptables-resync = %s, want 1.5s", c.IPTResync)
+			}
+		}},
 		{"WEFTD_ wins over FLANNELD_", nil, map[string]string{"FLANNELD_ETCD_PREFIX": "/f", "WEFTD_ETCD_PREFIX": "/w"}, func(t *testing.T, c Config) {
 			if c.Etcd.Prefix != "/w" {
 				t.Errorf("prefix = %q, want /w", c.Etcd.Prefix)
@@ -86,6 +96,8 @@ func TestAgentConfigErrors(t *testing.T) {
 		{[]string{"--log-level=loud"}, nil, `--log-level "loud"`},
 		{[]string{"--no-such-flag"}, nil, "unknown flag: --no-such-flag"},
 		{[]string{"stray"}, nil, `unexpected argument "stray"`},
+		{[]string{"--iptables-resync=0"}, nil, "--iptables-resync 0s: must be at least 100ms"},
+		{[]string{"--iptables-resync=often"}, nil, "want a duration (5s) or a number of seconds (5)"},
 		{nil, map[string]string{"WEFTD_SUBNET_LEASE_TTL": "soon"}, `environment WEFTD_SUBNET_LEASE_TTL="soon"`},
 	}
 	for _, tt := range tests {

@@ -17,13 +17,17 @@ type metric struct {
 	value uint64
 }
 
-// health serves /healthz (200 while running), /readyz (200 once the env file is written and the data path
-// is in sync) and /metrics (Prometheus text format).
+// health serves /healthz (200 while running), /readyz (200 once the env file is written, the data path
+// is in sync and the packet filter rules are in place) and /metrics (Prometheus text format).
 type health struct {
-	ready atomic.Bool
-	peers atomic.Int64
-	stats func() []metric // set before serving
+	ready        atomic.Bool // env file written and data path in sync
+	rulesPending atomic.Bool // packet filter rules wanted but not (yet) in place
+	peers        atomic.Int64
+	stats        func() []metric // set before serving
 }
+
+// isReady is what /readyz and weft_ready report.
+func (h *health) isReady() bool { return h.ready.Load() && !h.rulesPending.Load() }
 
 func newHealth() *health { return &health{stats: func() []metric { return nil }} }
 
@@ -31,7 +35,7 @@ func (h *health) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !h.ready.Load() {
+		if !h.isReady() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
@@ -40,7 +44,7 @@ func (h *health) handler() http.Handler {
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		ready := 0
-		if h.ready.Load() {
+		if h.isReady() {
 			ready = 1
 		}
 		fmt.Fprintf(w, "weft_ready %d\nweft_peers %d\n", ready, h.peers.Load())

@@ -55,6 +55,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}()
 	a.health.stats = a.stats
+	if a.rules, err = newRuleManager(cfg, netCfg, func(ok bool) { a.health.rulesPending.Store(!ok) }, log); err != nil {
+		return err
+	}
+	defer a.rules.Close() // the rules stay in place (compat §8)
 
 	req := subnet.AcquireRequest{Attrs: subnet.Attrs{
 		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData,
@@ -166,6 +170,7 @@ type agent struct {
 	be     backend.Backend
 	local  backend.Local
 	health *health
+	rules  *ruleManager  // nil: no packet filter rules wanted
 	kick   chan struct{} // capacity 1: "the desired state changed"
 
 	mu        sync.Mutex // guards the fields below
@@ -224,6 +229,7 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 	a.own, a.lost = &l, false
 	changed := string(a.env) != string(env.Marshal())
 	a.mu.Unlock()
+	a.rules.SetSubnet(l.Subnet)
 	if changed {
 		if err := subnet.WriteEnvFile(a.cfg.SubnetFile, env); err != nil {
 			a.log.Error("write env file", "err", err)
