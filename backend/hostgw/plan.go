@@ -32,10 +32,10 @@ func plan(cfg *backend.Config, ext backend.External) ([]kernel.Route, []skip) {
 			reason = "no IPv4 subnet"
 		case !p.Attrs.PublicIP.Is4():
 			reason = "no IPv4 PublicIP"
-		case p.Subnet == cfg.Own.Subnet:
+		case p.Subnet.Masked() == cfg.Own.Subnet.Masked():
 			reason = "it is this node's own subnet"
-		case p.Attrs.PublicIP == ext.Addr:
-			reason = fmt.Sprintf("its PublicIP %s is this node's address", p.Attrs.PublicIP)
+		case p.Attrs.PublicIP == ext.Addr || p.Attrs.PublicIP == ext.PublicIP:
+			reason = fmt.Sprintf("its PublicIP %s is this node's", p.Attrs.PublicIP)
 		case network.IsValid() && !(network.Bits() <= p.Subnet.Bits() && network.Contains(p.Subnet.Addr())):
 			reason = fmt.Sprintf("subnet %s is outside the network %s", p.Subnet, network)
 		}

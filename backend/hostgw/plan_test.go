@@ -48,12 +48,13 @@ func TestPlan(t *testing.T) {
 			name: "broken or hostile leases are skipped with a warning",
 			peers: []subnet.Lease{
 				lease("10.5.1.0/24", "192.0.2.99", Type),  // our own subnet
+				lease("10.5.1.7/24", "192.0.2.98", Type),  // our own subnet, not in canonical form
 				lease("10.5.4.0/24", "192.0.2.11", Type),  // our own address
 				lease("192.0.2.0/24", "192.0.2.14", Type), // outside the network: would hijack the underlay
 				lease("10.5.5.0/24", "", Type),            // no PublicIP
 				lease("10.0.0.0/8", "192.0.2.15", Type),   // wider than the network
 			},
-			wantSkip: []string{"10.5.1.0-24: true", "10.5.4.0-24: true", "192.0.2.0-24: true", "10.5.5.0-24: true", "10.0.0.0-8: true"},
+			wantSkip: []string{"10.5.1.0-24: true", "10.5.1.7-24: true", "10.5.4.0-24: true", "192.0.2.0-24: true", "10.5.5.0-24: true", "10.0.0.0-8: true"},
 		},
 		{
 			name:      "no network in the config: no containment check",
