@@ -155,6 +155,20 @@ func testLeaseExpiry(t *testing.T, backend string) {
 	if err := e.WaitPing(e.ctx(t, 10*time.Second), n1, n2.ContainerIP()); err != nil {
 		t.Errorf("n1 → n2 after n3 expired: %v", err)
 	}
+	if backend == "udp" {
+		// The peer table no longer has n3: n1's TUN answers for its subnet with ICMP net unreachable.
+		before, err := e.metric(ctx, n1, "drop_no_route")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := e.Ping(ctx, n1, n3.ContainerIP(), "-c", "1")
+		if err == nil || !strings.Contains(out, "Destination Net Unreachable") {
+			t.Errorf("n1 → expired n3 %s: want \"Destination Net Unreachable\", got err %v: %s", n3.ContainerIP(), err, out)
+		}
+		if after, err := e.metric(ctx, n1, "drop_no_route"); err != nil || after < before+1 {
+			t.Errorf("n1: weft_udp_drop_no_route %v → %v (%v), want it counted", before, after, err)
+		}
+	}
 }
 
 // vxlanInfo is the part of `ip -d -j link show` that describes a VXLAN device.
@@ -485,28 +499,47 @@ func etcdClient(t *testing.T, e *e2e, ns *kerneltest.NS) *clientv3.Client {
 	return cli
 }
 
-// Scenario: garbage under <prefix>/subnets/ (an unparsable value under a subnet's key name, a binary value,
-// a key that names no subnet) does not hurt a running cluster: the agents keep running (same PIDs), ready,
-// with the same peers, and forwarding; each logs a warning naming every garbage key; the keys are left
-// untouched; `weftd leases` still works; and a node joining afterwards gets a subnet of its own (not one a
-// garbage key names).
+// Scenario: garbage under <prefix>/subnets/ does not hurt a running cluster. On a network of eight
+// subnets (10.9.0.0/21, SubnetLen 24, SubnetMin 10.9.0.0) three nodes run; then keys are written that
+// name four of the five free subnets but cannot be read (truncated JSON, binary, a value without PublicIP,
+// a readable subnet followed by "&" and junk), plus two keys that name no subnet at all. The agents keep
+// running (same PIDs), ready, with their two peers and no reconcile error, and keep forwarding; each logs a
+// warning naming every garbage key; the keys are left untouched; `weftd leases` still works and lists only
+// the three leases; and a node joining afterwards gets the one subnet no key names.
 func testEtcdGarbage(t *testing.T) {
 	e := startFaultCluster(t, netcluster.Options{
 		Backend:         "host-gw",
+		Network:         "10.9.0.0/21",
+		SubnetLen:       24,
+		ConfigArgs:      []string{"--subnet-min", "10.9.0.0"},
 		Nodes:           3,
 		ExtraAgentFlags: []string{"--reconcile-interval=1s"},
 	})
 	ctx := e.ctx(t, 60*time.Second)
 	nodes := e.Nodes()
 	pids := map[string]int{}
+	held := map[netip.Prefix]bool{}
 	for _, n := range nodes {
 		pids[n.Name] = n.AgentPID()
+		held[n.Subnet()] = true
 	}
+	var free []string // key names ("10.9.4.0-24") of the subnets no node holds
+	for i := range 8 {
+		if p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, byte(i), 0}), 24); !held[p] {
+			free = append(free, fmt.Sprintf("10.9.%d.0-24", i))
+		}
+	}
+	if len(free) != 5 {
+		t.Fatalf("nodes hold %v; want 3 distinct subnets of 10.9.0.0/21", held)
+	}
+	lastFree, _ := netip.ParsePrefix(strings.Replace(free[4], "-", "/", 1))
 	garbage := map[string]string{
-		leasePrefix + "10.5.77.0-24":  `{"PublicIP":"192.0.2.77","BackendType":"host-gw"`, // truncated JSON
-		leasePrefix + "10.5.78.0-24":  "\x00\xff\xfe garbage \x01",
-		leasePrefix + "not-a-subnet":  `{"PublicIP":"192.0.2.79","BackendType":"host-gw"}`,
-		leasePrefix + "10.5.300.0-24": `{"PublicIP":"192.0.2.80","BackendType":"host-gw"}`,
+		leasePrefix + free[0]:           `{"PublicIP":"192.0.2.77","BackendType":"host-gw"`, // truncated JSON
+		leasePrefix + free[1]:           "\x00\xff\xfe garbage \x01",
+		leasePrefix + free[2]:           `{"BackendType":"host-gw"}`, // no PublicIP
+		leasePrefix + free[3] + "&junk": `{"PublicIP":"192.0.2.78","BackendType":"host-gw"}`,
+		leasePrefix + "not-a-subnet":    `{"PublicIP":"192.0.2.79","BackendType":"host-gw"}`,
+		leasePrefix + "10.9.300.0-24":   `{"PublicIP":"192.0.2.80","BackendType":"host-gw"}`,
 	}
 	cli := etcdClient(t, e, e.Node(1).NS)
 	revs := map[string]int64{}
@@ -558,6 +591,9 @@ func testEtcdGarbage(t *testing.T) {
 			t.Errorf("node %s: /readyz %d (%v), weft_peers %v (%v), reconcile errors %v (%v); want 200, 2, 0",
 				n.Name, status, err, peers, perr, errs, eerr)
 		}
+		if ours := routeLines(t, n.NS, "proto", "87"); len(ours) != 2 {
+			t.Errorf("node %s: proto-87 routes %q, want one per peer (2)", n.Name, ours)
+		}
 	}
 	for i, n := range nodes {
 		to := nodes[(i+1)%len(nodes)]
@@ -583,12 +619,8 @@ func testEtcdGarbage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	taken := []netip.Prefix{netip.MustParsePrefix("10.5.77.0/24"), netip.MustParsePrefix("10.5.78.0/24")}
-	for _, n := range nodes {
-		taken = append(taken, n.Subnet())
-	}
-	if slices.Contains(taken, n4.Subnet()) {
-		t.Errorf("joined node got %s, which is taken (%v)", n4.Subnet(), taken)
+	if n4.Subnet() != lastFree {
+		t.Errorf("joined node got %s, want %s, the only subnet no key names", n4.Subnet(), lastFree)
 	}
 	pingAll(t, e, n4, nodes[0])
 	untouched("after the join")
