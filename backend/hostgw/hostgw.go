@@ -57,7 +57,7 @@ type hostGW struct {
 	mu     sync.Mutex
 	h      *kernel.Handle // set by Up; nil after Close
 	closed bool
-	warned map[string]string // lease key → reason, for peers skipped with a warning (logged once)
+	skips  backend.SkipLog // which skipped peers were warned about
 }
 
 func (b *hostGW) Up(ctx context.Context) (backend.Local, error) {
@@ -89,30 +89,11 @@ func (b *hostGW) Set(cfg *backend.Config) error {
 		return errors.New("host-gw backend: Set with a nil config")
 	}
 	routes, skipped := plan(cfg, b.ext)
-	b.logSkipped(skipped)
+	b.skips.Log(b.log, skipped)
 	if err := apply(b.h, routes); err != nil {
 		return fmt.Errorf("host-gw backend: %w", err)
 	}
 	return nil
-}
-
-// logSkipped logs skipped peers: a lease worth a warning is warned about the first time it is skipped for
-// a reason, and logged at debug level after that, as are peers of other backend types.
-func (b *hostGW) logSkipped(skipped []skip) {
-	seen := map[string]string{}
-	for _, s := range skipped {
-		if !s.warn {
-			b.log.Debug("not routing to peer", "lease", s.key, "reason", s.reason)
-			continue
-		}
-		seen[s.key] = s.reason
-		if b.warned[s.key] == s.reason {
-			b.log.Debug("not routing to peer", "lease", s.key, "reason", s.reason)
-			continue
-		}
-		b.log.Warn("not routing to peer", "lease", s.key, "reason", s.reason)
-	}
-	b.warned = seen
 }
 
 func (b *hostGW) Close() error {

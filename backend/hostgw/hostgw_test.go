@@ -38,20 +38,3 @@ func TestNew(t *testing.T) {
 		})
 	}
 }
-
-func TestLogSkippedWarnsOnce(t *testing.T) {
-	var buf strings.Builder
-	b := &hostGW{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	bad := skip{key: "192.0.2.0-24", reason: "outside", warn: true}
-	other := skip{key: "10.5.2.0-24", reason: "vxlan", warn: false}
-	b.logSkipped([]skip{bad, other})
-	b.logSkipped([]skip{bad, other})
-	b.logSkipped(nil)
-	b.logSkipped([]skip{bad})
-	if got := strings.Count(buf.String(), "level=WARN"); got != 2 {
-		t.Errorf("%d warnings, want 2 (first time, and again after the lease was fine in between):\n%s", got, buf.String())
-	}
-	if got := strings.Count(buf.String(), "level=DEBUG"); got != 3 {
-		t.Errorf("%d debug lines, want 3:\n%s", got, buf.String())
-	}
-}

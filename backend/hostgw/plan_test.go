@@ -75,7 +75,7 @@ func TestPlan(t *testing.T) {
 			}
 			var gotSkip []string
 			for _, s := range skipped {
-				gotSkip = append(gotSkip, fmt.Sprintf("%s: %t", s.key, s.warn))
+				gotSkip = append(gotSkip, fmt.Sprintf("%s: %t", s.Key, !s.Quiet))
 			}
 			if fmt.Sprint(gotSkip) != fmt.Sprint(tt.wantSkip) {
 				t.Errorf("skipped = %v, want %v", gotSkip, tt.wantSkip)

@@ -25,35 +25,20 @@ type desired struct {
 	routes []kernel.Route
 }
 
-// skip is a peer lease that plan leaves out, and why.
-type skip struct {
-	key    string // the lease's key name
-	reason string
-}
-
 // plan computes the complete desired state for cfg. Per vxlan peer with valid BackendData: a neighbour
 // (peer subnet's network address → VtepMAC) and an FDB entry (VtepMAC → PublicIP) on the device and an
 // onlink route of the subnet via its network address on the device; or, for a peer in in.direct, a route of
-// the subnet via its PublicIP on the external interface and nothing else. cfg.Own.Subnet must be valid.
-func plan(cfg *backend.Config, in planInput) (desired, []skip) {
+// the subnet via its PublicIP on the external interface and nothing else. Every other lease is skipped
+// with a warning (backend.CheckPeer). cfg.Own.Subnet must be valid.
+func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 	d := desired{addr: netip.PrefixFrom(cfg.Own.Subnet.Masked().Addr(), 32)}
-	var skipped []skip
-	network := cfg.Network.Network
+	var skipped []backend.Skip
 	for _, p := range cfg.Peers {
-		reason := ""
-		switch {
-		case p.Attrs.BackendType != Type:
+		var reason string
+		if p.Attrs.BackendType != Type {
 			reason = fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type)
-		case !p.Subnet.IsValid() || !p.Subnet.Addr().Is4():
-			reason = "no IPv4 subnet"
-		case !p.Attrs.PublicIP.Is4():
-			reason = "no IPv4 PublicIP"
-		case p.Subnet.Masked() == cfg.Own.Subnet.Masked():
-			reason = "it is this node's own subnet"
-		case p.Attrs.PublicIP == in.ext.Addr || p.Attrs.PublicIP == in.ext.PublicIP:
-			reason = fmt.Sprintf("its PublicIP %s is this node's", p.Attrs.PublicIP)
-		case network.IsValid() && !(network.Bits() <= p.Subnet.Bits() && network.Contains(p.Subnet.Addr())):
-			reason = fmt.Sprintf("subnet %s is outside the network %s", p.Subnet, network)
+		} else {
+			reason = backend.CheckPeer(p, cfg.Own.Subnet, in.ext, cfg.Network.Network)
 		}
 		var mac net.HardwareAddr
 		if reason == "" {
@@ -63,7 +48,7 @@ func plan(cfg *backend.Config, in planInput) (desired, []skip) {
 			}
 		}
 		if reason != "" {
-			skipped = append(skipped, skip{key: p.Key(), reason: reason})
+			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: reason})
 			continue
 		}
 		sub := p.Subnet.Masked()

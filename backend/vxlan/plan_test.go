@@ -127,7 +127,7 @@ route 10.5.9.0/24 via 10.5.9.0 dev #9 onlink
 				t.Fatalf("skipped %v, want %d", skipped, len(tt.wantSkip))
 			}
 			for i, s := range skipped {
-				if g := s.key + ": " + s.reason; !strings.HasPrefix(g, tt.wantSkip[i]) {
+				if g := s.Key + ": " + s.Reason; !strings.HasPrefix(g, tt.wantSkip[i]) {
 					t.Errorf("skipped[%d] = %q, want prefix %q", i, g, tt.wantSkip[i])
 				}
 			}

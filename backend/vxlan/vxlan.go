@@ -163,7 +163,6 @@ func New(d backend.Deps) (backend.Backend, error) {
 			GBP:       cfg.GBP,
 			MTU:       underlay - Overhead,
 		},
-		warned: map[string]string{},
 	}, nil
 }
 
@@ -177,7 +176,7 @@ type vxlan struct {
 	h      *kernel.Handle // set by Up; nil after Close
 	dev    int            // the device's index
 	closed bool
-	warned map[string]string // lease key → reason, for peers skipped with a warning (logged once)
+	skips  backend.SkipLog // which skipped peers were warned about
 }
 
 func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
@@ -270,25 +269,11 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 		direct = directPeers(b.h, b.ext, cfg.Peers, b.log)
 	}
 	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct})
-	b.logSkipped(skipped)
+	b.skips.Log(b.log, skipped)
 	if err := apply(b.h, b.dev, want, b.cfg.Learning); err != nil {
 		return fmt.Errorf("vxlan backend: %w", err)
 	}
 	return nil
-}
-
-// logSkipped logs skipped peers: a warning the first time a lease is skipped for a reason, debug after.
-func (b *vxlan) logSkipped(skipped []skip) {
-	seen := map[string]string{}
-	for _, s := range skipped {
-		seen[s.key] = s.reason
-		if b.warned[s.key] == s.reason {
-			b.log.Debug("not routing to peer", "lease", s.key, "reason", s.reason)
-			continue
-		}
-		b.log.Warn("not routing to peer", "lease", s.key, "reason", s.reason)
-	}
-	b.warned = seen
 }
 
 func (b *vxlan) Close() error {

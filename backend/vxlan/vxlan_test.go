@@ -141,22 +141,3 @@ func TestLeaseData(t *testing.T) {
 		}
 	}
 }
-
-func TestLogSkippedWarnsOnce(t *testing.T) {
-	var buf strings.Builder
-	b := &vxlan{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	s1 := skip{key: "10.5.2.0-24", reason: `backend type "host-gw", not "vxlan"`}
-	s1b := skip{key: "10.5.2.0-24", reason: "no BackendData"}
-	b.logSkipped([]skip{s1})
-	b.logSkipped([]skip{s1})
-	b.logSkipped([]skip{s1b}) // a new reason is warned about
-	if got := strings.Count(buf.String(), "level=WARN"); got != 2 {
-		t.Errorf("%d warnings, want 2:\n%s", got, buf.String())
-	}
-	if got := strings.Count(buf.String(), "level=DEBUG"); got != 1 {
-		t.Errorf("%d debug lines, want 1:\n%s", got, buf.String())
-	}
-	if !strings.Contains(buf.String(), "lease=10.5.2.0-24") {
-		t.Errorf("log does not name the lease key:\n%s", buf.String())
-	}
-}

@@ -1,0 +1,63 @@
+package backend
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// Skip is a peer lease that a backend leaves out of its data path, and why.
+type Skip struct {
+	Key    string // the lease's key name (subnet.Lease.Key)
+	Reason string
+	Quiet  bool // expected rather than broken (a peer of another backend type): logged at debug level only
+}
+
+// CheckPeer says why a backend that reaches a peer's subnet via the peer's PublicIP over ext must leave the
+// lease p out, or "" if it need not: p has no IPv4 subnet or no IPv4 PublicIP, claims own (this node's
+// subnet, in any form) or one of this node's addresses (ext.Addr, ext.PublicIP), or, when network is valid,
+// lies outside it. Such a lease is broken or hostile: routing it could hijack this node's subnet or the
+// underlay. The checks run in that order and the first that fails gives the reason. The peer's backend type
+// and BackendData are the caller's to check.
+func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) string {
+	switch {
+	case !p.Subnet.IsValid() || !p.Subnet.Addr().Is4():
+		return "no IPv4 subnet"
+	case !p.Attrs.PublicIP.Is4():
+		return "no IPv4 PublicIP"
+	case p.Subnet.Masked() == own.Masked():
+		return "it is this node's own subnet"
+	case p.Attrs.PublicIP == ext.Addr || p.Attrs.PublicIP == ext.PublicIP:
+		return fmt.Sprintf("its PublicIP %s is this node's", p.Attrs.PublicIP)
+	case network.IsValid() && !(network.Bits() <= p.Subnet.Bits() && network.Contains(p.Subnet.Addr())):
+		return fmt.Sprintf("subnet %s is outside the network %s", p.Subnet, network)
+	}
+	return ""
+}
+
+// SkipLog logs the peers a backend skips without repeating a warning on every Set: a skip is warned about
+// the first time its lease is skipped for its reason, and logged at debug level while that lasts; a lease
+// skipped again after a Set that did not skip it, or skipped for another reason, is warned about again.
+// Quiet skips are always logged at debug level. The zero value is ready to use; a SkipLog is not safe for
+// concurrent use.
+type SkipLog struct {
+	warned map[string]string // lease key → reason, for the skips of the last Log that were not quiet
+}
+
+// Log logs skipped, the complete list of skips of one Set, to log.
+func (l *SkipLog) Log(log *slog.Logger, skipped []Skip) {
+	seen := map[string]string{}
+	for _, s := range skipped {
+		if !s.Quiet {
+			seen[s.Key] = s.Reason
+		}
+		if s.Quiet || l.warned[s.Key] == s.Reason {
+			log.Debug("not routing to peer", "lease", s.Key, "reason", s.Reason)
+			continue
+		}
+		log.Warn("not routing to peer", "lease", s.Key, "reason", s.Reason)
+	}
+	l.warned = seen
+}

@@ -1,0 +1,97 @@
+package backend
+
+import (
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+func TestCheckPeer(t *testing.T) {
+	a := netip.MustParseAddr
+	ext := External{Name: "eth0", Index: 2, MTU: 1500, Addr: a("192.0.2.11"), PublicIP: a("198.51.100.11")}
+	own := netip.MustParsePrefix("10.5.1.0/24")
+	network := netip.MustParsePrefix("10.5.0.0/16")
+	lease := func(sub, pub string) subnet.Lease {
+		var l subnet.Lease
+		if sub != "" {
+			l.Subnet = netip.MustParsePrefix(sub)
+		}
+		if pub != "" {
+			l.Attrs.PublicIP = a(pub)
+		}
+		return l
+	}
+	for _, tt := range []struct {
+		lease     subnet.Lease
+		noNetwork bool
+		want      string
+	}{
+		{lease: lease("10.5.2.0/24", "192.0.2.12"), want: ""},
+		{lease: lease("", "192.0.2.12"), want: "no IPv4 subnet"},
+		{lease: lease("fd00::/64", "192.0.2.12"), want: "no IPv4 subnet"},
+		{lease: lease("10.5.2.0/24", ""), want: "no IPv4 PublicIP"},
+		{lease: lease("10.5.2.0/24", "2001:db8::1"), want: "no IPv4 PublicIP"},
+		{lease: lease("10.5.1.0/24", "192.0.2.12"), want: "it is this node's own subnet"},
+		{lease: lease("10.5.1.7/24", "192.0.2.12"), want: "it is this node's own subnet"},
+		{lease: lease("10.5.2.0/24", "192.0.2.11"), want: "its PublicIP 192.0.2.11 is this node's"},
+		{lease: lease("10.5.2.0/24", "198.51.100.11"), want: "its PublicIP 198.51.100.11 is this node's"},
+		{lease: lease("192.0.2.0/24", "192.0.2.12"), want: "subnet 192.0.2.0/24 is outside the network 10.5.0.0/16"},
+		{lease: lease("10.0.0.0/8", "192.0.2.12"), want: "subnet 10.0.0.0/8 is outside the network 10.5.0.0/16"},
+		{lease: lease("10.9.0.0/24", "192.0.2.12"), noNetwork: true, want: ""},
+		// The first failing check gives the reason.
+		{lease: lease("10.5.1.0/24", "192.0.2.11"), want: "it is this node's own subnet"},
+	} {
+		n := network
+		if tt.noNetwork {
+			n = netip.Prefix{}
+		}
+		if got := CheckPeer(tt.lease, own, ext, n); got != tt.want {
+			t.Errorf("CheckPeer(%s via %s, network %s) = %q, want %q", tt.lease.Subnet, tt.lease.Attrs.PublicIP, n, got, tt.want)
+		}
+	}
+}
+
+// skipLogger returns a SkipLog's logger at debug level and what it wrote.
+func skipLogger() (*slog.Logger, *strings.Builder) {
+	var buf strings.Builder
+	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), &buf
+}
+
+func TestSkipLogWarnsOnce(t *testing.T) {
+	log, buf := skipLogger()
+	var l SkipLog
+	bad := Skip{Key: "192.0.2.0-24", Reason: "outside"}
+	other := Skip{Key: "10.5.2.0-24", Reason: "vxlan", Quiet: true}
+	l.Log(log, []Skip{bad, other})
+	l.Log(log, []Skip{bad, other})
+	l.Log(log, nil)
+	l.Log(log, []Skip{bad})
+	if got := strings.Count(buf.String(), "level=WARN"); got != 2 {
+		t.Errorf("%d warnings, want 2 (first time, and again after the lease was fine in between):\n%s", got, buf.String())
+	}
+	if got := strings.Count(buf.String(), "level=DEBUG"); got != 3 {
+		t.Errorf("%d debug lines, want 3:\n%s", got, buf.String())
+	}
+}
+
+func TestSkipLogWarnsAboutANewReason(t *testing.T) {
+	log, buf := skipLogger()
+	var l SkipLog
+	s1 := Skip{Key: "10.5.2.0-24", Reason: `backend type "host-gw", not "vxlan"`}
+	s1b := Skip{Key: "10.5.2.0-24", Reason: "no BackendData"}
+	l.Log(log, []Skip{s1})
+	l.Log(log, []Skip{s1})
+	l.Log(log, []Skip{s1b}) // a new reason is warned about
+	if got := strings.Count(buf.String(), "level=WARN"); got != 2 {
+		t.Errorf("%d warnings, want 2:\n%s", got, buf.String())
+	}
+	if got := strings.Count(buf.String(), "level=DEBUG"); got != 1 {
+		t.Errorf("%d debug lines, want 1:\n%s", got, buf.String())
+	}
+	if !strings.Contains(buf.String(), "lease=10.5.2.0-24") {
+		t.Errorf("log does not name the lease key:\n%s", buf.String())
+	}
+}
