@@ -24,7 +24,7 @@ type Node struct {
 }
 
 // NewCluster builds a kerneltest.Topology of n nodes (see kerneltest.NewTopology); no backend is created yet.
-func NewCluster(t *testing.T, n int) (*kerneltest.Topology, []*Node) {
+func NewCluster(t testing.TB, n int) (*kerneltest.Topology, []*Node) {
 	t.Helper()
 	tp := kerneltest.NewTopology(t, n)
 	var nodes []*Node
