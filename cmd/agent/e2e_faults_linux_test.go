@@ -316,17 +316,9 @@ func testStaleStateVXLAN(t *testing.T) {
 	n4.NS.MustIP(t, "link", "add", "flannel.1", "address", plantedMAC, "mtu", "1400", "type", "vxlan", "id", "1",
 		"local", n4.Addr.String(), "dev", "eth0", "dstport", "8472", "nolearning")
 	n4.NS.MustIP(t, "link", "set", "flannel.1", "up")
-	n4.NS.MustIP(t, "route", "add", staleVXLANSubnet, "via", netip.MustParsePrefix(staleVXLANSubnet).Addr().String(),
-		"dev", "flannel.1", "onlink", "proto", "87")
-	n4.NS.MustIP(t, "neigh", "add", netip.MustParsePrefix(staleVXLANSubnet).Addr().String(), "lladdr", staleVXLANMAC,
-		"dev", "flannel.1", "nud", "permanent")
-	n4.NS.MustExec(t, "bridge", "fdb", "add", staleVXLANMAC, "dev", "flannel.1", "dst", staleVXLANVTEP, "self", "permanent")
+	plantStaleVXLANPeer(t, e, n4)
 	old4 := readVXLAN(t, n4.NS, "flannel.1")
 	plantRoutes(t, n4.NS)
-	// The planted state is there, so its absence later means something.
-	if got := e.kernelMentions(n4, netip.MustParsePrefix(staleVXLANSubnet), netip.MustParseAddr(staleVXLANVTEP)); len(got) != 3 {
-		t.Fatalf("planted stale vxlan state on n4: %q, want route, neighbour and fdb entry", got)
-	}
 
 	// Both start at once, so each sees the other as a peer from its first reconcile.
 	for _, n := range []*netcluster.Node{n3, n4} {
@@ -357,16 +349,7 @@ func testStaleStateVXLAN(t *testing.T) {
 		checkRoutesAfterStart(t, n3)
 	})
 	t.Run("stale-entries-removed", func(t *testing.T) {
-		sn, vtep := netip.MustParsePrefix(staleVXLANSubnet), netip.MustParseAddr(staleVXLANVTEP)
-		if got := e.kernelMentions(n4, sn, vtep); len(got) != 0 {
-			t.Errorf("n4 at ready: stale vxlan state for %s still there: %q", sn, got)
-		}
-		if out, _ := n4.NS.IP("neigh", "show", "dev", "flannel.1"); strings.Contains(out, staleVXLANMAC) {
-			t.Errorf("n4 at ready: neighbour with %s still there:\n%s", staleVXLANMAC, out)
-		}
-		if out, _ := n4.NS.Exec("bridge", "fdb", "show", "dev", "flannel.1"); strings.Contains(out, staleVXLANMAC) {
-			t.Errorf("n4 at ready: fdb entry for %s still there:\n%s", staleVXLANMAC, out)
-		}
+		checkStaleVXLANPeerGone(t, e, n4)
 		checkRoutesAfterStart(t, n4)
 		dev := readVXLAN(t, n4.NS, "flannel.1")
 		if dev.Index != old4.Index || dev.Address != plantedMAC || dev.MTU != 1450 {
@@ -396,6 +379,61 @@ func testStaleStateVXLAN(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	// The same on an agent restart: n1 stopped (SIGTERM leaves its device and entries), stale entries
+	// planted on its working flannel.1, agent started again with a 1 h reconcile interval.
+	t.Run("restart", func(t *testing.T) {
+		if err := n1.StopAgent(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		plantStaleVXLANPeer(t, e, n1)
+		plantRoutes(t, n1.NS)
+		n1.SetExtraFlags("--reconcile-interval=1h")
+		ctx := e.ctx(t, 30*time.Second)
+		if err := n1.StartAgent(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := n1.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		checkStaleVXLANPeerGone(t, e, n1)
+		checkRoutesAfterStart(t, n1)
+		for _, p := range []*netcluster.Node{n2, n3, n4} {
+			if got := e.kernelMentions(n1, p.Subnet(), p.Addr); len(got) != 3 {
+				t.Errorf("n1: state for peer %s (%s): %q, want 3 entries", p.Name, p.Subnet(), got)
+			}
+		}
+		pingAll(t, e, n1, n2, n3, n4)
+	})
+}
+
+// plantStaleVXLANPeer leaves on n's flannel.1 what a departed peer (staleVXLANSubnet at staleVXLANVTEP)
+// had: the onlink proto-87 route, the permanent neighbour and the FDB entry.
+func plantStaleVXLANPeer(t *testing.T, e *e2e, n *netcluster.Node) {
+	t.Helper()
+	gw := netip.MustParsePrefix(staleVXLANSubnet).Addr().String()
+	n.NS.MustIP(t, "route", "add", staleVXLANSubnet, "via", gw, "dev", "flannel.1", "onlink", "proto", "87")
+	n.NS.MustIP(t, "neigh", "add", gw, "lladdr", staleVXLANMAC, "dev", "flannel.1", "nud", "permanent")
+	n.NS.MustExec(t, "bridge", "fdb", "add", staleVXLANMAC, "dev", "flannel.1", "dst", staleVXLANVTEP, "self", "permanent")
+	// The planted state is there, so its absence later means something.
+	if got := e.kernelMentions(n, netip.MustParsePrefix(staleVXLANSubnet), netip.MustParseAddr(staleVXLANVTEP)); len(got) != 3 {
+		t.Fatalf("planted stale vxlan state on %s: %q, want route, neighbour and fdb entry", n.Name, got)
+	}
+}
+
+// checkStaleVXLANPeerGone checks, right after n's agent reported ready, that nothing of what
+// plantStaleVXLANPeer left is there.
+func checkStaleVXLANPeerGone(t *testing.T, e *e2e, n *netcluster.Node) {
+	t.Helper()
+	sn, vtep := netip.MustParsePrefix(staleVXLANSubnet), netip.MustParseAddr(staleVXLANVTEP)
+	if got := e.kernelMentions(n, sn, vtep); len(got) != 0 {
+		t.Errorf("%s at ready: stale vxlan state for %s still there: %q", n.Name, sn, got)
+	}
+	if out, _ := n.NS.IP("neigh", "show", "dev", "flannel.1"); strings.Contains(out, staleVXLANMAC) {
+		t.Errorf("%s at ready: neighbour with %s still there:\n%s", n.Name, staleVXLANMAC, out)
+	}
+	if out, _ := n.NS.Exec("bridge", "fdb", "show", "dev", "flannel.1"); strings.Contains(out, staleVXLANMAC) {
+		t.Errorf("%s at ready: fdb entry for %s still there:\n%s", n.Name, staleVXLANMAC, out)
+	}
 }
 
 // Scenario: a stale proto-87 route via eth0 (the udp backend's TUN cannot outlive its agent, so a leftover
