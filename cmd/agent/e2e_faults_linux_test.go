@@ -639,10 +639,16 @@ func testEtcdGarbage(t *testing.T) {
 			t.Errorf("with garbage in etcd: %v", err)
 		}
 	}
-	if out, err := e.Weftd(ctx, nodes[0].NS, "leases"); err != nil {
+	if out, warnings, err := e.WeftdStderr(ctx, nodes[0].NS, "leases"); err != nil {
 		t.Errorf("weftd leases with garbage in etcd: %v", err)
 	} else {
 		t.Logf("weftd leases:\n%s", out)
+		// The operator is told which keys were skipped, on standard error (the table stays parseable).
+		for k := range garbage {
+			if !strings.Contains(warnings, "skipping unreadable lease key") || !strings.Contains(warnings, "key="+k+" ") {
+				t.Errorf("weftd leases does not warn about garbage key %q; stderr:\n%s", k, warnings)
+			}
+		}
 	}
 	leases, err := e.leases(ctx)
 	if err != nil {

@@ -23,7 +23,7 @@ func main() {
 func dispatch(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		if cmd, ok := commands[args[0]]; ok {
-			if err := cmd(ctx, args[1:], getenv, stdout); err != nil {
+			if err := cmd(ctx, args[1:], cmdEnv{getenv: getenv, stdout: stdout, stderr: stderr}); err != nil {
 				return report(stderr, err)
 			}
 			return 0

@@ -20,15 +20,21 @@ import (
 )
 
 // command is an operator subcommand: weftd NAME [flags] [args].
-type command func(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error
+type command func(ctx context.Context, args []string, env cmdEnv) error
+
+// cmdEnv is a command's environment: variables, output, and warnings (such as unreadable lease keys).
+type cmdEnv struct {
+	getenv         func(string) string
+	stdout, stderr io.Writer
+}
 
 var commands = map[string]command{
 	"config":    configCmd,
 	"leases":    leasesCmd,
 	"reserve":   reserveCmd,
 	"unreserve": unreserveCmd,
-	"version": func(_ context.Context, _ []string, _ func(string) string, stdout io.Writer) error {
-		_, err := fmt.Fprintln(stdout, "weftd", version)
+	"version": func(_ context.Context, _ []string, env cmdEnv) error {
+		_, err := fmt.Fprintln(env.stdout, "weftd", version)
 		return err
 	},
 }
@@ -54,9 +60,11 @@ func opFlags(name, usage string, args []string, getenv func(string) string, extr
 	return fs, &ef, nil
 }
 
-// withStore opens the store, runs do with a context bounded by opTimeout, and closes the store.
-func withStore(ctx context.Context, ef *etcdFlags, do func(context.Context, *etcdstore.Store) error) error {
-	store, err := openStore(*ef, 24*time.Hour, slog.New(slog.DiscardHandler))
+// withStore opens the store, runs do with a context bounded by opTimeout, and closes the store. The store's
+// warnings (an unreadable lease key, say) go to stderr.
+func withStore(ctx context.Context, env cmdEnv, ef *etcdFlags, do func(context.Context, *etcdstore.Store) error) error {
+	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	store, err := openStore(*ef, 24*time.Hour, log)
 	if err != nil {
 		return err
 	}
@@ -66,12 +74,12 @@ func withStore(ctx context.Context, ef *etcdFlags, do func(context.Context, *etc
 	return do(ctx, store)
 }
 
-func configCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 	if len(args) == 0 || (args[0] != "get" && args[0] != "set") {
 		return errors.New("usage: weftd config get|set [flags] (weftd config set --help)")
 	}
 	if args[0] == "get" {
-		fs, ef, err := opFlags("config get", "[flags]", args[1:], getenv, nil)
+		fs, ef, err := opFlags("config get", "[flags]", args[1:], env.getenv, nil)
 		if err != nil {
 			return err
 		}
@@ -79,7 +87,7 @@ func configCmd(ctx context.Context, args []string, getenv func(string) string, s
 			return fmt.Errorf("config get: unexpected argument %q", fs.Arg(0))
 		}
 		var raw []byte
-		if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+		if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
 			raw, err = store.RawConfig(ctx)
 			return err
 		}); err != nil {
@@ -90,14 +98,14 @@ func configCmd(ctx context.Context, args []string, getenv func(string) string, s
 			pretty.Reset()
 			pretty.Write(raw)
 		}
-		fmt.Fprintln(stdout, pretty.String())
+		fmt.Fprintln(env.stdout, pretty.String())
 		if _, err := subnet.ParseConfig(raw); err != nil {
 			return fmt.Errorf("the stored config is invalid: %w", err)
 		}
 		return nil
 	}
 	var o configSetOpts
-	fs, ef, err := opFlags("config set", "[flags]", args[1:], getenv, o.register)
+	fs, ef, err := opFlags("config set", "[flags]", args[1:], env.getenv, o.register)
 	if err != nil {
 		return err
 	}
@@ -112,14 +120,14 @@ func configCmd(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) error {
+	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) error {
 		return store.SetConfig(ctx, raw)
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s/config: %s\n", ef.Prefix, raw)
+	fmt.Fprintf(env.stdout, "wrote %s/config: %s\n", ef.Prefix, raw)
 	if cfg.DefaultedBackend {
-		fmt.Fprintf(stdout, "note: no backend type given; agents use %s\n", cfg.BackendType)
+		fmt.Fprintf(env.stdout, "note: no backend type given; agents use %s\n", cfg.BackendType)
 	}
 	return nil
 }
@@ -246,14 +254,14 @@ func validateConfig(raw []byte) (*subnet.Config, error) {
 	return cfg, nil
 }
 
-func leasesCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func leasesCmd(ctx context.Context, args []string, env cmdEnv) error {
 	if len(args) > 0 && args[0] == "delete" {
-		return subnetCmd(ctx, "leases delete", args[1:], getenv, stdout, nil, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
+		return subnetCmd(ctx, "leases delete", args[1:], env, nil, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
 			return "deleted lease " + p.String(), s.DeleteLease(ctx, p)
 		})
 	}
 	var asJSON bool
-	fs, ef, err := opFlags("leases", "[--json] | delete SUBNET", args, getenv, func(fs *pflag.FlagSet) {
+	fs, ef, err := opFlags("leases", "[--json] | delete SUBNET", args, env.getenv, func(fs *pflag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print JSON")
 	})
 	if err != nil {
@@ -263,7 +271,7 @@ func leasesCmd(ctx context.Context, args []string, getenv func(string) string, s
 		return fmt.Errorf("leases: unexpected argument %q (did you mean `weftd leases delete SUBNET`?)", fs.Arg(0))
 	}
 	var leases []subnet.Lease
-	if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
 		leases, err = store.Leases(ctx)
 		return err
 	}); err != nil {
@@ -285,11 +293,11 @@ func leasesCmd(ctx context.Context, args []string, getenv func(string) string, s
 			}
 			rows = append(rows, r)
 		}
-		enc := json.NewEncoder(stdout)
+		enc := json.NewEncoder(env.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	}
-	return printLeases(stdout, leases, time.Now())
+	return printLeases(env.stdout, leases, time.Now())
 }
 
 // printLeases writes the lease table.
@@ -317,9 +325,9 @@ func printLeases(w io.Writer, leases []subnet.Lease, now time.Time) error {
 }
 
 // subnetCmd runs a command that takes one SUBNET argument.
-func subnetCmd(ctx context.Context, name string, args []string, getenv func(string) string, stdout io.Writer,
+func subnetCmd(ctx context.Context, name string, args []string, env cmdEnv,
 	extra func(*pflag.FlagSet), do func(context.Context, *etcdstore.Store, netip.Prefix) (string, error)) error {
-	fs, ef, err := opFlags(name, "SUBNET [flags]", args, getenv, extra)
+	fs, ef, err := opFlags(name, "SUBNET [flags]", args, env.getenv, extra)
 	if err != nil {
 		return err
 	}
@@ -331,19 +339,19 @@ func subnetCmd(ctx context.Context, name string, args []string, getenv func(stri
 		return fmt.Errorf("%s: SUBNET %q: want a subnet such as 10.5.7.0/24", name, fs.Arg(0))
 	}
 	var msg string
-	if err := withStore(ctx, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
 		msg, err = do(ctx, store, p)
 		return err
 	}); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(stdout, msg)
+	_, err = fmt.Fprintln(env.stdout, msg)
 	return err
 }
 
-func reserveCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func reserveCmd(ctx context.Context, args []string, env cmdEnv) error {
 	var pub string
-	return subnetCmd(ctx, "reserve", args, getenv, stdout, func(fs *pflag.FlagSet) {
+	return subnetCmd(ctx, "reserve", args, env, func(fs *pflag.FlagSet) {
 		fs.StringVar(&pub, "public-ip", "", "public IPv4 address of the node the subnet is reserved for (required)")
 	}, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
 		ip, err := netip.ParseAddr(pub)
@@ -354,8 +362,8 @@ func reserveCmd(ctx context.Context, args []string, getenv func(string) string, 
 	})
 }
 
-func unreserveCmd(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	return subnetCmd(ctx, "unreserve", args, getenv, stdout, nil, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
+func unreserveCmd(ctx context.Context, args []string, env cmdEnv) error {
+	return subnetCmd(ctx, "unreserve", args, env, nil, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
 		return "removed reservation " + p.String(), s.Unreserve(ctx, p)
 	})
 }

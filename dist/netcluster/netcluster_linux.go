@@ -356,24 +356,44 @@ func (c *Cluster) setConfig(ctx context.Context, ns *kerneltest.NS) error {
 }
 
 // Weftd runs a weftd CLI command (e.g. "leases", "delete", "10.5.3.0/24") inside ns against the cluster's
-// etcd (--etcd-endpoints is appended) and returns its combined output.
+// etcd (--etcd-endpoints is appended) and returns its standard output; a failure's error carries its
+// standard error.
 func (c *Cluster) Weftd(ctx context.Context, ns *kerneltest.NS, args ...string) (string, error) {
-	argv := append([]string{c.opts.Weftd}, args...)
-	argv = append(argv, "--etcd-endpoints", c.EtcdURL)
-	return c.run(ctx, ns, argv...)
+	out, _, err := c.WeftdStderr(ctx, ns, args...)
+	return out, err
 }
 
-// run runs argv inside ns (ip netns exec) and returns its combined output. Close kills it if it still runs.
+// WeftdStderr is Weftd that also returns the command's standard error (where weftd writes warnings, such
+// as unreadable lease keys).
+func (c *Cluster) WeftdStderr(ctx context.Context, ns *kerneltest.NS, args ...string) (stdout, stderr string, err error) {
+	argv := append([]string{c.opts.Weftd}, args...)
+	argv = append(argv, "--etcd-endpoints", c.EtcdURL)
+	var o, e strings.Builder
+	if err := c.runTo(ctx, ns, &o, &e, argv...); err != nil {
+		return o.String(), e.String(), fmt.Errorf("%w: %s", err, strings.TrimSpace(e.String()))
+	}
+	return o.String(), e.String(), nil
+}
+
+// run runs argv inside ns (ip netns exec) and returns its combined output.
 func (c *Cluster) run(ctx context.Context, ns *kerneltest.NS, argv ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
 	var b strings.Builder
-	cmd.Stdout, cmd.Stderr = &b, &b
+	if err := c.runTo(ctx, ns, &b, &b, argv...); err != nil {
+		return b.String(), fmt.Errorf("%w: %s", err, strings.TrimSpace(b.String()))
+	}
+	return b.String(), nil
+}
+
+// runTo runs argv inside ns (ip netns exec) with the given outputs. Close kills it if it still runs.
+func (c *Cluster) runTo(ctx context.Context, ns *kerneltest.NS, stdout, stderr io.Writer, argv ...string) error {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 5 * time.Second
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return "", errors.New("cluster is closed")
+		return errors.New("cluster is closed")
 	}
 	err := cmd.Start()
 	if err == nil {
@@ -387,9 +407,9 @@ func (c *Cluster) run(ctx context.Context, ns *kerneltest.NS, argv ...string) (s
 		c.mu.Unlock()
 	}
 	if err != nil {
-		return b.String(), fmt.Errorf("in netns %s: %s: %w: %s", ns.Name, strings.Join(argv, " "), err, strings.TrimSpace(b.String()))
+		return fmt.Errorf("in netns %s: %s: %w", ns.Name, strings.Join(argv, " "), err)
 	}
-	return b.String(), nil
+	return nil
 }
 
 // StartEtcd starts etcd (again) in the etcd namespace with the same data directory and address, and waits
