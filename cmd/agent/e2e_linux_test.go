@@ -133,6 +133,7 @@ func testBackend(t *testing.T, backend string) {
 		}
 	})
 	t.Run("1-traffic-and-mtu", e.traffic)
+	t.Run("1b-node-sends-frag-needed", e.fragNeeded)
 	t.Run("4-reconcile-stale-route", e.staleRoute)
 	t.Run("3-agent-restart", e.restart)
 	if backend == "udp" {
@@ -261,6 +262,45 @@ func (e *e2e) traffic(t *testing.T) {
 				t.Errorf("%s → %s: fragmented 4000-byte ping lost packets: %s", from.Name, to.Name, out)
 			}
 		}
+	}
+}
+
+// Scenario 1b: the node's own data path enforces the advertised MTU. The container's interface (and the
+// node's end of its veth) get a larger MTU, so an oversize DF packet is not refused inside the container
+// but reaches the node, which must answer "Frag needed" with exactly FLANNEL_MTU (the overlay device's
+// MTU on vxlan and udp, the underlay's on host-gw); a DF packet of exactly FLANNEL_MTU still crosses.
+func (e *e2e) fragNeeded(t *testing.T) {
+	ctx := e.ctx(t, 30*time.Second)
+	from, to := e.Node(1), e.Node(2)
+	mtu := from.MTU()
+	const big = "9000"
+	set := func(m string) error {
+		if _, err := from.Container().IP("link", "set", "eth0", "mtu", m); err != nil {
+			return err
+		}
+		_, err := from.NS.IP("link", "set", "veth-c1", "mtu", m)
+		return err
+	}
+	if err := set(big); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := set(fmt.Sprint(mtu)); err != nil {
+			t.Errorf("restore container MTU: %v", err)
+		}
+	}()
+	dst := to.ContainerIP()
+	if out, err := e.Ping(ctx, from, dst, "-c", "1", "-M", "do", "-s", fmt.Sprint(mtu-28)); err != nil {
+		t.Errorf("DF ping of %d bytes (FLANNEL_MTU) through the node failed: %v", mtu, err)
+	} else if r, _ := netcluster.ParsePing(out); r.Received != 1 {
+		t.Errorf("DF ping of %d bytes (FLANNEL_MTU): %s", mtu, out)
+	}
+	// The first oversize packet teaches the container the path MTU; ping reports the ICMP error itself.
+	out, err := e.Ping(ctx, from, dst, "-c", "2", "-M", "do", "-s", fmt.Sprint(mtu-27))
+	want := fmt.Sprintf("Frag needed and DF set (mtu = %d)", mtu)
+	if err == nil || !strings.Contains(out, want) {
+		t.Errorf("DF ping of %d bytes (FLANNEL_MTU+1) from a container with MTU %s: want the node's %q, got err %v:\n%s",
+			mtu+1, big, want, err, out)
 	}
 }
 
