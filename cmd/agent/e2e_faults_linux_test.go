@@ -507,6 +507,34 @@ func testAlloc(t *testing.T) {
 			t.Errorf("node %s: links %q, want only cbr0 eth0 lo veth-c1 (none made by the agent)", n.Name, links)
 		}
 	}
+
+	// Reuse through the env file (compat §4 step 2): with the node's lease deleted, its PublicIP no longer
+	// finds it, so only FLANNEL_SUBNET in the previous env file can bring the same subnet back (a random pick
+	// would hit it with a chance of 1 in 250).
+	n := e.Node(2)
+	want := n.Subnet()
+	if err := n.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Weftd(ctx, e.Node(1).NS, "leases", "delete", want.String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leases, err = e.leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, ok := leases[want]; !ok || a.PublicIP != n.Addr {
+		t.Errorf("after restart with its lease deleted: node %s holds no lease for %s from its env file; leases %v", n.Name, want, leases)
+	}
+	if !strings.Contains(e.AgentLog(n), "found previous env file") {
+		t.Errorf("node %s: agent log does not mention the previous env file", n.Name)
+	}
 }
 
 // etcdClient returns an etcd client for the cluster's etcd whose connections are dialled inside ns: the
