@@ -10,6 +10,8 @@ SHELL := /bin/bash
 
 GO      ?= go
 BIN     ?= bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
 BACKEND ?= vxlan
 NODES   ?= 3
 KEEP    ?=
@@ -17,7 +19,7 @@ KEEP    ?=
 .PHONY: build cluster cluster-down test test-unit clean
 
 build:
-	$(GO) build -o $(BIN)/weftd ./cmd/agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weftd ./cmd/agent
 	$(GO) build -o $(BIN)/weft-docker-opts ./docker-opts
 	$(GO) build -o $(BIN)/weft-cluster ./dist/cluster
 
