@@ -23,13 +23,15 @@ build:
 	$(GO) build -o $(BIN)/weft-docker-opts ./docker-opts
 	$(GO) build -o $(BIN)/weft-cluster ./dist/cluster
 
-# The demo needs root (network namespaces), ip (iproute2) and ping (iputils); missing tools are installed
+# The demo needs root (network namespaces), ip (iproute2), ping (iputils) and iptables (weftd's forward
+# rules); missing tools are installed
 # with apt-get where it exists.
 cluster: build
 	@if [ "$$(id -u)" != 0 ]; then echo "make cluster: needs root (network namespaces): sudo make cluster" >&2; exit 1; fi
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
+	command -v iptables >/dev/null 2>&1 || missing="$$missing iptables"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null 2>&1; then \
 			echo "installing$$missing"; apt-get update -qq && apt-get install -y -qq $$missing || exit 1; \

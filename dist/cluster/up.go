@@ -226,12 +226,12 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// checkPrereqs requires root and the ip and ping commands.
+// checkPrereqs requires root and the ip, ping and iptables commands (weftd keeps flannel's forward rules).
 func checkPrereqs() error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces): run it with sudo")
 	}
-	for cmd, pkg := range map[string]string{"ip": "iproute2", "ping": "iputils-ping"} {
+	for cmd, pkg := range map[string]string{"ip": "iproute2", "ping": "iputils-ping", "iptables": "iptables"} {
 		if _, err := exec.LookPath(cmd); err != nil {
 			return fmt.Errorf("needs the %s command: install %s (apt-get install %s)", cmd, pkg, pkg)
 		}
