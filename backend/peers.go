@@ -17,8 +17,9 @@ type Skip struct {
 
 // CheckPeer says why a backend that reaches a peer's subnet via the peer's PublicIP over ext must leave the
 // lease p out, or "" if it need not: p has no IPv4 subnet or no IPv4 PublicIP, claims own (this node's
-// subnet, in any form) or one of this node's addresses (ext.Addr, ext.PublicIP), or, when network is valid,
-// lies outside it. Such a lease is broken or hostile: routing it could hijack this node's subnet or the
+// subnet, in any form) or one of this node's addresses (ext.Addr, ext.PublicIP), lies outside network (when
+// valid), or overlaps own (a longer prefix inside own would take part of this node's subnet away from its
+// containers). Such a lease is broken or hostile: routing it could hijack this node's subnet or the
 // underlay. The checks run in that order and the first that fails gives the reason. The peer's backend type
 // and BackendData are the caller's to check.
 func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) string {
@@ -33,6 +34,8 @@ func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Pre
 		return fmt.Sprintf("its PublicIP %s is this node's", p.Attrs.PublicIP)
 	case network.IsValid() && !(network.Bits() <= p.Subnet.Bits() && network.Contains(p.Subnet.Addr())):
 		return fmt.Sprintf("subnet %s is outside the network %s", p.Subnet, network)
+	case own.IsValid() && p.Subnet.Overlaps(own):
+		return fmt.Sprintf("subnet %s overlaps this node's own subnet %s", p.Subnet, own.Masked())
 	}
 	return ""
 }

@@ -36,6 +36,10 @@ func TestCheckPeer(t *testing.T) {
 		{lease: lease("10.5.2.0/24", "2001:db8::1"), want: "no IPv4 PublicIP"},
 		{lease: lease("10.5.1.0/24", "192.0.2.12"), want: "it is this node's own subnet"},
 		{lease: lease("10.5.1.7/24", "192.0.2.12"), want: "it is this node's own subnet"},
+		// A longer prefix inside our subnet would win over our own route and steal part of it; a shorter one
+		// containing it is as broken (allocation never hands out overlapping subnets).
+		{lease: lease("10.5.1.128/25", "192.0.2.12"), want: "subnet 10.5.1.128/25 overlaps this node's own subnet 10.5.1.0/24"},
+		{lease: lease("10.5.0.0/23", "192.0.2.12"), want: "subnet 10.5.0.0/23 overlaps this node's own subnet 10.5.1.0/24"},
 		{lease: lease("10.5.2.0/24", "192.0.2.11"), want: "its PublicIP 192.0.2.11 is this node's"},
 		{lease: lease("10.5.2.0/24", "198.51.100.11"), want: "its PublicIP 198.51.100.11 is this node's"},
 		{lease: lease("192.0.2.0/24", "192.0.2.12"), want: "subnet 192.0.2.0/24 is outside the network 10.5.0.0/16"},
