@@ -16,7 +16,7 @@ type Skip struct {
 }
 
 // CheckPeer says why a backend that reaches a peer's subnet via the peer's PublicIP over ext must leave the
-// lease p out, or "" if it need not: p has no IPv4 subnet or no IPv4 PublicIP, claims own (this node's
+// lease p out, or "" if it need not: p has no IPv4 subnet or no unicast IPv4 PublicIP, claims own (this node's
 // subnet, in any form) or one of this node's addresses (ext.Addr, ext.PublicIP), lies outside network (when
 // valid), or overlaps own (a longer prefix inside own would take part of this node's subnet away from its
 // containers). Such a lease is broken or hostile: routing it could hijack this node's subnet or the
@@ -28,6 +28,8 @@ func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Pre
 		return "no IPv4 subnet"
 	case !p.Attrs.PublicIP.Is4():
 		return "no IPv4 PublicIP"
+	case !unicast(p.Attrs.PublicIP):
+		return fmt.Sprintf("its PublicIP %s is not a unicast address", p.Attrs.PublicIP)
 	case p.Subnet.Masked() == own.Masked():
 		return "it is this node's own subnet"
 	case p.Attrs.PublicIP == ext.Addr || p.Attrs.PublicIP == ext.PublicIP:
@@ -38,6 +40,12 @@ func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Pre
 		return fmt.Sprintf("subnet %s overlaps this node's own subnet %s", p.Subnet, own.Masked())
 	}
 	return ""
+}
+
+// unicast reports whether a, an IPv4 address, can be a peer's PublicIP: not 0.0.0.0, loopback, multicast or
+// the limited broadcast, which the kernel refuses as a gateway (or, for 0.0.0.0, takes as "no gateway").
+func unicast(a netip.Addr) bool {
+	return !a.IsUnspecified() && !a.IsLoopback() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // SkipLog logs the peers a backend skips without repeating a warning on every Set: a skip is warned about

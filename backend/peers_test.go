@@ -34,6 +34,12 @@ func TestCheckPeer(t *testing.T) {
 		{lease: lease("fd00::/64", "192.0.2.12"), want: "no IPv4 subnet"},
 		{lease: lease("10.5.2.0/24", ""), want: "no IPv4 PublicIP"},
 		{lease: lease("10.5.2.0/24", "2001:db8::1"), want: "no IPv4 PublicIP"},
+		// Garbage PublicIPs: host-gw's route via them fails (network is unreachable) on every Set, or for
+		// 0.0.0.0 becomes a device route onto the underlay.
+		{lease: lease("10.5.2.0/24", "0.0.0.0"), want: "its PublicIP 0.0.0.0 is not a unicast address"},
+		{lease: lease("10.5.2.0/24", "127.0.0.1"), want: "its PublicIP 127.0.0.1 is not a unicast address"},
+		{lease: lease("10.5.2.0/24", "224.0.0.1"), want: "its PublicIP 224.0.0.1 is not a unicast address"},
+		{lease: lease("10.5.2.0/24", "255.255.255.255"), want: "its PublicIP 255.255.255.255 is not a unicast address"},
 		{lease: lease("10.5.1.0/24", "192.0.2.12"), want: "it is this node's own subnet"},
 		{lease: lease("10.5.1.7/24", "192.0.2.12"), want: "it is this node's own subnet"},
 		// A longer prefix inside our subnet would win over our own route and steal part of it; a shorter one
