@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -60,3 +65,84 @@ func TestLeaseLossKeepsForwardingButNotReady(t *testing.T) {
 		t.Errorf("acquisitions = %d, want 2", a.acquisitions.Load())
 	}
 }
+
+// TestEnvFileWriteRetried checks that a failed write of the env file is retried and that the agent is not
+// ready meanwhile: at the first lease, and after a re-acquisition with another subnet (where the file on
+// disk still names the old one).
+func TestEnvFileWriteRetried(t *testing.T) {
+	netCfg, err := subnet.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	envPath := filepath.Join(t.TempDir(), "subnet.env")
+	a := &agent{
+		cfg: Config{SubnetFile: envPath, Reconcile: 10 * time.Millisecond}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		net: netCfg, kick: make(chan struct{}, 1), health: newHealth(), be: &fakeBackend{},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { a.reconcileLoop(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	// A directory where the env file goes makes the rename fail.
+	block := func() {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(envPath, "blocker"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unblock := func() {
+		t.Helper()
+		if err := os.RemoveAll(envPath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitEnv := func(subnetWant string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			env, err := subnet.ReadEnvFile(envPath)
+			if err == nil && env.Subnet.String() == subnetWant && a.health.ready.Load() {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("env file %+v, %v, ready %v; want FLANNEL_SUBNET=%s written and ready", env, err, a.health.ready.Load(), subnetWant)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	lease := func(p string) subnet.Lease {
+		return subnet.Lease{Subnet: netip.MustParsePrefix(p), Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("192.0.2.11")}}
+	}
+
+	block()
+	a.mu.Lock()
+	a.haveWatch = true
+	a.mu.Unlock()
+	a.onLease(lease("10.5.7.0/24"), true)
+	time.Sleep(100 * time.Millisecond)
+	if a.health.ready.Load() {
+		t.Error("ready although the env file could not be written")
+	}
+	unblock()
+	waitEnv("10.5.7.1/24")
+
+	// Re-acquired with another subnet while the file cannot be written: the file names the old subnet.
+	a.onLease(lease("10.5.7.0/24"), false)
+	unblock()
+	block()
+	a.onLease(lease("10.5.9.0/24"), true)
+	time.Sleep(100 * time.Millisecond)
+	if a.health.ready.Load() {
+		t.Error("ready although the env file still names the old subnet")
+	}
+	unblock()
+	waitEnv("10.5.9.1/24")
+}
+
+// fakeBackend is a backend whose Set always succeeds.
+type fakeBackend struct{}
+
+func (fakeBackend) Up(context.Context) (backend.Local, error) { return backend.Local{}, nil }
+func (fakeBackend) Set(*backend.Config) error                 { return nil }
+func (fakeBackend) Close() error                              { return nil }

@@ -173,11 +173,14 @@ type agent struct {
 	rules  *ruleManager  // nil: no packet filter rules wanted
 	kick   chan struct{} // capacity 1: "the desired state changed"
 
+	envMu sync.Mutex // serialises writeEnv, so an older content never overwrites a newer one
+
 	mu        sync.Mutex // guards the fields below
 	own       *subnet.Lease
 	all       []subnet.Lease // every lease, own included, from the last watch snapshot
 	haveWatch bool           // a first complete snapshot has arrived
-	env       []byte         // content of the env file last written
+	wantEnv   *subnet.Env    // what the env file must hold for the current lease; nil before the first
+	env       []byte         // content of the env file last written; nil until wantEnv is written
 	lost      bool           // the own lease was lost and is being re-acquired
 
 	acquisitions, reconciles, reconcileErrors atomic.Uint64
@@ -227,25 +230,42 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 	}
 	a.mu.Lock()
 	a.own, a.lost = &l, false
-	changed := string(a.env) != string(env.Marshal())
+	a.wantEnv = &env
 	a.mu.Unlock()
 	a.rules.SetSubnet(l.Subnet)
-	if changed {
-		if err := subnet.WriteEnvFile(a.cfg.SubnetFile, env); err != nil {
-			a.log.Error("write env file", "err", err)
-		} else {
-			a.mu.Lock()
-			a.env = env.Marshal()
-			a.mu.Unlock()
-			a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", env.Subnet, "mtu", env.MTU)
-			if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
-				a.log.Warn("sd_notify READY=1", "err", err)
-			} else if sent {
-				a.log.Debug("notified systemd: READY=1")
-			}
-		}
-	}
+	a.writeEnv()
 	a.poke()
+}
+
+// writeEnv writes the env file if it does not hold wantEnv yet. After a failure the agent is not ready (env
+// is nil) until a later call, from onLease or the reconcile loop, succeeds.
+func (a *agent) writeEnv() {
+	a.envMu.Lock()
+	defer a.envMu.Unlock()
+	a.mu.Lock()
+	want := a.wantEnv
+	changed := want != nil && string(a.env) != string(want.Marshal())
+	a.mu.Unlock()
+	if !changed {
+		return
+	}
+	if err := subnet.WriteEnvFile(a.cfg.SubnetFile, *want); err != nil {
+		a.mu.Lock()
+		a.env = nil
+		a.mu.Unlock()
+		a.health.ready.Store(false)
+		a.log.Error("write env file; retrying", "err", err, "retry", a.cfg.Reconcile)
+		return
+	}
+	a.mu.Lock()
+	a.env = want.Marshal()
+	a.mu.Unlock()
+	a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", want.Subnet, "mtu", want.MTU)
+	if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		a.log.Warn("sd_notify READY=1", "err", err)
+	} else if sent {
+		a.log.Debug("notified systemd: READY=1")
+	}
 }
 
 // watchLeases keeps the lease snapshot current.
@@ -299,6 +319,7 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 		case <-a.kick:
 		case <-t.C:
 		}
+		a.writeEnv() // retries a failed write
 		want := a.desired()
 		if want == nil {
 			continue
