@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -112,9 +113,14 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("ip-masq", c.IPMasq),
 		slog.Bool("iptables-forward-rules", c.FwdRules),
 		slog.Duration("iptables-resync", c.IPTResync),
-		slog.String("healthz", fmt.Sprintf("%s:%d", c.HealthzIP, c.HealthzPort)),
+		slog.String("healthz", c.healthzAddr()),
 		slog.Duration("reconcile-interval", c.Reconcile),
 	)
+}
+
+// healthzAddr is the health server's listen address; an IPv6 --healthz-ip is bracketed.
+func (c Config) healthzAddr() string {
+	return net.JoinHostPort(c.HealthzIP, strconv.Itoa(c.HealthzPort))
 }
 
 func newAgentFlags(c *Config) *pflag.FlagSet {

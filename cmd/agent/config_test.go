@@ -232,3 +232,22 @@ func TestBackendMetrics(t *testing.T) {
 		t.Errorf("got %v, want %v", got, want)
 	}
 }
+
+// TestHealthzAddr: "%s:%d" made "::1:9101" of an IPv6 --healthz-ip, which net.Listen refuses ("too many
+// colons"), so weftd exited at start.
+func TestHealthzAddr(t *testing.T) {
+	for _, tt := range []struct {
+		ip   string
+		port int
+		want string
+	}{
+		{"0.0.0.0", 9101, "0.0.0.0:9101"},
+		{"::", 9101, "[::]:9101"},
+		{"::1", 0, "[::1]:0"},
+	} {
+		c := Config{HealthzIP: tt.ip, HealthzPort: tt.port}
+		if got := c.healthzAddr(); got != tt.want {
+			t.Errorf("--healthz-ip %s --healthz-port %d: address %q, want %q", tt.ip, tt.port, got, tt.want)
+		}
+	}
+}

@@ -72,7 +72,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	var wg sync.WaitGroup
 	if cfg.HealthzPort != 0 {
-		srv, err := a.health.listen(fmt.Sprintf("%s:%d", cfg.HealthzIP, cfg.HealthzPort))
+		srv, err := a.health.listen(cfg.healthzAddr())
 		if err != nil {
 			return err
 		}
