@@ -192,7 +192,8 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 	return first
 }
 
-// foreignRoutes returns the main-table unicast destinations held by routes of another protocol, with it.
+// foreignRoutes returns the main-table destinations held by routes that are not ours (another protocol, or
+// a type other than unicast, such as an operator's blackhole or unreachable route), with their protocol.
 func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]int, error) {
 	family := netlink.FAMILY_V4
 	if v6 {
@@ -206,7 +207,7 @@ func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]int, error) {
 	}
 	out := map[netip.Prefix]int{}
 	for _, nr := range nrs {
-		if nr.Dst == nil || nr.Protocol == RouteProtocol || nr.Type != unix.RTN_UNICAST {
+		if nr.Dst == nil || (nr.Protocol == RouteProtocol && nr.Type == unix.RTN_UNICAST) {
 			continue
 		}
 		if dst, ok := prefixFromIPNet(nr.Dst); ok {

@@ -137,3 +137,43 @@ func TestNewForwardingHandleInNetns(t *testing.T) {
 	}
 	kerneltest.Expect(t, "ip_forward", ns.MustExec(t, "cat", "/proc/sys/net/ipv4/ip_forward"), "1")
 }
+
+// TestSyncRoutesLeavesForeignNonUnicast checks that a foreign route of another type (an operator's
+// blackhole or unreachable route) at a destination we want is left alone and reported, like a foreign
+// unicast route: RouteReplace would otherwise take it over.
+func TestSyncRoutesLeavesForeignNonUnicast(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
+	ns.MustIP(t, "link", "add", "d0", "type", "bridge")
+	ns.MustIP(t, "addr", "add", "192.0.2.1/24", "dev", "d0")
+	ns.MustIP(t, "link", "set", "d0", "up")
+	ns.MustIP(t, "route", "add", "blackhole", "10.5.1.0/24")
+	ns.MustIP(t, "route", "add", "unreachable", "10.5.2.0/24", "proto", "static")
+	var syncErr error
+	err := ns.Do(func() error {
+		h, err := kernel.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		link, err := h.NL.LinkByName("d0")
+		if err != nil {
+			return err
+		}
+		syncErr = h.SyncRoutes(false, []kernel.Route{
+			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
+			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
+		}, nil)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fe *kernel.ForeignRouteError
+	if !errors.As(syncErr, &fe) {
+		t.Errorf("SyncRoutes err = %v, want a ForeignRouteError", syncErr)
+	}
+	kerneltest.Expect(t, "routes after sync", ns.MustIP(t, "route", "show", "root", "10.5.0.0/16"), `
+		blackhole 10.5.1.0/24
+		unreachable 10.5.2.0/24 proto static`)
+}
