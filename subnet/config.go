@@ -140,8 +140,11 @@ func (c *Config) parseBackend() error {
 	if err := json.Unmarshal(raw, &c.BackendType); err != nil {
 		return cfgErr("Backend.Type", string(raw), "must be a string")
 	}
+	// flanneld lowercases the type when it picks a backend, so "VXLAN" works there; it must here too.
+	given := c.BackendType
+	c.BackendType = strings.ToLower(given)
 	if !slices.Contains(BackendTypes, c.BackendType) {
-		return cfgErr("Backend.Type", fmt.Sprintf("%q", c.BackendType), "unknown backend type, want one of %s", strings.Join(BackendTypes, ", "))
+		return cfgErr("Backend.Type", fmt.Sprintf("%q", given), "unknown backend type, want one of %s", strings.Join(BackendTypes, ", "))
 	}
 	return nil
 }
