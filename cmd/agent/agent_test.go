@@ -36,9 +36,11 @@ func TestLeaseLossKeepsForwardingButNotReady(t *testing.T) {
 		t.Fatal("desired state before the first watch snapshot: want nil (an empty peer set must not be applied)")
 	}
 	a.mu.Lock()
-	a.all, a.haveWatch = []subnet.Lease{own, peer}, true
+	a.all, a.haveWatch, a.synced = []subnet.Lease{own, peer}, true, true // as after a successful Set
 	a.mu.Unlock()
-	a.health.ready.Store(true)
+	if !a.ready() {
+		t.Fatal("not ready with the lease held, the env file written and the data path in sync")
+	}
 
 	env, err := subnet.ReadEnvFile(envPath)
 	if err != nil || env.Subnet.String() != "10.5.7.1/24" || env.Network.String() != "10.5.0.0/16" {
@@ -46,7 +48,7 @@ func TestLeaseLossKeepsForwardingButNotReady(t *testing.T) {
 	}
 
 	a.onLease(own, false)
-	if a.health.ready.Load() {
+	if a.ready() {
 		t.Error("ready after the lease was lost")
 	}
 	d := a.desired()
@@ -58,8 +60,8 @@ func TestLeaseLossKeepsForwardingButNotReady(t *testing.T) {
 	a.mu.Lock()
 	lost := a.lost
 	a.mu.Unlock()
-	if lost {
-		t.Error("still marked lost after re-acquisition")
+	if lost || !a.ready() {
+		t.Errorf("after re-acquisition: lost %v, ready %v; want ready again", lost, a.ready())
 	}
 	if a.acquisitions.Load() != 2 {
 		t.Errorf("acquisitions = %d, want 2", a.acquisitions.Load())
@@ -102,11 +104,11 @@ func TestEnvFileWriteRetried(t *testing.T) {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			env, err := subnet.ReadEnvFile(envPath)
-			if err == nil && env.Subnet.String() == subnetWant && a.health.ready.Load() {
+			if err == nil && env.Subnet.String() == subnetWant && a.ready() {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("env file %+v, %v, ready %v; want FLANNEL_SUBNET=%s written and ready", env, err, a.health.ready.Load(), subnetWant)
+				t.Fatalf("env file %+v, %v, ready %v; want FLANNEL_SUBNET=%s written and ready", env, err, a.ready(), subnetWant)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -121,7 +123,7 @@ func TestEnvFileWriteRetried(t *testing.T) {
 	a.mu.Unlock()
 	a.onLease(lease("10.5.7.0/24"), true)
 	time.Sleep(100 * time.Millisecond)
-	if a.health.ready.Load() {
+	if a.ready() {
 		t.Error("ready although the env file could not be written")
 	}
 	unblock()
@@ -133,7 +135,7 @@ func TestEnvFileWriteRetried(t *testing.T) {
 	block()
 	a.onLease(lease("10.5.9.0/24"), true)
 	time.Sleep(100 * time.Millisecond)
-	if a.health.ready.Load() {
+	if a.ready() {
 		t.Error("ready although the env file still names the old subnet")
 	}
 	unblock()

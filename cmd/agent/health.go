@@ -20,16 +20,18 @@ type metric struct {
 // health serves /healthz (200 while running), /readyz (200 once the env file is written, the data path
 // is in sync and the packet filter rules are in place) and /metrics (Prometheus text format).
 type health struct {
-	ready        atomic.Bool // env file written and data path in sync
-	rulesPending atomic.Bool // packet filter rules wanted but not (yet) in place
-	peers        atomic.Int64
+	ready        func() bool     // lease held, env file written, data path in sync; set before serving
+	rulesPending atomic.Bool     // packet filter rules wanted but not (yet) in place
+	peers        atomic.Int64    // peers in the last applied state
 	stats        func() []metric // set before serving
 }
 
 // isReady is what /readyz and weft_ready report.
-func (h *health) isReady() bool { return h.ready.Load() && !h.rulesPending.Load() }
+func (h *health) isReady() bool { return h.ready() && !h.rulesPending.Load() }
 
-func newHealth() *health { return &health{stats: func() []metric { return nil }} }
+func newHealth() *health {
+	return &health{ready: func() bool { return false }, stats: func() []metric { return nil }}
+}
 
 func (h *health) handler() http.Handler {
 	mux := http.NewServeMux()

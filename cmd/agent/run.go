@@ -54,7 +54,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("close backend", "err", err)
 		}
 	}()
-	a.health.stats = a.stats
+	a.health.stats, a.health.ready = a.stats, a.ready
 	if a.rules, err = newRuleManager(cfg, netCfg, func(ok bool) { a.health.rulesPending.Store(!ok) }, log); err != nil {
 		return err
 	}
@@ -175,15 +175,25 @@ type agent struct {
 
 	envMu sync.Mutex // serialises writeEnv, so an older content never overwrites a newer one
 
-	mu        sync.Mutex // guards the fields below
-	own       *subnet.Lease
-	all       []subnet.Lease // every lease, own included, from the last watch snapshot
-	haveWatch bool           // a first complete snapshot has arrived
-	wantEnv   *subnet.Env    // what the env file must hold for the current lease; nil before the first
-	env       []byte         // content of the env file last written; nil until wantEnv is written
-	lost      bool           // the own lease was lost and is being re-acquired
+	mu         sync.Mutex // guards the fields below
+	own        *subnet.Lease
+	all        []subnet.Lease // every lease, own included, from the last watch snapshot
+	haveWatch  bool           // a first complete snapshot has arrived
+	wantEnv    *subnet.Env    // what the env file must hold for the current lease; nil before the first
+	env        []byte         // content of the env file last written; nil until wantEnv is written
+	lost       bool           // the own lease was lost and is being re-acquired
+	holdFailed bool           // Hold gave up (a full network, say) and is retried
+	synced     bool           // the last Set succeeded
 
 	acquisitions, reconciles, reconcileErrors atomic.Uint64
+}
+
+// ready reports whether the node is fully serving: it holds its lease, the env file names it, and the data
+// path is in sync with the last desired state. (Packet filter rules are checked by health itself.)
+func (a *agent) ready() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.env != nil && !a.lost && !a.holdFailed && a.synced
 }
 
 func (a *agent) poke() {
@@ -201,7 +211,9 @@ func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.Ac
 			return
 		}
 		a.log.Error("cannot hold a subnet lease; retrying", "err", err, "retry", 10*time.Second)
-		a.health.ready.Store(false)
+		a.mu.Lock()
+		a.holdFailed = true
+		a.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
@@ -213,7 +225,6 @@ func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.Ac
 func (a *agent) onLease(l subnet.Lease, held bool) {
 	if !held {
 		// Keep forwarding with the kernel state as it is, but say we are degraded until re-acquired.
-		a.health.ready.Store(false)
 		a.mu.Lock()
 		a.lost = true
 		a.mu.Unlock()
@@ -229,7 +240,7 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 		env.IPv6Network, env.IPv6Subnet = a.net.IPv6Network, subnet.FirstAddr(l.IPv6Subnet)
 	}
 	a.mu.Lock()
-	a.own, a.lost = &l, false
+	a.own, a.lost, a.holdFailed = &l, false, false
 	a.wantEnv = &env
 	a.mu.Unlock()
 	a.rules.SetSubnet(l.Subnet)
@@ -253,7 +264,6 @@ func (a *agent) writeEnv() {
 		a.mu.Lock()
 		a.env = nil
 		a.mu.Unlock()
-		a.health.ready.Store(false)
 		a.log.Error("write env file; retrying", "err", err, "retry", a.cfg.Reconcile)
 		return
 	}
@@ -325,9 +335,12 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 			continue
 		}
 		a.reconciles.Add(1)
-		if err := a.be.Set(want); err != nil {
+		err := a.be.Set(want)
+		a.mu.Lock()
+		a.synced = err == nil
+		a.mu.Unlock()
+		if err != nil {
 			a.reconcileErrors.Add(1)
-			a.health.ready.Store(false)
 			a.log.Error("reconcile kernel state", "err", err)
 			continue
 		}
@@ -335,10 +348,6 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 			a.log.Info("data path in sync", "own", want.Own.Subnet, "peers", len(want.Peers))
 			lastPeers = len(want.Peers)
 		}
-		a.mu.Lock()
-		ready := a.env != nil && !a.lost
-		a.mu.Unlock()
-		a.health.ready.Store(ready)
 		a.health.peers.Store(int64(len(want.Peers)))
 	}
 }
