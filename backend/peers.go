@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -71,4 +72,53 @@ func (l *SkipLog) Log(log *slog.Logger, skipped []Skip) {
 		log.Warn("not routing to peer", "lease", s.Key, "reason", s.Reason)
 	}
 	l.warned = seen
+}
+
+// DropOverlapping removes from peers every lease that overlaps another lease (own, this node's, or a
+// peer's) and does not fit the network config n (another length, or outside [SubnetMin, SubnetMax]): such a
+// lease can only come from a garbage or hostile write, since the store never hands out overlapping subnets,
+// and routing it would take part of a live node's subnet. Leases that fit n never overlap each other (equal
+// length, distinct keys), so a legitimate peer is never dropped; two misfits that overlap are both dropped.
+// It returns the peers kept, in their order, and a Skip for each one dropped.
+func DropOverlapping(n *subnet.Config, own subnet.Lease, peers []subnet.Lease) ([]subnet.Lease, []Skip) {
+	all := append(slices.Clip(peers), own) // own is last; it is never dropped
+	idx := make([]int, 0, len(all))
+	for i, p := range all {
+		if p.Subnet.IsValid() {
+			idx = append(idx, i)
+		}
+	}
+	// Sorted by address then length, a prefix overlaps an earlier one only by lying inside it, and then it
+	// also lies inside the last prefix that was not inside any earlier one (the cover).
+	slices.SortFunc(idx, func(a, b int) int {
+		pa, pb := all[a].Subnet.Masked(), all[b].Subnet.Masked()
+		if c := pa.Addr().Compare(pb.Addr()); c != 0 {
+			return c
+		}
+		return pa.Bits() - pb.Bits()
+	})
+	overlaps := map[int]string{} // peer index → the key of a lease it overlaps
+	cover := -1
+	for _, i := range idx {
+		if cover >= 0 && all[cover].Subnet.Masked().Contains(all[i].Subnet.Addr()) {
+			overlaps[i], overlaps[cover] = all[cover].Key(), all[i].Key()
+			continue
+		}
+		cover = i
+	}
+	if len(overlaps) == 0 {
+		return peers, nil
+	}
+	var kept []subnet.Lease
+	var skips []Skip
+	for i, p := range peers {
+		other, ok := overlaps[i]
+		if ok && !n.Fits(p) {
+			skips = append(skips, Skip{Key: p.Key(), Reason: fmt.Sprintf("subnet %s overlaps lease %s and does not fit the network config (/%d subnets in %s..%s)",
+				p.Subnet, other, n.SubnetLen, n.SubnetMin, n.SubnetMax)})
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept, skips
 }

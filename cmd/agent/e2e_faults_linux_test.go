@@ -616,6 +616,29 @@ func testEtcdGarbage(t *testing.T) {
 		}
 		revs[k] = resp.Header.Revision
 	}
+	// A readable lease that claims the upper half of node 1's subnet for a stranger: routing it would take
+	// half of node 1's containers away. No node may route it (node 1: it overlaps its own subnet; the
+	// others: it overlaps node 1's lease and does not fit the config).
+	n1Sub := nodes[0].Subnet()
+	half := netip.PrefixFrom(netip.AddrFrom4([4]byte{n1Sub.Addr().As4()[0], n1Sub.Addr().As4()[1], n1Sub.Addr().As4()[2], 128}), 25)
+	halfKey := leasePrefix + fmt.Sprintf("%s-25", half.Addr())
+	if _, err := cli.Put(ctx, halfKey, `{"PublicIP":"192.0.2.81","PublicIPv6":null,"BackendType":"host-gw"}`); err != nil {
+		t.Fatalf("put %s: %v", halfKey, err)
+	}
+	for _, n := range nodes {
+		waitFor(t, 10*time.Second, "node "+n.Name+" refuses the lease overlapping node 1's subnet", func() (bool, string) {
+			for _, l := range strings.Split(e.AgentLog(n), "\n") {
+				if strings.Contains(l, "level=WARN") && strings.Contains(l, "not routing to peer") &&
+					strings.Contains(l, fmt.Sprintf("lease=%s-25", half.Addr())) && strings.Contains(l, "overlaps") {
+					return true, ""
+				}
+			}
+			return false, "no warning naming " + halfKey
+		})
+		if routes := routeLines(t, n.NS); hasPrefixLine(routes, half.String()) {
+			t.Errorf("node %s routes the overlapping lease %s: %q", n.Name, half, routes)
+		}
+	}
 	untouched := func(when string) {
 		t.Helper()
 		for k, v := range garbage {
@@ -682,8 +705,9 @@ func testEtcdGarbage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(leases) != len(nodes) {
-		t.Errorf("weftd leases --json: %d leases, want %d (garbage skipped): %v", len(leases), len(nodes), leases)
+	if _, ok := leases[half]; len(leases) != len(nodes)+1 || !ok {
+		t.Errorf("weftd leases --json: %d leases, want the %d nodes' and the readable overlapping %s (garbage skipped): %v",
+			len(leases), len(nodes), half, leases)
 	}
 	untouched("before the join")
 

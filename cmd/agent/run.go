@@ -322,6 +322,7 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Reconcile)
 	defer t.Stop()
 	lastPeers := -1
+	var overlapLog backend.SkipLog // peer leases dropped for overlapping another, warned about once
 	for {
 		select {
 		case <-ctx.Done():
@@ -334,6 +335,9 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 		if want == nil {
 			continue
 		}
+		var dropped []backend.Skip
+		want.Peers, dropped = backend.DropOverlapping(&want.Network, want.Own, want.Peers)
+		overlapLog.Log(a.log, dropped)
 		a.reconciles.Add(1)
 		err := a.be.Set(want)
 		a.mu.Lock()
