@@ -17,7 +17,9 @@ type chainSyncer interface {
 }
 
 // ruleManager keeps the packet filter rules of compat.md §8 in place: the forward chain (--iptables-forward-
-// rules) as soon as it starts, the masquerade chain (--ip-masq) once the own subnet is known. It applies
+// rules) and the masquerade chain (--ip-masq). A pass syncs every wanted chain; with --ip-masq it waits for
+// the own subnet (the first lease, normally milliseconds after start), without it the forward chain is
+// applied at once. It applies
 // them when the subnet changes (replacing the old subnet's rules) and checks them every resync interval,
 // restoring what was changed or deleted behind its back. Rules stay in place when it stops (compat §8); a
 // chain that is not wanted (its flag off) is never touched, whatever it holds.
