@@ -65,19 +65,25 @@ func (h *health) listen(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// serve runs the health server until ctx ends.
+// serve runs the health server until ctx ends, then shuts it down (waiting up to 2 s for open requests) and
+// returns only when both Serve and the shutdown are done.
 func (h *health) serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: 5 * time.Second}
-	stop := context.AfterFunc(ctx, func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	})
-	defer stop()
 	log.Debug("health server listening", "addr", ln.Addr())
-	if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }() // waited for below
+	select {
+	case err := <-errc:
 		log.Error("health server", "err", err)
+		return
+	case <-ctx.Done():
 	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("health server shutdown", "err", err)
+	}
+	<-errc
 }
 
 // backendMetrics names a backend's counters weft_<type>_<key>, sorted by name.
