@@ -230,6 +230,14 @@ func (s *Store) warnUnreadable(e entry) {
 	}
 }
 
+// forgetUnreadable drops key from the warned set (it was deleted or became readable), so the set holds only
+// keys that are unreadable now and does not grow with every garbage key ever seen.
+func (s *Store) forgetUnreadable(key string) {
+	s.mu.Lock()
+	delete(s.warned, key)
+	s.mu.Unlock()
+}
+
 // list reads every lease key. Unreadable keys are included (with err set) and logged.
 func (s *Store) list(ctx context.Context) ([]entry, int64, error) {
 	ctx, cancel := s.reqCtx(ctx)
@@ -239,13 +247,22 @@ func (s *Store) list(ctx context.Context) ([]entry, int64, error) {
 		return nil, 0, fmt.Errorf("list etcd keys %s: %w", s.subnetsPrefix(), err)
 	}
 	out := make([]entry, 0, len(resp.Kvs))
+	unreadable := map[string]bool{}
 	for _, kv := range resp.Kvs {
 		e := s.decode(kv)
 		if e.err != nil {
 			s.warnUnreadable(e)
+			unreadable[e.key] = true
 		}
 		out = append(out, e)
 	}
+	s.mu.Lock()
+	for k := range s.warned {
+		if !unreadable[k] {
+			delete(s.warned, k)
+		}
+	}
+	s.mu.Unlock()
 	return out, resp.Header.Revision, nil
 }
 

@@ -89,6 +89,7 @@ func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 			key := string(ev.Kv.Key)
 			if ev.Type == clientv3.EventTypeDelete {
 				delete(w.cur, key)
+				s.forgetUnreadable(key)
 				continue
 			}
 			e := s.decode(ev.Kv)
@@ -97,6 +98,7 @@ func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 				delete(w.cur, key)
 				continue
 			}
+			s.forgetUnreadable(key)
 			w.cur[key] = e.lease
 		}
 		if n := len(wr.Events); n > 0 {

@@ -234,3 +234,62 @@ func TestUnreadableKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestWarnedSetIsBounded checks that the set of unreadable keys already warned about holds only keys that
+// are unreadable now: a key deleted or made readable leaves it, whether the watch or a list sees it.
+func TestWarnedSetIsBounded(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	setConfig(t, st, net4)
+	warned := func() int {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return len(st.warned)
+	}
+	deleted, fixed := subnetsPrefix+"10.6.0.0-24", subnetsPrefix+"10.6.1.0-24"
+	rawPut(t, cli, deleted, `{"PublicIP":`)
+	rawPut(t, cli, fixed, `{"PublicIP":`)
+	if _, err := st.Leases(testCtx(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n := warned(); n != 2 {
+		t.Fatalf("warned about %d keys, want 2", n)
+	}
+
+	// Seen by the watch.
+	w := startWatch(t, st)
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), deleted); err != nil {
+		t.Fatal(err)
+	}
+	rawPut(t, cli, fixed, leaseValue("198.51.100.1"))
+	w.waitFor(t, "10.6.1.0/24=198.51.100.1")
+	if n := warned(); n != 0 {
+		t.Errorf("after the watch saw one key deleted and one made readable: warned set holds %d keys, want 0", n)
+	}
+
+	// Seen by a list, in a store with no watch (whose delete event would forget the key by itself).
+	lister := newStore(t, srv)
+	listerWarned := func() int {
+		lister.mu.Lock()
+		defer lister.mu.Unlock()
+		return len(lister.warned)
+	}
+	rawPut(t, cli, deleted, `{"PublicIP":`)
+	if _, err := lister.Leases(testCtx(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n := listerWarned(); n != 1 {
+		t.Fatalf("a list warned about %d keys, want 1", n)
+	}
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), deleted); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lister.Leases(testCtx(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n := listerWarned(); n != 0 {
+		t.Errorf("after a list without the deleted key: warned set holds %d keys, want 0", n)
+	}
+}
