@@ -3,6 +3,7 @@
 #   make build                      bin/weftd, bin/weft-docker-opts, bin/weft-cluster
 #   sudo make cluster [BACKEND=udp|host-gw|vxlan] [NODES=3] [KEEP=1]
 #   sudo make cluster-down          remove a cluster left by KEEP=1
+#   sudo make bench                 throughput and round trip: veth reference, host-gw, vxlan, udp (~1 min)
 #   sudo make test                  every tier (make test-unit: no root needed)
 #   make clean
 
@@ -16,7 +17,7 @@ BACKEND ?= vxlan
 NODES   ?= 3
 KEEP    ?=
 
-.PHONY: build cluster cluster-down test test-unit clean
+.PHONY: build cluster cluster-down bench test test-unit clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weftd ./cmd/agent
@@ -41,6 +42,24 @@ cluster: build
 
 cluster-down:
 	$(BIN)/weft-cluster down
+
+# The bench tier (docs: testing.md): container-to-container TCP throughput (iperf3) and round trip (ping) over
+# a plain veth pair and each backend, measured in one run. Needs root, ip, ping, iptables and iperf3 (missing
+# ones installed with apt-get where it exists). Never part of `make test` or CI.
+bench: build
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench: needs root (network namespaces): sudo make bench" >&2; exit 1; fi
+	@missing=""; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
+	command -v iptables >/dev/null 2>&1 || missing="$$missing iptables"; \
+	command -v iperf3 >/dev/null 2>&1 || missing="$$missing iperf3"; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "installing$$missing"; DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing || exit 1; \
+		else echo "make bench: please install$$missing" >&2; exit 1; fi; \
+	fi
+	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd
 
 # Every tier: unit, store (in-process etcd), kernel and end-to-end (netns; root). WEFT_E2E=1 makes a missing
 # prerequisite a failure. Kernel-tier packages run first, the end-to-end suite (./cmd/agent) last and alone.

@@ -12,6 +12,9 @@ const usage = `Usage:
   weft-cluster up [--backend vxlan|udp|host-gw] [--nodes 3] [--keep] [--weftd PATH]
                               start a demo cluster in network namespaces, prove traffic, clean up
   weft-cluster down           remove a cluster left by "up --keep"
+  weft-cluster bench [--time 5] [--reps 3] [--paths veth,host-gw,vxlan,udp]
+                              measure container-to-container TCP throughput and round trip over a plain
+                              veth pair (the reference) and each backend, one 2-node cluster at a time
   weft-cluster etcd --listen ADDR --data-dir DIR
                               run the embedded etcd server (used inside the cluster's etcd namespace)
 Run "weft-cluster COMMAND --help" for a command's flags.
@@ -32,6 +35,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdUp(ctx, args[1:], stdout, stderr)
 	case "down":
 		err = cmdDown(args[1:], stdout, stderr)
+	case "bench":
+		err = cmdBench(ctx, args[1:], stdout, stderr)
 	case "etcd":
 		err = cmdEtcd(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":

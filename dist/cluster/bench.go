@@ -1,0 +1,423 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/dist/netcluster"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	benchPort         = 5201
+	benchPings        = 20
+	benchPingInterval = 50 * time.Millisecond
+	// benchRef is the reference path: two namespaces joined by one veth pair, no overlay.
+	benchRef = "veth"
+)
+
+// benchPaths are the paths measured by default, in this order.
+var benchPaths = []string{benchRef, "host-gw", "vxlan", "udp"}
+
+type benchConfig struct {
+	prefix  string
+	seconds int
+	reps    int
+	weftd   string
+	verbose bool
+	paths   []string
+}
+
+// cmdBench measures container-to-container TCP throughput and round-trip time over a plain veth pair (the
+// reference) and over each backend in a 2-node cluster, one after the other in one run, and prints a table
+// with the ratios.
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cfg benchConfig
+	fs := flag.NewFlagSet("weft-cluster bench", flag.ContinueOnError)
+	fs.StringVar(&cfg.prefix, "prefix", "wbench", "name prefix of the bench's namespaces")
+	fs.IntVar(&cfg.seconds, "time", 5, "seconds per iperf3 run")
+	fs.IntVar(&cfg.reps, "reps", 3, "iperf3 runs per path (the median is reported)")
+	fs.StringVar(&cfg.weftd, "weftd", "", "weftd binary (default: weftd next to weft-cluster, else on PATH)")
+	fs.BoolVar(&cfg.verbose, "v", false, "log each setup step")
+	only := fs.String("paths", strings.Join(benchPaths, ","), "paths to measure, comma-separated: "+strings.Join(benchPaths, ", "))
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	if cfg.seconds < 1 || cfg.seconds > 60 {
+		return fmt.Errorf("--time %d: want 1 to 60", cfg.seconds)
+	}
+	if cfg.reps < 1 || cfg.reps > 20 {
+		return fmt.Errorf("--reps %d: want 1 to 20", cfg.reps)
+	}
+	for _, p := range strings.Split(*only, ",") {
+		p = strings.TrimSpace(p)
+		if !slices.Contains(benchPaths, p) {
+			return fmt.Errorf("--paths: unknown path %q: want %s", p, strings.Join(benchPaths, ", "))
+		}
+		if !slices.Contains(cfg.paths, p) {
+			cfg.paths = append(cfg.paths, p)
+		}
+	}
+	if err := checkPrereqs(); err != nil {
+		return err
+	}
+	iperfPath, err := exec.LookPath("iperf3")
+	if err != nil {
+		return errors.New("needs the iperf3 command: install iperf3 (apt-get install iperf3)")
+	}
+	weftd, err := findWeftd(cfg.weftd)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	if left, err := kerneltest.ListNS(cfg.prefix + "-"); err != nil {
+		return err
+	} else if len(left) > 0 {
+		return fmt.Errorf("namespaces with prefix %q already exist: %s\nIs a bench still running? If not, remove them: "+
+			"`weft-cluster down --prefix %s`, then `ip netns delete NAME` for any left", cfg.prefix, strings.Join(left, " "), cfg.prefix)
+	}
+	level := slog.LevelWarn
+	if cfg.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	b := &bench{cfg: cfg, iperf: iperfPath, weftd: weftd, self: self, log: log, stdout: stdout}
+
+	m := machine(iperfPath)
+	fmt.Fprintf(stdout, "Benchmarking %s (namespaces %s-*): %d × %d s of iperf3 each ...\n",
+		strings.Join(cfg.paths, ", "), cfg.prefix, cfg.reps, cfg.seconds)
+	start := time.Now()
+	var rows []benchRow
+	failed := 0
+	for _, p := range cfg.paths {
+		row := b.measure(ctx, p)
+		if ctx.Err() != nil {
+			return errors.New("interrupted; everything it created is removed")
+		}
+		if row.Err != nil {
+			failed++
+			fmt.Fprintf(stderr, "%s: %v\n", p, row.Err)
+		}
+		rows = append(rows, row)
+	}
+	fmt.Fprintf(stdout, "\n")
+	writeBench(stdout, benchHeader{Seconds: cfg.seconds, Reps: cfg.reps, Pings: benchPings, PingInterval: benchPingInterval},
+		m, rows, benchRef)
+	fmt.Fprintf(stdout, "Took %s.\n", time.Since(start).Round(time.Second))
+	if failed > 0 {
+		return fmt.Errorf("%d of %d paths failed", failed, len(rows))
+	}
+	return nil
+}
+
+type bench struct {
+	cfg                benchConfig
+	iperf, weftd, self string
+	log                *slog.Logger
+	stdout             io.Writer
+}
+
+// endpoints is one measured path: traffic goes from a process in src to dst's address ip.
+type endpoints struct {
+	src, dst *kerneltest.NS
+	ip       netip.Addr
+	mtu      int
+}
+
+// measure sets up one path, measures it and removes it again.
+func (b *bench) measure(ctx context.Context, path string) (row benchRow) {
+	row.Name = path
+	fmt.Fprintf(b.stdout, "%-8s setting up ... ", path)
+	t0 := time.Now()
+	var ep endpoints
+	var cleanup func() error
+	var err error
+	if path == benchRef {
+		ep, cleanup, err = b.vethPair()
+	} else {
+		ep, cleanup, err = b.cluster(ctx, path)
+	}
+	defer func() {
+		if cleanup != nil {
+			if cerr := cleanup(); cerr != nil {
+				fmt.Fprintf(b.stdout, "\n%s: clean up: %v\n", path, cerr)
+				row.Err = errors.Join(row.Err, fmt.Errorf("clean up: %w", cerr))
+			}
+		}
+	}()
+	if err != nil {
+		b.failed(ctx)
+		row.Err = err
+		return row
+	}
+	row.MTU = ep.mtu
+	fmt.Fprintf(b.stdout, "up in %s, measuring ... ", time.Since(t0).Round(100*time.Millisecond))
+	if err := b.waitReach(ctx, ep); err != nil {
+		b.failed(ctx)
+		row.Err = err
+		return row
+	}
+	for i := 0; i < b.cfg.reps && ctx.Err() == nil; i++ {
+		r, err := b.iperfRun(ctx, ep)
+		if err != nil {
+			b.failed(ctx)
+			row.Err = fmt.Errorf("iperf3 run %d: %w", i+1, err)
+			return row
+		}
+		row.Runs = append(row.Runs, r.BitsPerSecond)
+		row.Retrans += r.Retransmits
+	}
+	out, perr := runIn(ctx, ep.src, 10*time.Second, "ping", "-n", "-q", "-c", fmt.Sprint(benchPings),
+		"-i", fmt.Sprint(benchPingInterval.Seconds()), "-W", "1", ep.ip.String())
+	if pr, err := netcluster.ParsePing(out); err == nil && pr.Received > 0 {
+		row.RTT = pr.RTTAvg
+	} else if ctx.Err() == nil {
+		row.Err = fmt.Errorf("ping: %v %s", perr, strings.TrimSpace(out))
+	}
+	if ctx.Err() == nil {
+		fmt.Fprintf(b.stdout, "%.2f Gbit/s\n", row.gbps())
+	}
+	return row
+}
+
+// failed ends the progress line of a path that failed or was interrupted.
+func (b *bench) failed(ctx context.Context) {
+	if ctx.Err() != nil {
+		fmt.Fprintln(b.stdout, "interrupted")
+		return
+	}
+	fmt.Fprintln(b.stdout, "failed")
+}
+
+// vethPair creates the reference: <prefix>-ref-a and <prefix>-ref-b joined by one veth pair, 192.0.2.1/24
+// and 192.0.2.2/24, MTU 1500.
+func (b *bench) vethPair() (endpoints, func() error, error) {
+	var nss []*kerneltest.NS
+	cleanup := func() error {
+		var errs []error
+		for i := len(nss) - 1; i >= 0; i-- {
+			errs = append(errs, nss[i].Delete())
+		}
+		return errors.Join(errs...)
+	}
+	for _, s := range []string{"ref-a", "ref-b"} {
+		ns, err := kerneltest.CreateNS(b.cfg.prefix + "-" + s)
+		if ns != nil {
+			nss = append(nss, ns)
+		}
+		if err != nil {
+			return endpoints{}, cleanup, err
+		}
+	}
+	if err := kerneltest.CreateVeth(nss[0], "eth0", "192.0.2.1/24", nss[1], "eth0", "192.0.2.2/24"); err != nil {
+		return endpoints{}, cleanup, err
+	}
+	return endpoints{src: nss[0], dst: nss[1], ip: netip.MustParseAddr("192.0.2.2"), mtu: 1500}, cleanup, nil
+}
+
+// cluster starts a 2-node netcluster with backend; traffic goes from n1's container to n2's.
+func (b *bench) cluster(ctx context.Context, backend string) (endpoints, func() error, error) {
+	c, err := netcluster.Start(ctx, netcluster.Options{
+		Prefix:     b.cfg.prefix,
+		Backend:    backend,
+		Nodes:      2,
+		Weftd:      b.weftd,
+		ClusterBin: b.self,
+		Dir:        filepath.Join(stateDir, b.cfg.prefix),
+		RemoveDir:  true,
+		StateFile:  stateFile(b.cfg.prefix), // so `weft-cluster down --prefix` can clean up after a SIGKILL
+		Log:        b.log,
+	})
+	if err != nil {
+		return endpoints{}, nil, err
+	}
+	n1, n2 := c.Node(1), c.Node(2)
+	return endpoints{src: n1.Container(), dst: n2.Container(), ip: n2.ContainerIP(), mtu: n1.MTU()}, c.Close, nil
+}
+
+// waitReach pings until the first reply (the peers learn of each other through etcd watches), so neither
+// convergence nor ARP falls into a measurement.
+func (b *bench) waitReach(ctx context.Context, ep endpoints) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for {
+		out, err := runIn(ctx, ep.src, 5*time.Second, "ping", "-n", "-c", "1", "-W", "1", ep.ip.String())
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s → %s: no ping reply: %w: %s", ep.src.Name, ep.ip, ctx.Err(), strings.TrimSpace(out))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// iperfRun runs one single-stream test: `iperf3 -s -1` in dst (started, and if need be killed, by its PID)
+// and `iperf3 -c` in src.
+func (b *bench) iperfRun(ctx context.Context, ep endpoints) (iperfResult, error) {
+	srv, err := startServer(ep.dst, b.iperf, "-s", "-1", "-p", fmt.Sprint(benchPort))
+	if err != nil {
+		return iperfResult{}, err
+	}
+	defer srv.kill()
+	if err := waitListening(ctx, ep.dst, benchPort, srv, 5*time.Second); err != nil {
+		return iperfResult{}, err
+	}
+	out, cerr := runIn(ctx, ep.src, time.Duration(b.cfg.seconds)*time.Second+20*time.Second,
+		b.iperf, "-c", ep.ip.String(), "-p", fmt.Sprint(benchPort), "-t", fmt.Sprint(b.cfg.seconds), "-J")
+	r, err := parseIperf3([]byte(out))
+	if err != nil {
+		if cerr != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w (%v)", err, cerr)
+		}
+		return r, err
+	}
+	srv.wait(2 * time.Second) // a one-off server exits after its test; kill() covers the rest
+	return r, nil
+}
+
+// server is a process started in a namespace with `ip netns exec` (which execs in place: the PID is the
+// program's own).
+type server struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startServer starts argv in ns in its own process group (a terminal's Ctrl-C reaches only weft-cluster,
+// which kills it) with PR_SET_PDEATHSIG, so it dies with weft-cluster; the signal is tied to the thread that
+// forked, which is locked until the process exits.
+func startServer(ns *kerneltest.NS, argv ...string) (*server, error) {
+	s := &server{cmd: exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...), done: make(chan struct{})}
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := s.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		s.cmd.Wait()
+		close(s.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("start %s in netns %s: %w", argv[0], ns.Name, err)
+	}
+	return s, nil
+}
+
+func (s *server) running() bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait waits up to d for the exit.
+func (s *server) wait(d time.Duration) {
+	select {
+	case <-s.done:
+	case <-time.After(d):
+	}
+}
+
+// kill SIGKILLs the PID it started, if it still runs, and waits for it.
+func (s *server) kill() {
+	if s.running() {
+		s.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	<-s.done
+}
+
+// waitListening waits until a TCP socket in ns listens on port (read from the namespace's /proc/net/tcp and
+// tcp6, so no connection is made: a one-off iperf3 server would take it for its test).
+func waitListening(ctx context.Context, ns *kerneltest.NS, port int, srv *server, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var listening bool
+		err := ns.Do(func() error {
+			for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+				b, err := os.ReadFile(f)
+				if err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+				listening = listening || tcpListening(string(b), port)
+			}
+			return nil
+		})
+		switch {
+		case err != nil:
+			return err
+		case listening:
+			return nil
+		case !srv.running():
+			return fmt.Errorf("iperf3 server in netns %s exited: %v", ns.Name, srv.cmd.ProcessState)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case time.Now().After(deadline):
+			return fmt.Errorf("iperf3 server in netns %s: not listening on port %d after %s", ns.Name, port, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runIn runs argv inside ns (ip netns exec) and returns its standard output (with standard error after it
+// if it fails). It is killed, by its PID, after timeout or when ctx ends.
+func runIn(ctx context.Context, ns *kerneltest.NS, timeout time.Duration, argv ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Run(); err != nil {
+		return out.String() + errb.String(), fmt.Errorf("in netns %s: %s: %w", ns.Name, strings.Join(argv, " "), err)
+	}
+	return out.String(), nil
+}
+
+// machine describes this host: CPUs usable by this process, the CPU model, the kernel and iperf3's version.
+func machine(iperf string) benchMachine {
+	m := benchMachine{CPUs: runtime.NumCPU(), Kernel: "?", Iperf: "iperf3"}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.Join(strings.Fields(v), " ")
+				break
+			}
+		}
+	}
+	if out, err := exec.Command(iperf, "--version").Output(); err == nil {
+		if f := strings.Fields(string(out)); len(f) >= 2 {
+			m.Iperf = "iperf3 " + f[1]
+		}
+	}
+	return m
+}
