@@ -61,15 +61,19 @@ func TestSyncRoutesInNetns(t *testing.T) {
 	}
 }
 
-// TestSyncRoutesLeavesForeignSameDestination checks that a foreign route holding the very destination we
-// want is neither replaced nor adopted, and that SyncRoutes reports it.
-func TestSyncRoutesLeavesForeignSameDestination(t *testing.T) {
+// syncOverForeign makes a namespace with a bridge d0 (192.0.2.1/24), plants the routes given as `ip route
+// add` arguments, then syncs our routes to 10.5.1.0/24 via 192.0.2.11 and 10.5.2.0/24 via 192.0.2.12 and
+// returns the namespace and SyncRoutes' error.
+func syncOverForeign(t *testing.T, plant ...[]string) (*kerneltest.NS, error) {
+	t.Helper()
 	kerneltest.RequireRoot(t)
 	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
 	ns.MustIP(t, "link", "add", "d0", "type", "bridge")
 	ns.MustIP(t, "addr", "add", "192.0.2.1/24", "dev", "d0")
 	ns.MustIP(t, "link", "set", "d0", "up")
-	ns.MustIP(t, "route", "add", "10.5.1.0/24", "via", "192.0.2.99", "proto", "static")
+	for _, args := range plant {
+		ns.MustIP(t, append([]string{"route", "add"}, args...)...)
+	}
 	var syncErr error
 	err := ns.Do(func() error {
 		h, err := kernel.NewHandle()
@@ -90,13 +94,34 @@ func TestSyncRoutesLeavesForeignSameDestination(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var fe *kernel.ForeignRouteError
-	if !errors.As(syncErr, &fe) || fe.Dst.String() != "10.5.1.0/24" {
-		t.Errorf("SyncRoutes err = %v, want a ForeignRouteError for 10.5.1.0/24", syncErr)
+	return ns, syncErr
+}
+
+// TestSyncRoutesLeavesForeignRoutes checks that a foreign route holding the very destination we want, of
+// any type (an operator's unicast, blackhole or unreachable route), is neither replaced nor adopted, that
+// SyncRoutes reports it, and that our other routes are still installed.
+func TestSyncRoutesLeavesForeignRoutes(t *testing.T) {
+	tests := []struct {
+		name   string
+		plant  [][]string
+		routes string // ip route show root 10.5.0.0/16 afterwards
+	}{
+		{"unicast", [][]string{{"10.5.1.0/24", "via", "192.0.2.99", "proto", "static"}}, `
+			10.5.1.0/24 via 192.0.2.99 dev d0 proto static
+			10.5.2.0/24 via 192.0.2.12 dev d0 proto 87`},
+		{"blackhole and unreachable", [][]string{{"blackhole", "10.5.1.0/24"}, {"unreachable", "10.5.2.0/24", "proto", "static"}}, `
+			blackhole 10.5.1.0/24
+			unreachable 10.5.2.0/24 proto static`},
 	}
-	got := ns.MustIP(t, "route", "show")
-	if !strings.Contains(got, "10.5.1.0/24 via 192.0.2.99 dev d0 proto static") || !strings.Contains(got, "10.5.2.0/24 via 192.0.2.12 dev d0 proto 87") {
-		t.Errorf("routes after sync:\n%s", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns, syncErr := syncOverForeign(t, tt.plant...)
+			var fe *kernel.ForeignRouteError
+			if !errors.As(syncErr, &fe) || fe.Dst.String() != "10.5.1.0/24" {
+				t.Errorf("SyncRoutes err = %v, want a ForeignRouteError for 10.5.1.0/24", syncErr)
+			}
+			kerneltest.Expect(t, "routes after sync", ns.MustIP(t, "route", "show", "root", "10.5.0.0/16"), tt.routes)
+		})
 	}
 }
 
@@ -136,44 +161,4 @@ func TestNewForwardingHandleInNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	kerneltest.Expect(t, "ip_forward", ns.MustExec(t, "cat", "/proc/sys/net/ipv4/ip_forward"), "1")
-}
-
-// TestSyncRoutesLeavesForeignNonUnicast checks that a foreign route of another type (an operator's
-// blackhole or unreachable route) at a destination we want is left alone and reported, like a foreign
-// unicast route: RouteReplace would otherwise take it over.
-func TestSyncRoutesLeavesForeignNonUnicast(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
-	ns.MustIP(t, "link", "add", "d0", "type", "bridge")
-	ns.MustIP(t, "addr", "add", "192.0.2.1/24", "dev", "d0")
-	ns.MustIP(t, "link", "set", "d0", "up")
-	ns.MustIP(t, "route", "add", "blackhole", "10.5.1.0/24")
-	ns.MustIP(t, "route", "add", "unreachable", "10.5.2.0/24", "proto", "static")
-	var syncErr error
-	err := ns.Do(func() error {
-		h, err := kernel.NewHandle()
-		if err != nil {
-			return err
-		}
-		defer h.Close()
-		link, err := h.NL.LinkByName("d0")
-		if err != nil {
-			return err
-		}
-		syncErr = h.SyncRoutes(false, []kernel.Route{
-			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
-			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
-		}, nil)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fe *kernel.ForeignRouteError
-	if !errors.As(syncErr, &fe) {
-		t.Errorf("SyncRoutes err = %v, want a ForeignRouteError", syncErr)
-	}
-	kerneltest.Expect(t, "routes after sync", ns.MustIP(t, "route", "show", "root", "10.5.0.0/16"), `
-		blackhole 10.5.1.0/24
-		unreachable 10.5.2.0/24 proto static`)
 }
