@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
 )
@@ -13,38 +15,12 @@ import (
 // TestSyncRoutesInNetns checks in a throwaway namespace that SyncRoutes installs the wanted routes with our
 // protocol, removes a stale route of ours, and leaves a foreign route in the same range alone.
 func TestSyncRoutesInNetns(t *testing.T) {
-	kerneltest.RequireRoot(t)
-	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
-	ns.MustIP(t, "link", "add", "d0", "type", "bridge")
-	ns.MustIP(t, "addr", "add", "192.0.2.1/24", "dev", "d0")
-	ns.MustIP(t, "link", "set", "d0", "up")
 	// A stale route of ours and a foreign one (default protocol "boot") in the overlay range.
-	ns.MustIP(t, "route", "add", "10.5.9.0/24", "via", "192.0.2.9", "proto", "87")
-	ns.MustIP(t, "route", "add", "10.5.8.0/24", "via", "192.0.2.8")
-
-	err := ns.Do(func() error {
-		h, err := kernel.NewHandle()
-		if err != nil {
-			return err
+	ns := routeNS(t, []string{"10.5.9.0/24", "via", "192.0.2.9", "proto", "87"}, []string{"10.5.8.0/24", "via", "192.0.2.8"})
+	for pass := range 2 { // the second pass must be a no-op
+		if err := syncWanted(t, ns); err != nil {
+			t.Fatalf("pass %d: %v", pass+1, err)
 		}
-		defer h.Close()
-		link, err := h.NL.LinkByName("d0")
-		if err != nil {
-			return err
-		}
-		want := []kernel.Route{
-			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
-			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
-		}
-		for range 2 { // the second pass must be a no-op
-			if err := h.SyncRoutes(false, want, nil); err != nil {
-				return err
-			}
-		}
-		return h.SetAddrs(link, netip.MustParsePrefix("192.0.2.1/24"))
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	got := ns.MustIP(t, "route", "show")
 	for _, want := range []string{
@@ -59,12 +35,23 @@ func TestSyncRoutesInNetns(t *testing.T) {
 	if strings.Contains(got, "10.5.9.0/24") {
 		t.Errorf("stale route of ours not removed:\n%s", got)
 	}
+
+	// SetAddrs keeps the wanted address and removes a stray one.
+	ns.MustIP(t, "addr", "add", "198.51.100.7/24", "dev", "d0")
+	withD0(t, ns, func(h *kernel.Handle, link netlink.Link) {
+		if err := h.SetAddrs(link, netip.MustParsePrefix("192.0.2.1/24")); err != nil {
+			t.Error(err)
+		}
+	})
+	addrs := ns.MustIP(t, "-4", "-o", "addr", "show", "dev", "d0")
+	if !strings.Contains(addrs, "192.0.2.1/24") || strings.Contains(addrs, "198.51.100.7") {
+		t.Errorf("addresses after SetAddrs(192.0.2.1/24):\n%s", addrs)
+	}
 }
 
-// syncOverForeign makes a namespace with a bridge d0 (192.0.2.1/24), plants the routes given as `ip route
-// add` arguments, then syncs our routes to 10.5.1.0/24 via 192.0.2.11 and 10.5.2.0/24 via 192.0.2.12 and
-// returns the namespace and SyncRoutes' error.
-func syncOverForeign(t *testing.T, plant ...[]string) (*kerneltest.NS, error) {
+// routeNS makes a namespace with a bridge d0 (192.0.2.1/24) and plants the routes given as `ip route add`
+// arguments.
+func routeNS(t *testing.T, plant ...[]string) *kerneltest.NS {
 	t.Helper()
 	kerneltest.RequireRoot(t)
 	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
@@ -74,7 +61,26 @@ func syncOverForeign(t *testing.T, plant ...[]string) (*kerneltest.NS, error) {
 	for _, args := range plant {
 		ns.MustIP(t, append([]string{"route", "add"}, args...)...)
 	}
+	return ns
+}
+
+// syncWanted syncs our routes in ns to 10.5.1.0/24 via 192.0.2.11 and 10.5.2.0/24 via 192.0.2.12 on d0 and
+// returns SyncRoutes' error.
+func syncWanted(t *testing.T, ns *kerneltest.NS) error {
+	t.Helper()
 	var syncErr error
+	withD0(t, ns, func(h *kernel.Handle, link netlink.Link) {
+		syncErr = h.SyncRoutes(false, []kernel.Route{
+			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
+			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
+		}, nil)
+	})
+	return syncErr
+}
+
+// withD0 runs fn inside ns with a handle there and the link d0; not reaching the kernel fails the test.
+func withD0(t *testing.T, ns *kerneltest.NS, fn func(h *kernel.Handle, link netlink.Link)) {
+	t.Helper()
 	err := ns.Do(func() error {
 		h, err := kernel.NewHandle()
 		if err != nil {
@@ -85,16 +91,12 @@ func syncOverForeign(t *testing.T, plant ...[]string) (*kerneltest.NS, error) {
 		if err != nil {
 			return err
 		}
-		syncErr = h.SyncRoutes(false, []kernel.Route{
-			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
-			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
-		}, nil)
+		fn(h, link)
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ns, syncErr
 }
 
 // TestSyncRoutesLeavesForeignRoutes checks that a foreign route holding the very destination we want, of
@@ -115,7 +117,8 @@ func TestSyncRoutesLeavesForeignRoutes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ns, syncErr := syncOverForeign(t, tt.plant...)
+			ns := routeNS(t, tt.plant...)
+			syncErr := syncWanted(t, ns)
 			var fe *kernel.ForeignRouteError
 			if !errors.As(syncErr, &fe) || fe.Dst.String() != "10.5.1.0/24" {
 				t.Errorf("SyncRoutes err = %v, want a ForeignRouteError for 10.5.1.0/24", syncErr)
