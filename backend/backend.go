@@ -61,6 +61,13 @@ type Deps struct {
 	Log      *slog.Logger   // required; already carries a "backend" attribute
 	External External       // required
 	Network  *subnet.Config // required; Network.Backend holds the backend's own keys
+	// Offload says which data-path offloads the udp backend may use (node-local, from weftd's
+	// --udp-offload): "" or "auto" for every one the kernel offers, "off" for none, or a comma list of
+	// "tun" (TUN super-packets), "gso" (UDP_SEGMENT) and "gro" (UDP_GRO). Other backends ignore it.
+	Offload string
+	// Kick, if set, asks the agent for a reconcile (a call of Set) soon: a backend calls it when it finds
+	// its own kernel state broken outside Set, such as its device deleted. It must not block.
+	Kick func()
 }
 
 // Factory constructs a backend. It validates the backend's config keys but changes nothing in the kernel.

@@ -85,6 +85,7 @@ type Config struct {
 	HealthzIP    string        // --healthz-ip
 	HealthzPort  int           // --healthz-port; 0: no health server
 	Reconcile    time.Duration // --reconcile-interval
+	UDPOffload   string        // --udp-offload
 	Version      bool          // --version
 }
 
@@ -115,6 +116,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("iptables-resync", c.IPTResync),
 		slog.String("healthz", c.healthzAddr()),
 		slog.Duration("reconcile-interval", c.Reconcile),
+		slog.String("udp-offload", c.UDPOffload),
 	)
 }
 
@@ -141,6 +143,7 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.StringVar(&c.HealthzIP, "healthz-ip", "0.0.0.0", "address of the health server")
 	fs.IntVar(&c.HealthzPort, "healthz-port", 0, "port of the health server (/healthz, /readyz, /metrics); 0 disables it")
 	fs.DurationVar(&c.Reconcile, "reconcile-interval", 30*time.Second, "how often the kernel state is checked and repaired")
+	fs.StringVar(&c.UDPOffload, "udp-offload", "auto", "udp backend offloads: auto (all the kernel has), off, or a comma list of tun, gso, gro")
 	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
 	return fs
 }
