@@ -232,6 +232,10 @@ func (b *Backend) routineTx(dp *datapath, q int) {
 		sent, failed, gsoOff, err := sd.flush()
 		c.add(txPackets, sent)
 		c.add(udpWriteErrors, failed)
+		if failed > 0 && sd.lastErr != nil {
+			b.log.Debug("udp send failed", "queue", q, "err", sd.lastErr)
+			sd.lastErr = nil
+		}
 		c.inc(sendCalls)
 		if gsoOff {
 			b.ctl.inc(gsoFallbacks)
@@ -362,9 +366,9 @@ func (b *Backend) refreshActive(dp *datapath) {
 	if !dp.tunGRO.Load() {
 		on &^= offTUNGRO
 	}
-	gso := false
+	gso := true // in use only while every socket has it
 	for _, s := range dp.socks {
-		gso = gso || s.gso.Load()
+		gso = gso && s.gso.Load()
 	}
 	if !gso {
 		on &^= offGSO

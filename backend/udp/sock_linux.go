@@ -138,6 +138,7 @@ type sender struct {
 	n       int
 	errno   syscall.Errno
 	write   func(fd uintptr) bool
+	lastErr error // the last failed send of a destination, for the caller's log
 }
 
 // run is one message: datagrams segs[first:first+count] of size seg each (the last may be shorter).
@@ -232,8 +233,9 @@ func (sd *sender) flush() (sent, failed int, gsoOff bool, err error) {
 			continue
 		}
 		r := sd.runs[i]
-		if r.count > 1 && (sd.errno == unix.EIO || sd.errno == unix.EINVAL) {
-			// EIO: the egress device cannot checksum for GSO; EINVAL: a segment does not fit the path MTU.
+		if r.count > 1 && (sd.errno == unix.EIO || sd.errno == unix.EINVAL || sd.errno == unix.EMSGSIZE) {
+			// EIO: the egress device cannot checksum for GSO; EINVAL or EMSGSIZE: a datagram does not fit
+			// the path MTU any more (the kernel fragments single datagrams, never GSO ones).
 			// Either way: no more GSO on this socket, and this batch goes out one datagram at a time.
 			if sd.s.gso.Swap(false) {
 				gsoOff = true
@@ -247,6 +249,7 @@ func (sd *sender) flush() (sent, failed int, gsoOff bool, err error) {
 		}
 		// This destination failed (no route to the peer, say): skip its message, keep the others.
 		failed += r.count
+		sd.lastErr = fmt.Errorf("send %d datagrams of %d bytes to %s: %w", r.count, r.seg, sd.to[i], sd.errno)
 		i++
 	}
 	return sent, failed, gsoOff, err

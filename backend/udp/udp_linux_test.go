@@ -34,6 +34,7 @@ type node struct {
 	b     *Backend
 	lease subnet.Lease
 	local backend.Local
+	kicks chan struct{} // Deps.Kick
 }
 
 type cluster struct {
@@ -44,6 +45,12 @@ type cluster struct {
 }
 
 func newCluster(t *testing.T, count int) *cluster {
+	t.Helper()
+	return newClusterOffload(t, count, nil)
+}
+
+// newClusterOffload is newCluster with node i+1's Deps.Offload set to offload[i] (default "auto").
+func newClusterOffload(t *testing.T, count int, offload []string) *cluster {
 	t.Helper()
 	tp := kerneltest.NewTopology(t, count)
 	cfg, err := subnet.ParseConfig([]byte(testNetwork))
@@ -71,7 +78,17 @@ func newCluster(t *testing.T, count int) *cluster {
 		if n.I == 2 {
 			n.lease.Attrs.BackendType = "" // as flanneld's udp backend writes it
 		}
-		n.b = newTestBackend(t, n.NS, n.Underlay, fmt.Sprintf("n%d", n.I), cfg)
+		n.kicks = make(chan struct{}, 1)
+		deps := backend.Deps{Kick: func() {
+			select {
+			case n.kicks <- struct{}{}:
+			default:
+			}
+		}}
+		if n.I <= len(offload) {
+			deps.Offload = offload[n.I-1]
+		}
+		n.b = newTestBackendDeps(t, n.Underlay, fmt.Sprintf("n%d", n.I), cfg, deps)
 		n.local = up(t, n.NS, n.b)
 		cl.nodes = append(cl.nodes, n)
 	}
@@ -84,12 +101,16 @@ func newCluster(t *testing.T, count int) *cluster {
 // newTestBackend makes a backend for a node whose underlay is eth0 with addr, logging to t.
 func newTestBackend(t *testing.T, ns *kerneltest.NS, addr netip.Addr, name string, cfg *subnet.Config) *Backend {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
-	be, err := New(backend.Deps{
-		Log:      log,
-		External: backend.External{Name: "eth0", MTU: 1500, Addr: addr, PublicIP: addr},
-		Network:  cfg,
-	})
+	return newTestBackendDeps(t, addr, name, cfg, backend.Deps{})
+}
+
+// newTestBackendDeps is newTestBackend with d's Offload and Kick.
+func newTestBackendDeps(t *testing.T, addr netip.Addr, name string, cfg *subnet.Config, d backend.Deps) *Backend {
+	t.Helper()
+	d.Log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+	d.External = backend.External{Name: "eth0", MTU: 1500, Addr: addr, PublicIP: addr}
+	d.Network = cfg
+	be, err := New(d)
 	if err != nil {
 		t.Fatal(err)
 	}
