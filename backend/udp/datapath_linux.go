@@ -279,22 +279,28 @@ func (b *Backend) routineRx(dp *datapath, q int) {
 				c.inc(dropMalformed)
 				continue
 			}
-			if seg <= 0 || seg > len(payload) {
-				seg = len(payload)
-			}
-			for off := 0; off < len(payload); off += seg {
-				d := payload[off:min(off+seg, len(payload))]
-				m, r := t.acceptRx(from, d)
-				if r != reasonOK {
-					c.inc(rxDrop[r])
-					continue
-				}
-				w.add(d[:m])
-				c.inc(rxPackets)
-				c.add(rxBytes, m)
-			}
+			deliver(t, c, w, payload, from, seg)
 		}
 		w.flush()
+	}
+}
+
+// deliver splits a received payload into its datagrams (seg bytes each, the last may be shorter; seg 0: one
+// datagram), checks each inner packet on its own and queues the accepted ones on w.
+func deliver(t *table, c *counters, w *tunWriter, payload []byte, from netip.Addr, seg int) {
+	if seg <= 0 || seg > len(payload) {
+		seg = len(payload)
+	}
+	for off := 0; off < len(payload); off += seg {
+		d := payload[off:min(off+seg, len(payload))]
+		m, r := t.acceptRx(from, d)
+		if r != reasonOK {
+			c.inc(rxDrop[r])
+			continue
+		}
+		w.add(d[:m])
+		c.inc(rxPackets)
+		c.add(rxBytes, m)
 	}
 }
 

@@ -188,15 +188,11 @@ func (sd *sender) add(to netip.AddrPort, pkt []byte) {
 	sd.segs = append(sd.segs, pkt)
 }
 
-// flush sends everything queued. It returns the datagrams sent and the datagrams that failed, and whether
-// GSO was found unusable on this socket (then it has been switched off and the batch re-sent without it).
-func (sd *sender) flush() (sent, failed int, gsoOff bool, err error) {
-	if len(sd.runs) == 0 {
-		return 0, 0, false, nil
-	}
-	defer func() {
-		sd.runs, sd.segs, sd.to = sd.runs[:0], sd.segs[:0], sd.to[:0]
-	}()
+// reset forgets what was queued.
+func (sd *sender) reset() { sd.runs, sd.segs, sd.to = sd.runs[:0], sd.segs[:0], sd.to[:0] }
+
+// prepare fills the sendmmsg message headers for what is queued and returns them.
+func (sd *sender) prepare() []unix.Mmsghdr {
 	for i, p := range sd.segs {
 		sd.iovs[i].Base = &p[0]
 		sd.iovs[i].SetLen(len(p))
@@ -219,7 +215,17 @@ func (sd *sender) flush() (sent, failed int, gsoOff bool, err error) {
 			m.SetControllen(cmsgLen)
 		}
 	}
-	msgs := sd.msgs[:len(sd.runs)]
+	return sd.msgs[:len(sd.runs)]
+}
+
+// flush sends everything queued. It returns the datagrams sent and the datagrams that failed, and whether
+// GSO was found unusable on this socket (then it has been switched off and the batch re-sent without it).
+func (sd *sender) flush() (sent, failed int, gsoOff bool, err error) {
+	if len(sd.runs) == 0 {
+		return 0, 0, false, nil
+	}
+	defer sd.reset()
+	msgs := sd.prepare()
 	for i := 0; i < len(msgs); {
 		sd.pending = msgs[i:]
 		if err := sd.s.rc.Write(sd.write); err != nil {
