@@ -20,14 +20,17 @@ const superPacket = 44
 // nullTUN is a TUN device that accepts every write and is never read.
 type nullTUN struct{ writes int }
 
-func (d *nullTUN) File() *os.File                          { return nil }
-func (d *nullTUN) Read([][]byte, []int, int) (int, error)  { return 0, os.ErrClosed }
-func (d *nullTUN) Write(bufs [][]byte, _ int) (int, error) { d.writes += len(bufs); return len(bufs), nil }
-func (d *nullTUN) MTU() (int, error)                       { return 1472, nil }
-func (d *nullTUN) Name() (string, error)                   { return TUNName, nil }
-func (d *nullTUN) Events() <-chan wgtun.Event              { return nil }
-func (d *nullTUN) Close() error                            { return nil }
-func (d *nullTUN) BatchSize() int                          { return 128 }
+func (d *nullTUN) File() *os.File                         { return nil }
+func (d *nullTUN) Read([][]byte, []int, int) (int, error) { return 0, os.ErrClosed }
+func (d *nullTUN) Write(bufs [][]byte, _ int) (int, error) {
+	d.writes += len(bufs)
+	return len(bufs), nil
+}
+func (d *nullTUN) MTU() (int, error)          { return 1472, nil }
+func (d *nullTUN) Name() (string, error)      { return TUNName, nil }
+func (d *nullTUN) Events() <-chan wgtun.Event { return nil }
+func (d *nullTUN) Close() error               { return nil }
+func (d *nullTUN) BatchSize() int             { return 128 }
 
 // encapFixture is a batch of superPacket 1472-byte TCP packets to a peer and a sender for them.
 func encapFixture(tb testing.TB) (*table, [][]byte, *sender) {

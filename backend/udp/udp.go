@@ -86,13 +86,14 @@ type Backend struct {
 	// active is the offloads in use (bits of feature), for Stats; updated on probe and fallback.
 	active atomic.Uint32
 
-	mu     sync.Mutex // guards all following fields
-	state  int        // stateNew → stateUp → stateClosed (stateNew → stateClosed without Up)
-	h      *kernel.Handle
-	ns     *kernel.Namespace // the namespace Up ran in: a lost TUN is recreated there
-	dp     *datapath         // the current devices, sockets and packet loops; nil after a failed repair
-	filter []uint32          // the peer PublicIPs the sockets' filter admits
-	done   chan struct{}     // closed by Close, to cut short an error back-off
+	mu      sync.Mutex // guards all following fields
+	state   int        // stateNew → stateUp → stateClosed (stateNew → stateClosed without Up)
+	h       *kernel.Handle
+	ns      *kernel.Namespace // the namespace Up ran in: a lost TUN is recreated there
+	dp      *datapath         // the current devices, sockets and packet loops; nil after a failed repair
+	filter  []uint32          // the peer PublicIPs the sockets' filter admits
+	skipLog backend.SkipLog   // peers left out, warned about once
+	done    chan struct{}     // closed by Close, to cut short an error back-off
 }
 
 const (

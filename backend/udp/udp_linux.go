@@ -82,9 +82,10 @@ func (b *Backend) Set(cfg *backend.Config) error {
 		return ErrClosed
 	}
 
-	t, skipped := buildTable(network.Masked(), own, cfg.Peers, b.port)
+	t, skipped := buildTable(network.Masked(), own, b.ext, cfg.Peers, b.port)
 	b.table.Store(t)
-	b.log.Debug("peer table swapped", "own", own.Masked(), "peers", len(t.byOuter), "subnets", t.subnets, "skipped", skipped)
+	b.skipLog.Log(b.log, skipped)
+	b.log.Debug("peer table swapped", "own", own.Masked(), "peers", len(t.byOuter), "subnets", t.subnets)
 
 	st, err := b.h.LinkStateByName(TUNName)
 	if errors.Is(err, kernel.ErrNoLink) && b.dp != nil {
