@@ -18,6 +18,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 )
 
 // Server is a single-member etcd running in the test process. Its methods may be called from the test's
@@ -148,13 +150,18 @@ func (s *Server) TLS() *TLSFiles { return s.opts.TLS }
 // Dir returns the data directory.
 func (s *Server) Dir() string { return s.opts.Dir }
 
-// ClientConfig returns a client config for the server: its endpoints, a 2 s dial timeout, no client log and,
-// with WithClientCertAuth, the client certificate.
+// ClientConfig returns a client config for the server: its endpoints, a 2 s dial timeout, reconnect attempts
+// at most 1 s apart (gRPC's default backoff grows to 2 minutes, longer than a test waits for a restarted
+// server), no client log and, with WithClientCertAuth, the client certificate.
 func (s *Server) ClientConfig() clientv3.Config {
 	cfg := clientv3.Config{
 		Endpoints:   s.Endpoints(),
 		DialTimeout: 2 * time.Second,
 		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	}
 	if f := s.opts.TLS; f != nil {
 		cert, err := tls.LoadX509KeyPair(f.ClientCertFile, f.ClientKeyFile)
