@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -24,37 +25,62 @@ import (
 )
 
 const (
-	benchPort         = 5201
-	benchPings        = 20
-	benchPingInterval = 50 * time.Millisecond
+	benchPort = 5201
+	// benchStreams is the parallel streams (iperf3 -P) of the multi-stream runs.
+	benchStreams      = 4
+	benchPings        = 200
+	benchPingInterval = 10 * time.Millisecond
 	// benchRef is the reference path: two namespaces joined by one veth pair, no overlay.
 	benchRef = "veth"
+	// benchBaseline is the path --baseline-weftd adds: udp with another weftd binary.
+	benchBaseline = "udp-before"
 )
 
-// benchPaths are the paths measured by default, in this order.
-var benchPaths = []string{benchRef, "host-gw", "vxlan", "udp"}
-
-type benchConfig struct {
-	prefix  string
-	seconds int
-	reps    int
-	weftd   string
-	verbose bool
-	paths   []string
+// benchPath says how a path is built: the veth reference, or a 2-node cluster on a backend.
+type benchPath struct {
+	backend  string   // "": the veth reference
+	flags    []string // weftd flags on every node; nil: none
+	baseline bool     // run the --baseline-weftd binary instead of --weftd
 }
 
-// cmdBench measures container-to-container TCP throughput and round-trip time over a plain veth pair (the
-// reference) and over each backend in a 2-node cluster, one after the other in one run, and prints a table
-// with the ratios.
+var benchPathSpecs = map[string]benchPath{
+	benchRef:        {},
+	"host-gw":       {backend: "host-gw"},
+	"vxlan":         {backend: "vxlan"},
+	"udp":           {backend: "udp"},
+	"udp-nooffload": {backend: "udp", flags: []string{"--udp-offload=off"}},
+	benchBaseline:   {backend: "udp", baseline: true},
+}
+
+// benchPaths are the paths measured by default, in this order (--baseline-weftd adds benchBaseline before
+// udp).
+var benchPaths = []string{benchRef, "host-gw", "vxlan", "udp", "udp-nooffload"}
+
+type benchConfig struct {
+	prefix   string
+	seconds  int
+	reps     int
+	weftd    string
+	baseline string // --baseline-weftd; empty: none
+	verbose  bool
+	paths    []string
+}
+
+// cmdBench measures container-to-container TCP throughput (1 and benchStreams streams), round-trip time and
+// the agents' CPU over a plain veth pair (the reference) and over each backend in a 2-node cluster, one
+// after the other in one run, and prints tables with the ratios to the reference and to vxlan.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg benchConfig
 	fs := flag.NewFlagSet("weft-cluster bench", flag.ContinueOnError)
 	fs.StringVar(&cfg.prefix, "prefix", "wbench", "name prefix of the bench's namespaces")
-	fs.IntVar(&cfg.seconds, "time", 5, "seconds per iperf3 run")
-	fs.IntVar(&cfg.reps, "reps", 3, "iperf3 runs per path (the median is reported)")
+	fs.IntVar(&cfg.seconds, "time", 3, "seconds per iperf3 run")
+	fs.IntVar(&cfg.reps, "reps", 3, "iperf3 runs per path and stream count (the median is reported)")
 	fs.StringVar(&cfg.weftd, "weftd", "", "weftd binary (default: weftd next to weft-cluster, else on PATH)")
+	fs.StringVar(&cfg.baseline, "baseline-weftd", "",
+		"another weftd binary (e.g. an older build) measured on udp as the path "+benchBaseline+", side by side")
 	fs.BoolVar(&cfg.verbose, "v", false, "log each setup step")
-	only := fs.String("paths", strings.Join(benchPaths, ","), "paths to measure, comma-separated: "+strings.Join(benchPaths, ", "))
+	known := append(slices.Clone(benchPaths), benchBaseline)
+	only := fs.String("paths", strings.Join(benchPaths, ","), "paths to measure, comma-separated: "+strings.Join(known, ", "))
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -66,11 +92,31 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	for _, p := range strings.Split(*only, ",") {
 		p = strings.TrimSpace(p)
-		if !slices.Contains(benchPaths, p) {
-			return fmt.Errorf("--paths: unknown path %q: want %s", p, strings.Join(benchPaths, ", "))
+		if !slices.Contains(known, p) {
+			return fmt.Errorf("--paths: unknown path %q: want %s", p, strings.Join(known, ", "))
 		}
 		if !slices.Contains(cfg.paths, p) {
 			cfg.paths = append(cfg.paths, p)
+		}
+	}
+	if cfg.baseline == "" && slices.Contains(cfg.paths, benchBaseline) {
+		return fmt.Errorf("--paths %s: needs --baseline-weftd PATH", benchBaseline)
+	}
+	if cfg.baseline != "" {
+		if _, err := os.Stat(cfg.baseline); err != nil {
+			return fmt.Errorf("--baseline-weftd: %w", err)
+		}
+		abs, err := filepath.Abs(cfg.baseline)
+		if err != nil {
+			return fmt.Errorf("--baseline-weftd: %w", err)
+		}
+		cfg.baseline = abs
+		if !slices.Contains(cfg.paths, benchBaseline) {
+			i := slices.Index(cfg.paths, "udp")
+			if i < 0 {
+				i = len(cfg.paths)
+			}
+			cfg.paths = slices.Insert(cfg.paths, i, benchBaseline)
 		}
 	}
 	if err := checkPrereqs(); err != nil {
@@ -102,8 +148,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	b := &bench{cfg: cfg, iperf: iperfPath, weftd: weftd, self: self, log: log, stdout: stdout}
 
 	m := machine(iperfPath)
-	fmt.Fprintf(stdout, "Benchmarking %s (namespaces %s-*): %d × %d s of iperf3 each ...\n",
-		strings.Join(cfg.paths, ", "), cfg.prefix, cfg.reps, cfg.seconds)
+	fmt.Fprintf(stdout, "Benchmarking %s (namespaces %s-*): %d × %d s of iperf3 with 1 and %d streams, %d pings each ...\n",
+		strings.Join(cfg.paths, ", "), cfg.prefix, cfg.reps, cfg.seconds, benchStreams, benchPings)
 	start := time.Now()
 	var rows []benchRow
 	failed := 0
@@ -119,8 +165,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		rows = append(rows, row)
 	}
 	fmt.Fprintf(stdout, "\n")
-	writeBench(stdout, benchHeader{Seconds: cfg.seconds, Reps: cfg.reps, Pings: benchPings, PingInterval: benchPingInterval},
-		m, rows, benchRef)
+	writeBench(stdout, benchHeader{Seconds: cfg.seconds, Reps: cfg.reps, Streams: benchStreams, Pings: benchPings,
+		PingInterval: benchPingInterval}, m, rows, benchRef)
 	fmt.Fprintf(stdout, "Took %s.\n", time.Since(start).Round(time.Second))
 	if failed > 0 {
 		return fmt.Errorf("%d of %d paths failed", failed, len(rows))
@@ -135,25 +181,30 @@ type bench struct {
 	stdout             io.Writer
 }
 
-// endpoints is one measured path: traffic goes from a process in src to dst's address ip.
+// endpoints is one measured path: traffic goes from a process in src to dst's address ip. c is the
+// cluster, nil for the veth reference.
 type endpoints struct {
 	src, dst *kerneltest.NS
 	ip       netip.Addr
 	mtu      int
+	c        *netcluster.Cluster
 }
 
-// measure sets up one path, measures it and removes it again.
+// measure sets up one path, measures it and removes it again: reps iperf3 runs with 1 stream (with the
+// agents' CPU time read before and after each), reps with benchStreams streams, benchPings echoes, and for
+// udp the offloads each agent reports.
 func (b *bench) measure(ctx context.Context, path string) (row benchRow) {
 	row.Name = path
-	fmt.Fprintf(b.stdout, "%-8s setting up ... ", path)
+	spec := benchPathSpecs[path]
+	fmt.Fprintf(b.stdout, "%-13s setting up ... ", path)
 	t0 := time.Now()
 	var ep endpoints
 	var cleanup func() error
 	var err error
-	if path == benchRef {
+	if spec.backend == "" {
 		ep, cleanup, err = b.vethPair()
 	} else {
-		ep, cleanup, err = b.cluster(ctx, path)
+		ep, cleanup, err = b.cluster(ctx, spec)
 	}
 	defer func() {
 		if cleanup != nil {
@@ -169,6 +220,7 @@ func (b *bench) measure(ctx context.Context, path string) (row benchRow) {
 		return row
 	}
 	row.MTU = ep.mtu
+	row.Agents = ep.c != nil
 	fmt.Fprintf(b.stdout, "up in %s, measuring ... ", time.Since(t0).Round(100*time.Millisecond))
 	if err := b.waitReach(ctx, ep); err != nil {
 		b.failed(ctx)
@@ -176,7 +228,7 @@ func (b *bench) measure(ctx context.Context, path string) (row benchRow) {
 		return row
 	}
 	for i := 0; i < b.cfg.reps && ctx.Err() == nil; i++ {
-		r, err := b.iperfRun(ctx, ep)
+		r, err := b.iperfRun(ctx, ep, 1, &row)
 		if err != nil {
 			b.failed(ctx)
 			row.Err = fmt.Errorf("iperf3 run %d: %w", i+1, err)
@@ -184,18 +236,78 @@ func (b *bench) measure(ctx context.Context, path string) (row benchRow) {
 		}
 		row.Runs = append(row.Runs, r.BitsPerSecond)
 		row.Retrans += r.Retransmits
+		row.Gbit += float64(r.Bytes) * 8 / 1e9
 	}
-	out, perr := runIn(ctx, ep.src, 10*time.Second, "ping", "-n", "-q", "-c", fmt.Sprint(benchPings),
-		"-i", fmt.Sprint(benchPingInterval.Seconds()), "-W", "1", ep.ip.String())
-	if pr, err := netcluster.ParsePing(out); err == nil && pr.Received > 0 {
-		row.RTT = pr.RTTAvg
-	} else if ctx.Err() == nil {
-		row.Err = fmt.Errorf("ping: %v %s", perr, strings.TrimSpace(out))
+	for i := 0; i < b.cfg.reps && ctx.Err() == nil; i++ {
+		r, err := b.iperfRun(ctx, ep, benchStreams, nil)
+		if err != nil {
+			b.failed(ctx)
+			row.Err = fmt.Errorf("iperf3 -P %d run %d: %w", benchStreams, i+1, err)
+			return row
+		}
+		row.Runs4 = append(row.Runs4, r.BitsPerSecond)
+		row.Retrans4 += r.Retransmits
+	}
+	// Without -q ping prints each reply; it exits non-zero if one is missing, which the REPLIES column shows.
+	out, perr := runIn(ctx, ep.src, benchPings*benchPingInterval+10*time.Second, "ping", "-n", "-c", fmt.Sprint(benchPings),
+		"-i", strconv.FormatFloat(benchPingInterval.Seconds(), 'f', -1, 64), "-W", "1", ep.ip.String())
+	row.RTTs = parsePingReplies(out)
+	if pr, err := netcluster.ParsePing(out); err == nil {
+		row.Echoes = pr.Transmitted
+	}
+	if len(row.RTTs) == 0 && ctx.Err() == nil {
+		row.Err = fmt.Errorf("ping: no replies: %v %s", perr, strings.TrimSpace(out))
+	}
+	if spec.backend == "udp" && ctx.Err() == nil {
+		row.Offloads = b.offloads(ctx, ep.c)
 	}
 	if ctx.Err() == nil {
-		fmt.Fprintf(b.stdout, "%.2f Gbit/s\n", row.gbps())
+		fmt.Fprintf(b.stdout, "%.2f Gbit/s, %d streams %.2f Gbit/s\n", row.gbps(), benchStreams, row.gbps4())
 	}
 	return row
+}
+
+// offloads returns the udp offloads c's agents use, from each one's /metrics or else from its log.
+func (b *bench) offloads(ctx context.Context, c *netcluster.Cluster) string {
+	var names, per []string
+	for _, n := range c.Nodes() {
+		off, ok := "", false
+		if m, err := c.Metrics(ctx, n); err == nil {
+			off, ok = offloadsFromMetrics(m)
+		} else {
+			b.log.Warn("no metrics; reading the offloads from the log", "node", n.Name, "err", err)
+		}
+		if !ok {
+			off, ok = offloadsFromLog(c.AgentLog(n))
+		}
+		if !ok {
+			off = "not reported"
+		}
+		names, per = append(names, n.Name), append(per, off)
+	}
+	return joinOffloads(names, per)
+}
+
+// agentCPU returns the CPU time the cluster's agents have used so far (all of them together).
+func agentCPU(c *netcluster.Cluster) (time.Duration, error) {
+	var sum time.Duration
+	for _, n := range c.Nodes() {
+		pid := n.AgentPID()
+		if pid == 0 || !n.AgentRunning() {
+			return 0, fmt.Errorf("node %s: weftd is not running: %v", n.Name, n.AgentExit())
+		}
+		f := "/proc/" + strconv.Itoa(pid) + "/stat"
+		stat, err := os.ReadFile(f)
+		if err != nil {
+			return 0, fmt.Errorf("node %s: weftd CPU time: %w", n.Name, err)
+		}
+		d, err := procCPU(string(stat))
+		if err != nil {
+			return 0, fmt.Errorf("node %s: %s: %w", n.Name, f, err)
+		}
+		sum += d
+	}
+	return sum, nil
 }
 
 // failed ends the progress line of a path that failed or was interrupted.
@@ -233,24 +345,29 @@ func (b *bench) vethPair() (endpoints, func() error, error) {
 	return endpoints{src: nss[0], dst: nss[1], ip: netip.MustParseAddr("192.0.2.2"), mtu: 1500}, cleanup, nil
 }
 
-// cluster starts a 2-node netcluster with backend; traffic goes from n1's container to n2's.
-func (b *bench) cluster(ctx context.Context, backend string) (endpoints, func() error, error) {
+// cluster starts a 2-node netcluster as spec says; traffic goes from n1's container to n2's.
+func (b *bench) cluster(ctx context.Context, spec benchPath) (endpoints, func() error, error) {
+	weftd := b.weftd
+	if spec.baseline {
+		weftd = b.cfg.baseline
+	}
 	c, err := netcluster.Start(ctx, netcluster.Options{
-		Prefix:     b.cfg.prefix,
-		Backend:    backend,
-		Nodes:      2,
-		Weftd:      b.weftd,
-		ClusterBin: b.self,
-		Dir:        filepath.Join(stateDir, b.cfg.prefix),
-		RemoveDir:  true,
-		StateFile:  stateFile(b.cfg.prefix), // so `weft-cluster down --prefix` can clean up after a SIGKILL
-		Log:        b.log,
+		Prefix:          b.cfg.prefix,
+		Backend:         spec.backend,
+		Nodes:           2,
+		Weftd:           weftd,
+		ExtraAgentFlags: spec.flags,
+		ClusterBin:      b.self,
+		Dir:             filepath.Join(stateDir, b.cfg.prefix),
+		RemoveDir:       true,
+		StateFile:       stateFile(b.cfg.prefix), // so `weft-cluster down --prefix` can clean up after a SIGKILL
+		Log:             b.log,
 	})
 	if err != nil {
 		return endpoints{}, nil, err
 	}
 	n1, n2 := c.Node(1), c.Node(2)
-	return endpoints{src: n1.Container(), dst: n2.Container(), ip: n2.ContainerIP(), mtu: n1.MTU()}, c.Close, nil
+	return endpoints{src: n1.Container(), dst: n2.Container(), ip: n2.ContainerIP(), mtu: n1.MTU(), c: c}, c.Close, nil
 }
 
 // waitReach pings until the first reply (the peers learn of each other through etcd watches), so neither
@@ -271,9 +388,10 @@ func (b *bench) waitReach(ctx context.Context, ep endpoints) error {
 	}
 }
 
-// iperfRun runs one single-stream test: `iperf3 -s -1` in dst (started, and if need be killed, by its PID)
-// and `iperf3 -c` in src.
-func (b *bench) iperfRun(ctx context.Context, ep endpoints) (iperfResult, error) {
+// iperfRun runs one test with streams parallel streams: `iperf3 -s -1` in dst (started, and if need be
+// killed, by its PID) and `iperf3 -c` in src. With cpu set (and agents on the path), it adds the agents'
+// CPU time during the client's run to cpu.AgentCPU and the run's duration to cpu.Wall.
+func (b *bench) iperfRun(ctx context.Context, ep endpoints, streams int, cpu *benchRow) (iperfResult, error) {
 	srv, err := startServer(ep.dst, b.iperf, "-s", "-1", "-p", fmt.Sprint(benchPort))
 	if err != nil {
 		return iperfResult{}, err
@@ -282,8 +400,28 @@ func (b *bench) iperfRun(ctx context.Context, ep endpoints) (iperfResult, error)
 	if err := waitListening(ctx, ep.dst, benchPort, srv, 5*time.Second); err != nil {
 		return iperfResult{}, err
 	}
+	if ep.c == nil {
+		cpu = nil
+	}
+	var cpu0 time.Duration
+	if cpu != nil {
+		if cpu0, err = agentCPU(ep.c); err != nil {
+			return iperfResult{}, err
+		}
+	}
+	t0 := time.Now()
 	out, cerr := runIn(ctx, ep.src, time.Duration(b.cfg.seconds)*time.Second+20*time.Second,
-		b.iperf, "-c", ep.ip.String(), "-p", fmt.Sprint(benchPort), "-t", fmt.Sprint(b.cfg.seconds), "-J")
+		b.iperf, "-c", ep.ip.String(), "-p", fmt.Sprint(benchPort), "-t", fmt.Sprint(b.cfg.seconds),
+		"-P", strconv.Itoa(streams), "-J")
+	wall := time.Since(t0)
+	if cpu != nil {
+		cpu1, err := agentCPU(ep.c)
+		if err != nil {
+			return iperfResult{}, err
+		}
+		cpu.AgentCPU += cpu1 - cpu0
+		cpu.Wall += wall
+	}
 	r, err := parseIperf3([]byte(out))
 	if err != nil {
 		if cerr != nil && ctx.Err() == nil {
