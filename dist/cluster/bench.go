@@ -38,18 +38,20 @@ const (
 
 // benchPath says how a path is built: the veth reference, or a 2-node cluster on a backend.
 type benchPath struct {
+	// ns names the path's namespaces: <prefix>-<ns>-n1 ...; no ns is a prefix of another.
+	ns       string
 	backend  string   // "": the veth reference
 	flags    []string // weftd flags on every node; nil: none
 	baseline bool     // run the --baseline-weftd binary instead of --weftd
 }
 
 var benchPathSpecs = map[string]benchPath{
-	benchRef:        {},
-	"host-gw":       {backend: "host-gw"},
-	"vxlan":         {backend: "vxlan"},
-	"udp":           {backend: "udp"},
-	"udp-nooffload": {backend: "udp", flags: []string{"--udp-offload=off"}},
-	benchBaseline:   {backend: "udp", baseline: true},
+	benchRef:        {ns: "ref"},
+	"host-gw":       {ns: "hostgw", backend: "host-gw"},
+	"vxlan":         {ns: "vxlan", backend: "vxlan"},
+	"udp":           {ns: "udp", backend: "udp"},
+	"udp-nooffload": {ns: "noff", backend: "udp", flags: []string{"--udp-offload=off"}},
+	benchBaseline:   {ns: "before", backend: "udp", baseline: true},
 }
 
 // benchPaths are the paths measured by default, in this order (--baseline-weftd adds benchBaseline before
@@ -137,8 +139,17 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if left, err := kerneltest.ListNS(cfg.prefix + "-"); err != nil {
 		return err
 	} else if len(left) > 0 {
-		return fmt.Errorf("namespaces with prefix %q already exist: %s\nIs a bench still running? If not, remove them: "+
-			"`weft-cluster down --prefix %s`, then `ip netns delete NAME` for any left", cfg.prefix, strings.Join(left, " "), cfg.prefix)
+		// Each cluster path has its own prefix and state file, which `weft-cluster down` reads.
+		var how []string
+		for _, p := range known {
+			pre := cfg.prefix + "-" + benchPathSpecs[p].ns
+			if l, _ := kerneltest.ListNS(pre + "-"); len(l) > 0 && benchPathSpecs[p].backend != "" {
+				how = append(how, "`weft-cluster down --prefix "+pre+"`")
+			}
+		}
+		how = append(how, "`ip netns delete NAME` for any left")
+		return fmt.Errorf("namespaces with prefix %q already exist: %s\nIs a bench still running? If not, remove them: %s",
+			cfg.prefix, strings.Join(left, " "), strings.Join(how, ", then "))
 	}
 	level := slog.LevelWarn
 	if cfg.verbose {
@@ -148,21 +159,19 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	b := &bench{cfg: cfg, iperf: iperfPath, weftd: weftd, self: self, log: log, stdout: stdout}
 
 	m := machine(iperfPath)
-	fmt.Fprintf(stdout, "Benchmarking %s (namespaces %s-*): %d × %d s of iperf3 with 1 and %d streams, %d pings each ...\n",
+	fmt.Fprintf(stdout, "Benchmarking %s (namespaces %s-*): %d rounds of %d s of iperf3 with 1 and %d streams, then %d pings, each ...\n",
 		strings.Join(cfg.paths, ", "), cfg.prefix, cfg.reps, cfg.seconds, benchStreams, benchPings)
 	start := time.Now()
-	var rows []benchRow
+	rows := b.run(ctx)
+	if ctx.Err() != nil {
+		return errors.New("interrupted; everything it created is removed")
+	}
 	failed := 0
-	for _, p := range cfg.paths {
-		row := b.measure(ctx, p)
-		if ctx.Err() != nil {
-			return errors.New("interrupted; everything it created is removed")
-		}
-		if row.Err != nil {
+	for _, r := range rows {
+		if r.Err != nil {
 			failed++
-			fmt.Fprintf(stderr, "%s: %v\n", p, row.Err)
+			fmt.Fprintf(stderr, "%s: %v\n", r.Name, r.Err)
 		}
-		rows = append(rows, row)
 	}
 	fmt.Fprintf(stdout, "\n")
 	writeBench(stdout, benchHeader{Seconds: cfg.seconds, Reps: cfg.reps, Streams: benchStreams, Pings: benchPings,
@@ -190,81 +199,142 @@ type endpoints struct {
 	c        *netcluster.Cluster
 }
 
-// measure sets up one path, measures it and removes it again: reps iperf3 runs with 1 stream (with the
-// agents' CPU time read before and after each), reps with benchStreams streams, benchPings echoes, and for
-// udp the offloads each agent reports.
-func (b *bench) measure(ctx context.Context, path string) (row benchRow) {
-	row.Name = path
-	spec := benchPathSpecs[path]
+// pathRun is one path set up for measuring, and what was measured so far. A path that failed (row.Err set)
+// is not measured again.
+type pathRun struct {
+	row     benchRow
+	spec    benchPath
+	ep      endpoints
+	cleanup func() error // nil once removed
+}
+
+// run sets up every path, each in its own namespaces, then measures them in turns, so the load other
+// processes put on the machine falls on every path alike: reps rounds in which each path does one iperf3
+// run with 1 stream (the agents' CPU time read before and after) and one with benchStreams streams, then
+// benchPings echoes per path and, for udp, the offloads each agent reports. It removes everything before it
+// returns, also when ctx ends.
+func (b *bench) run(ctx context.Context) []benchRow {
+	var runs []*pathRun
+	defer func() { b.teardown(runs) }() // on an early return; idempotent
+	for _, p := range b.cfg.paths {
+		r := b.setup(ctx, p)
+		runs = append(runs, r)
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+	for i := 0; i < b.cfg.reps; i++ {
+		fmt.Fprintf(b.stdout, "round %d of %d (Gbit/s, 1 stream / %d streams):", i+1, b.cfg.reps, benchStreams)
+		for _, r := range runs {
+			if r.row.Err != nil {
+				continue
+			}
+			one, err := b.iperfRun(ctx, r.ep, 1, &r.row)
+			if err == nil {
+				r.row.Runs = append(r.row.Runs, one.BitsPerSecond)
+				r.row.Retrans += one.Retransmits
+				r.row.Gbit += float64(one.Bytes) * 8 / 1e9
+				var four iperfResult
+				if four, err = b.iperfRun(ctx, r.ep, benchStreams, nil); err == nil {
+					r.row.Runs4 = append(r.row.Runs4, four.BitsPerSecond)
+					r.row.Retrans4 += four.Retransmits
+					fmt.Fprintf(b.stdout, "  %s %.2f / %.2f", r.row.Name, one.BitsPerSecond/1e9, four.BitsPerSecond/1e9)
+					continue
+				}
+				err = fmt.Errorf("iperf3 -P %d: %w", benchStreams, err)
+			}
+			if ctx.Err() != nil {
+				fmt.Fprintln(b.stdout, "  interrupted")
+				return nil
+			}
+			r.row.Err = fmt.Errorf("round %d: %w", i+1, err)
+			fmt.Fprintf(b.stdout, "  %s FAILED", r.row.Name)
+		}
+		fmt.Fprintln(b.stdout)
+	}
+	fmt.Fprintf(b.stdout, "round trip:")
+	for _, r := range runs {
+		if r.row.Err != nil {
+			continue
+		}
+		b.pings(ctx, r)
+		if ctx.Err() != nil {
+			fmt.Fprintln(b.stdout, "  interrupted")
+			return nil
+		}
+		if r.spec.backend == "udp" {
+			r.row.Offloads = b.offloads(ctx, r.ep.c)
+		}
+		if r.row.Err != nil {
+			fmt.Fprintf(b.stdout, "  %s FAILED", r.row.Name)
+			continue
+		}
+		fmt.Fprintf(b.stdout, "  %s %.3f ms", r.row.Name, r.row.rttMedian())
+	}
+	fmt.Fprintln(b.stdout)
+	b.teardown(runs)
+	rows := make([]benchRow, len(runs))
+	for i, r := range runs {
+		rows[i] = r.row
+	}
+	return rows
+}
+
+// setup creates one path and waits until its endpoints reach each other; a failure is left in row.Err.
+func (b *bench) setup(ctx context.Context, path string) *pathRun {
+	r := &pathRun{row: benchRow{Name: path}, spec: benchPathSpecs[path]}
 	fmt.Fprintf(b.stdout, "%-13s setting up ... ", path)
 	t0 := time.Now()
-	var ep endpoints
-	var cleanup func() error
 	var err error
-	if spec.backend == "" {
-		ep, cleanup, err = b.vethPair()
+	if r.spec.backend == "" {
+		r.ep, r.cleanup, err = b.vethPair(r.spec)
 	} else {
-		ep, cleanup, err = b.cluster(ctx, spec)
+		r.ep, r.cleanup, err = b.cluster(ctx, r.spec)
 	}
-	defer func() {
-		if cleanup != nil {
-			if cerr := cleanup(); cerr != nil {
-				fmt.Fprintf(b.stdout, "\n%s: clean up: %v\n", path, cerr)
-				row.Err = errors.Join(row.Err, fmt.Errorf("clean up: %w", cerr))
-			}
-		}
-	}()
+	if err == nil {
+		err = b.waitReach(ctx, r.ep)
+	}
 	if err != nil {
 		b.failed(ctx)
-		row.Err = err
-		return row
+		r.row.Err = err
+		return r
 	}
-	row.MTU = ep.mtu
-	row.Agents = ep.c != nil
-	fmt.Fprintf(b.stdout, "up in %s, measuring ... ", time.Since(t0).Round(100*time.Millisecond))
-	if err := b.waitReach(ctx, ep); err != nil {
-		b.failed(ctx)
-		row.Err = err
-		return row
-	}
-	for i := 0; i < b.cfg.reps && ctx.Err() == nil; i++ {
-		r, err := b.iperfRun(ctx, ep, 1, &row)
-		if err != nil {
-			b.failed(ctx)
-			row.Err = fmt.Errorf("iperf3 run %d: %w", i+1, err)
-			return row
+	r.row.MTU = r.ep.mtu
+	r.row.Agents = r.ep.c != nil
+	fmt.Fprintf(b.stdout, "up in %s\n", time.Since(t0).Round(100*time.Millisecond))
+	return r
+}
+
+// teardown removes every path still set up; a failure to remove one is added to the path's row.Err.
+func (b *bench) teardown(runs []*pathRun) {
+	for i := len(runs) - 1; i >= 0; i-- {
+		r := runs[i]
+		if r.cleanup == nil {
+			continue
 		}
-		row.Runs = append(row.Runs, r.BitsPerSecond)
-		row.Retrans += r.Retransmits
-		row.Gbit += float64(r.Bytes) * 8 / 1e9
-	}
-	for i := 0; i < b.cfg.reps && ctx.Err() == nil; i++ {
-		r, err := b.iperfRun(ctx, ep, benchStreams, nil)
-		if err != nil {
-			b.failed(ctx)
-			row.Err = fmt.Errorf("iperf3 -P %d run %d: %w", benchStreams, i+1, err)
-			return row
+		if err := r.cleanup(); err != nil {
+			fmt.Fprintf(b.stdout, "%s: clean up: %v\n", r.row.Name, err)
+			r.row.Err = errors.Join(r.row.Err, fmt.Errorf("clean up: %w", err))
 		}
-		row.Runs4 = append(row.Runs4, r.BitsPerSecond)
-		row.Retrans4 += r.Retransmits
+		r.cleanup = nil
 	}
+}
+
+// pings sends benchPings echoes from the path's source to its destination and records each round trip.
+func (b *bench) pings(ctx context.Context, r *pathRun) {
 	// Without -q ping prints each reply; it exits non-zero if one is missing, which the REPLIES column shows.
-	out, perr := runIn(ctx, ep.src, benchPings*benchPingInterval+10*time.Second, "ping", "-n", "-c", fmt.Sprint(benchPings),
-		"-i", strconv.FormatFloat(benchPingInterval.Seconds(), 'f', -1, 64), "-W", "1", ep.ip.String())
-	row.RTTs = parsePingReplies(out)
-	if pr, err := netcluster.ParsePing(out); err == nil {
-		row.Echoes = pr.Transmitted
+	out, err := runIn(ctx, r.ep.src, benchPings*benchPingInterval+10*time.Second, "ping", "-n", "-c", fmt.Sprint(benchPings),
+		"-i", strconv.FormatFloat(benchPingInterval.Seconds(), 'f', -1, 64), "-W", "1", r.ep.ip.String())
+	r.row.RTTs = parsePingReplies(out)
+	if pr, perr := netcluster.ParsePing(out); perr == nil {
+		r.row.Echoes = pr.Transmitted
 	}
-	if len(row.RTTs) == 0 && ctx.Err() == nil {
-		row.Err = fmt.Errorf("ping: no replies: %v %s", perr, strings.TrimSpace(out))
+	if len(r.row.RTTs) == 0 && ctx.Err() == nil {
+		if err == nil {
+			err = errors.New("no reply lines in its output")
+		}
+		r.row.Err = fmt.Errorf("ping %s: no replies: %w: %s", r.ep.ip, err, strings.TrimSpace(out))
 	}
-	if spec.backend == "udp" && ctx.Err() == nil {
-		row.Offloads = b.offloads(ctx, ep.c)
-	}
-	if ctx.Err() == nil {
-		fmt.Fprintf(b.stdout, "%.2f Gbit/s, %d streams %.2f Gbit/s\n", row.gbps(), benchStreams, row.gbps4())
-	}
-	return row
 }
 
 // offloads returns the udp offloads c's agents use, from each one's /metrics or else from its log.
@@ -321,7 +391,7 @@ func (b *bench) failed(ctx context.Context) {
 
 // vethPair creates the reference: <prefix>-ref-a and <prefix>-ref-b joined by one veth pair, 192.0.2.1/24
 // and 192.0.2.2/24, MTU 1500.
-func (b *bench) vethPair() (endpoints, func() error, error) {
+func (b *bench) vethPair(spec benchPath) (endpoints, func() error, error) {
 	var nss []*kerneltest.NS
 	cleanup := func() error {
 		var errs []error
@@ -330,8 +400,8 @@ func (b *bench) vethPair() (endpoints, func() error, error) {
 		}
 		return errors.Join(errs...)
 	}
-	for _, s := range []string{"ref-a", "ref-b"} {
-		ns, err := kerneltest.CreateNS(b.cfg.prefix + "-" + s)
+	for _, s := range []string{"a", "b"} {
+		ns, err := kerneltest.CreateNS(b.cfg.prefix + "-" + spec.ns + "-" + s)
 		if ns != nil {
 			nss = append(nss, ns)
 		}
@@ -345,22 +415,24 @@ func (b *bench) vethPair() (endpoints, func() error, error) {
 	return endpoints{src: nss[0], dst: nss[1], ip: netip.MustParseAddr("192.0.2.2"), mtu: 1500}, cleanup, nil
 }
 
-// cluster starts a 2-node netcluster as spec says; traffic goes from n1's container to n2's.
+// cluster starts a 2-node netcluster as spec says, with the prefix <prefix>-<spec.ns>; traffic goes from
+// n1's container to n2's.
 func (b *bench) cluster(ctx context.Context, spec benchPath) (endpoints, func() error, error) {
 	weftd := b.weftd
 	if spec.baseline {
 		weftd = b.cfg.baseline
 	}
+	prefix := b.cfg.prefix + "-" + spec.ns
 	c, err := netcluster.Start(ctx, netcluster.Options{
-		Prefix:          b.cfg.prefix,
+		Prefix:          prefix,
 		Backend:         spec.backend,
 		Nodes:           2,
 		Weftd:           weftd,
 		ExtraAgentFlags: spec.flags,
 		ClusterBin:      b.self,
-		Dir:             filepath.Join(stateDir, b.cfg.prefix),
+		Dir:             filepath.Join(stateDir, prefix),
 		RemoveDir:       true,
-		StateFile:       stateFile(b.cfg.prefix), // so `weft-cluster down --prefix` can clean up after a SIGKILL
+		StateFile:       stateFile(prefix), // so `weft-cluster down --prefix` can clean up after a SIGKILL
 		Log:             b.log,
 	})
 	if err != nil {

@@ -301,7 +301,7 @@ func TestWriteBench(t *testing.T) {
 		{Name: "vxlan", MTU: 1450, Runs: []float64{10e9, 10e9, 10e9}, Runs4: []float64{10e9, 12e9, 11e9},
 			Echoes: 200, RTTs: rtts(60 * us), Agents: true, AgentCPU: 20 * time.Millisecond, Wall: 9 * time.Second, Gbit: 90},
 		{Name: "udp", MTU: 1472, Runs: []float64{5e9, 6e9, 7e9}, Runs4: []float64{5.5e9, 5.5e9, 5.5e9},
-			Echoes: 200, RTTs: append(rtts(90*us)[:199], 3*time.Millisecond), Agents: true,
+			Echoes: 200, RTTs: append(rtts(90 * us)[:199], 3*time.Millisecond), Agents: true,
 			AgentCPU: 9 * time.Second, Wall: 9 * time.Second, Gbit: 54, Offloads: "tun,uso,gso,gro,tun_gro"},
 		{Name: "udp-before", MTU: 1472, Runs: []float64{0.5e9, 0.4e9}, Runs4: []float64{0.4e9}, Retrans: 12,
 			Echoes: 200, RTTs: rtts(150 * us)[:190], Agents: true, AgentCPU: 18 * time.Second, Wall: 9 * time.Second, Gbit: 4,
