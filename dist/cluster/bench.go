@@ -69,8 +69,8 @@ type benchConfig struct {
 }
 
 // cmdBench measures container-to-container TCP throughput (1 and benchStreams streams), round-trip time and
-// the agents' CPU over a plain veth pair (the reference) and over each backend in a 2-node cluster, one
-// after the other in one run, and prints tables with the ratios to the reference and to vxlan.
+// the agents' CPU over a plain veth pair (the reference) and over each backend in a 2-node cluster, taking
+// turns in one run, and prints tables with the ratios to the reference and to vxlan.
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg benchConfig
 	fs := flag.NewFlagSet("weft-cluster bench", flag.ContinueOnError)
@@ -92,17 +92,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if cfg.reps < 1 || cfg.reps > 20 {
 		return fmt.Errorf("--reps %d: want 1 to 20", cfg.reps)
 	}
-	for _, p := range strings.Split(*only, ",") {
-		p = strings.TrimSpace(p)
-		if !slices.Contains(known, p) {
-			return fmt.Errorf("--paths: unknown path %q: want %s", p, strings.Join(known, ", "))
-		}
-		if !slices.Contains(cfg.paths, p) {
-			cfg.paths = append(cfg.paths, p)
-		}
-	}
-	if cfg.baseline == "" && slices.Contains(cfg.paths, benchBaseline) {
-		return fmt.Errorf("--paths %s: needs --baseline-weftd PATH", benchBaseline)
+	var err error
+	if cfg.paths, err = pathList(*only, known, benchBaseline, cfg.baseline != ""); err != nil {
+		return err
 	}
 	if cfg.baseline != "" {
 		if _, err := os.Stat(cfg.baseline); err != nil {
@@ -113,13 +105,6 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("--baseline-weftd: %w", err)
 		}
 		cfg.baseline = abs
-		if !slices.Contains(cfg.paths, benchBaseline) {
-			i := slices.Index(cfg.paths, "udp")
-			if i < 0 {
-				i = len(cfg.paths)
-			}
-			cfg.paths = slices.Insert(cfg.paths, i, benchBaseline)
-		}
 	}
 	if err := checkPrereqs(); err != nil {
 		return err

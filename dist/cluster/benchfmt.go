@@ -18,6 +18,32 @@ import (
 	"time"
 )
 
+// pathList reads --paths: a comma list of names from known, duplicates dropped, in the order given. The
+// path baseline is allowed only with haveBaseline, and then added before "udp" (or last) if not listed.
+func pathList(flag string, known []string, baseline string, haveBaseline bool) ([]string, error) {
+	var paths []string
+	for _, p := range strings.Split(flag, ",") {
+		p = strings.TrimSpace(p)
+		if !slices.Contains(known, p) {
+			return nil, fmt.Errorf("--paths: unknown path %q: want %s", p, strings.Join(known, ", "))
+		}
+		if !slices.Contains(paths, p) {
+			paths = append(paths, p)
+		}
+	}
+	switch {
+	case !haveBaseline && slices.Contains(paths, baseline):
+		return nil, fmt.Errorf("--paths %s: needs --baseline-weftd PATH", baseline)
+	case haveBaseline && !slices.Contains(paths, baseline):
+		i := slices.Index(paths, "udp")
+		if i < 0 {
+			i = len(paths)
+		}
+		paths = slices.Insert(paths, i, baseline)
+	}
+	return paths, nil
+}
+
 // iperfResult is what one iperf3 client run (`iperf3 -c ... -J`) reports.
 type iperfResult struct {
 	BitsPerSecond float64 // end.sum_received.bits_per_second: what the receiver got

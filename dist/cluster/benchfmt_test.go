@@ -8,6 +8,35 @@ import (
 	"time"
 )
 
+func TestPathList(t *testing.T) {
+	known := []string{"veth", "vxlan", "udp", "udp-nooffload", "udp-before"}
+	for _, c := range []struct {
+		flag     string
+		baseline bool
+		want     string // the paths joined by ","; or the start of the error
+	}{
+		{"veth,vxlan,udp,udp-nooffload", false, "veth,vxlan,udp,udp-nooffload"},
+		{" udp , vxlan,udp", false, "udp,vxlan"},
+		{"veth,vxlan,udp,udp-nooffload", true, "veth,vxlan,udp-before,udp,udp-nooffload"},
+		{"vxlan", true, "vxlan,udp-before"},
+		{"udp-before,vxlan", true, "udp-before,vxlan"},
+		{"vxlan,udp-before", false, "--paths udp-before: needs --baseline-weftd"},
+		{"vxlan,gre", false, `--paths: unknown path "gre"`},
+		{"", false, `--paths: unknown path ""`},
+	} {
+		got, err := pathList(c.flag, known, "udp-before", c.baseline)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), c.want) {
+				t.Errorf("pathList(%q, %v): error %q, want %q", c.flag, c.baseline, err, c.want)
+			}
+			continue
+		}
+		if s := strings.Join(got, ","); s != c.want {
+			t.Errorf("pathList(%q, %v) = %q, want %q", c.flag, c.baseline, s, c.want)
+		}
+	}
+}
+
 // iperfOK is the end of a real `iperf3 -c 127.0.0.1 -t 1 -J` report (iperf 3.12), intervals and streams cut.
 const iperfOK = `{
 	"start": {"version": "iperf 3.12"},
