@@ -3,7 +3,7 @@
 #   make build                      bin/weftd, bin/weft-docker-opts, bin/weft-cluster
 #   sudo make cluster [BACKEND=udp|host-gw|vxlan] [NODES=3] [KEEP=1]
 #   sudo make cluster-down          remove a cluster left by KEEP=1
-#   sudo make bench                 throughput and round trip: veth reference, host-gw, vxlan, udp (~1 min)
+#   sudo make bench [BENCH_FLAGS=]  TCP 1+4 streams, round trip, agent CPU: veth, host-gw, vxlan, udp (~2 min)
 #   sudo make test                  every tier (make test-unit: no root needed)
 #   make clean
 
@@ -43,9 +43,11 @@ cluster: build
 cluster-down:
 	$(BIN)/weft-cluster down
 
-# The bench tier (docs: testing.md): container-to-container TCP throughput (iperf3) and round trip (ping) over
-# a plain veth pair and each backend, measured in one run. Needs root, ip, ping, iptables and iperf3 (missing
-# ones installed with apt-get where it exists). Never part of `make test` or CI.
+# The bench tier (docs: testing.md): container-to-container TCP throughput (iperf3, 1 and 4 streams), round
+# trip (ping) and the agents' CPU over a plain veth pair and each backend, measured in one run. Needs root, ip,
+# ping, iptables and iperf3 (missing ones installed with apt-get where it exists). Never part of `make test` or
+# CI. BENCH_FLAGS go to weft-cluster bench, e.g. BENCH_FLAGS="--baseline-weftd /tmp/weftd-old --paths vxlan,udp".
+BENCH_FLAGS ?=
 bench: build
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench: needs root (network namespaces): sudo make bench" >&2; exit 1; fi
 	@missing=""; \
@@ -59,7 +61,7 @@ bench: build
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing || exit 1; \
 		else echo "make bench: please install$$missing" >&2; exit 1; fi; \
 	fi
-	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd
+	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd $(BENCH_FLAGS)
 
 # Every tier: unit, store (in-process etcd), kernel and end-to-end (netns; root). WEFT_E2E=1 makes a missing
 # prerequisite a failure. Kernel-tier packages run first, the end-to-end suite (./cmd/agent) last and alone.
