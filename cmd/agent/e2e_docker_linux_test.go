@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,6 +120,8 @@ func testDocker(t *testing.T, backend string) {
 	t.Run("1-options-and-mtu", e.options)
 	t.Run("1-traffic", e.traffic)
 	t.Run("1-masquerade", e.masquerade)
+	t.Run("2-dockerd-restart", e.dockerdRestart)
+	t.Run("2-weftd-restart", e.weftdRestart)
 	t.Run("teardown", e.teardown)
 }
 
@@ -312,6 +315,90 @@ func (e *dockerE2E) masquerade(t *testing.T) {
 	} else if got != n1.ContainerIP() {
 		t.Errorf("container of %s sees the container of %s as %s, want %s (not masqueraded)", n2.Name, n1.Name, got, n1.ContainerIP())
 	}
+}
+
+// snapshot is what must survive a restart: docker0's address and the container's.
+func snapshot(t *testing.T, ctx context.Context, n *netcluster.Node) (netip.Prefix, netip.Addr) {
+	t.Helper()
+	br, err := docker0(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip, err := n.Dockerd().WaitContainer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return br, ip
+}
+
+func expectSame(t *testing.T, ctx context.Context, n *netcluster.Node, br netip.Prefix, ip netip.Addr) {
+	t.Helper()
+	br2, ip2 := snapshot(t, ctx, n)
+	if br2 != br || ip2 != ip {
+		t.Errorf("node %s: docker0 %s, container %s; before the restart %s, %s", n.Name, br2, ip2, br, ip)
+	}
+}
+
+// Scenario 2a: dockerd stopped (it stops its container) and started again: the container comes back
+// (--restart=always) with the same address, docker0 with the same subnet, and traffic flows.
+func (e *dockerE2E) dockerdRestart(t *testing.T) {
+	ctx := e.ctx(t, 120*time.Second)
+	n := e.Node(1)
+	br, ip := snapshot(t, ctx, n)
+	d := n.Dockerd()
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectSame(t, ctx, n, br, ip)
+	e.checkPairs(t, ctx, false)
+}
+
+// Scenario 2b: weftd restarted. On node 2 as systemd does it: SIGTERM, start, ExecStartPost
+// (weft-docker-opts) again, which writes the same options, and dockerd restarted with it (the drop-in's
+// Requires= propagates the restart). On node 3 weftd is killed and restarted alone (Restart=always after
+// a crash, dockerd untouched). Addresses stay, and traffic flows.
+func (e *dockerE2E) weftdRestart(t *testing.T) {
+	ctx := e.ctx(t, 120*time.Second)
+	n2, n3 := e.Node(2), e.Node(3)
+	br2, ip2 := snapshot(t, ctx, n2)
+	br3, ip3 := snapshot(t, ctx, n3)
+	d2 := n2.Dockerd()
+	before, err := d2.Opts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.StopAgent(syscall.SIGTERM); err != nil {
+		t.Error(err)
+	}
+	if err := n3.StopAgent(syscall.SIGKILL); err != nil {
+		t.Error(err)
+	}
+	for _, n := range []*netcluster.Node{n2, n3} {
+		if err := n.StartAgent(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d2.WriteOpts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := d2.Opts(); err != nil || after != before {
+		t.Errorf("node %s: docker options after the weftd restart:\n%s(%v)\nbefore:\n%s", n2.Name, after, err, before)
+	}
+	if err := d2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectSame(t, ctx, n2, br2, ip2)
+	expectSame(t, ctx, n3, br3, ip3)
+	e.checkPairs(t, ctx, false)
 }
 
 // After Close: what the other e2e tests check (see e2e.teardown), and no mount of the cluster's directory
