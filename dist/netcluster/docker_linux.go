@@ -289,12 +289,22 @@ func (d *Dockerd) Command() ([]string, error) {
 	), nil
 }
 
-// mountScript runs in dockerd's new mount namespace before it execs dockerd ("$@"). mount -n keeps
-// util-linux from writing /run/mount/utab on the host's /run before the tmpfs hides it.
+// mountScript runs in dockerd's new mount namespace before it execs dockerd: sh -c mountScript sh DIR
+// DOCKERD-ARGV... The tmpfs mounts hide the host's /run, /opt and /etc/docker; DIR (the daemon's folder)
+// is bound back from a descriptor opened before if a tmpfs hid it (the demo's folder is in /run). mount -n
+// keeps util-linux from writing /run/mount/utab on the host's /run before the tmpfs hides it; -c keeps it
+// from resolving /proc/self/fd/3 to a path, which would name the hidden folder's stand-in.
 const mountScript = `set -e
+dir=$1; shift
+exec 3<"$dir"
 mount -n -t tmpfs -o mode=755 weft-run /run
 mount -n -t tmpfs -o mode=755 weft-opt /opt
 mount -n -t tmpfs -o mode=755 weft-etc-docker /etc/docker
+if [ ! -d "$dir" ]; then
+	mkdir -p "$dir"
+	mount -n -c --bind /proc/self/fd/3 "$dir"
+fi
+exec 3<&-
 exec "$@"`
 
 // Start starts dockerd (Command) in the node's network namespace and a new private mount namespace, and
@@ -309,7 +319,7 @@ func (d *Dockerd) Start(ctx context.Context) error {
 	}
 	wrapped := append([]string{"nsenter", "--net=/run/netns/" + d.n.NS.Name, "--",
 		"unshare", "--mount", "--propagation", "private", "--",
-		"sh", "-c", mountScript, "dockerd"}, argv...)
+		"sh", "-c", mountScript, "sh", d.Dir}, argv...)
 	c := d.n.c
 	c.mu.Lock()
 	if c.closed {
