@@ -122,6 +122,7 @@ func testDocker(t *testing.T, backend string) {
 	t.Run("1-masquerade", e.masquerade)
 	t.Run("2-dockerd-restart", e.dockerdRestart)
 	t.Run("2-weftd-restart", e.weftdRestart)
+	t.Run("3-dockerd-killed", e.dockerdKilled)
 	t.Run("teardown", e.teardown)
 }
 
@@ -399,6 +400,69 @@ func (e *dockerE2E) weftdRestart(t *testing.T) {
 	expectSame(t, ctx, n2, br2, ip2)
 	expectSame(t, ctx, n3, br3, ip3)
 	e.checkPairs(t, ctx, false)
+}
+
+// cgroupPIDs returns the processes in the cgroup parent (every controller, every container below it).
+func cgroupPIDs(parent string) map[int]bool {
+	pids := map[int]bool{}
+	for _, pattern := range []string{"/sys/fs/cgroup/*/" + parent, "/sys/fs/cgroup/" + parent} {
+		roots, _ := filepath.Glob(pattern)
+		for _, root := range roots {
+			filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
+				if err != nil || e.Name() != "cgroup.procs" {
+					return nil
+				}
+				b, _ := os.ReadFile(path)
+				for _, f := range strings.Fields(string(b)) {
+					var pid int
+					if _, err := fmt.Sscan(f, &pid); err == nil {
+						pids[pid] = true
+					}
+				}
+				return nil
+			})
+		}
+	}
+	return pids
+}
+
+// Scenario 3: dockerd's parent killed as the kernel kills it when the harness dies (Pdeathsig): dockerd,
+// its containerd, the shim and the container's processes (found by the cgroup) all go with it (dockerd's
+// PID namespace), and no mount of its is left in the host's mount namespace.
+func (e *dockerE2E) dockerdKilled(t *testing.T) {
+	d := e.Node(3).Dockerd()
+	procs := cgroupPIDs(d.CgroupParent)
+	if len(procs) == 0 {
+		t.Fatalf("no processes in cgroup %s: the container is not running", d.CgroupParent)
+	}
+	dockerd := d.PID()
+	if err := d.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "dockerd's processes gone", func() (bool, string) {
+		var left []string
+		for pid := range procs {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+				left = append(left, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(b), "\x00", " ")))
+			}
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", dockerd)); err == nil {
+			left = append(left, fmt.Sprintf("%d (unshare)", dockerd))
+		}
+		// dockerd, containerd and the shim name the daemon's folder on their command lines.
+		cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, f := range cmdlines {
+			if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), d.Dir) {
+				left = append(left, f+": "+strings.ReplaceAll(string(b), "\x00", " "))
+			}
+		}
+		return len(left) == 0, strings.Join(left, "; ")
+	})
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err != nil {
+		t.Error(err)
+	} else if strings.Contains(string(b), d.Dir) {
+		t.Errorf("mounts of %s in the host's mount namespace:\n%s", d.Dir, b)
+	}
 }
 
 // After Close: what the other e2e tests check (see e2e.teardown), and no mount of the cluster's directory

@@ -30,13 +30,16 @@ import (
 // drop-in's ExecStart (both read from dist/systemd), imports a busybox image and starts one container from
 // it, Container (busybox httpd on port 80). The plain container namespace and bridge cbr0 are not made.
 //
-// dockerd runs inside the node's network namespace (nsenter --net, so /sys and the cgroups stay visible)
-// and a private mount namespace of its own in which /run, /opt and /etc/docker are empty tmpfs mounts:
-// dockerd and its containerd keep their hard-wired paths (/run/docker, /run/containerd, /opt/containerd,
-// /etc/docker/key.json) there, and every mount they make disappears with that namespace. Its data root,
-// exec root, socket, pid file, config file and log are in the node's directory (<Dir>/n1/docker); its
-// containers' cgroups are below a parent named after the cluster (see Dockerd.CgroupParent). Nothing is
-// changed in the host's network namespace.
+// dockerd runs inside the node's network namespace (nsenter --net, so /sys and the cgroups stay visible),
+// a private mount namespace of its own in which /run, /opt and /etc/docker are empty tmpfs mounts, and a
+// PID namespace of its own in which it is process 1 (unshare --pid --kill-child). dockerd and its
+// containerd keep their hard-wired paths (/run/docker, /run/containerd, /opt/containerd,
+// /etc/docker/key.json) in the tmpfs mounts; every mount they make disappears with the mount namespace;
+// and when dockerd dies, however it dies, the kernel kills everything else in its PID namespace (its
+// containerd, the shims and the containers), so nothing outlives the cluster, not even after the harness
+// is killed. Its data root, exec root, socket, pid file, config file and log are in the node's directory
+// (<Dir>/n1/docker); its containers' cgroups are below a parent named after the cluster (see
+// Dockerd.CgroupParent). Nothing is changed in the host's network namespace.
 type DockerOptions struct {
 	// DockerOpts is the weft-docker-opts binary; required.
 	DockerOpts string
@@ -134,9 +137,10 @@ type Dockerd struct {
 	// CgroupParent is the parent cgroup of the containers (--cgroup-parent): <prefix>-<node>-docker.
 	CgroupParent string
 
-	mu    sync.Mutex // guards all following fields
-	proc  *proc
-	mntNS string // the running dockerd's mount namespace ("mnt:[...]"), for finding what it left
+	mu   sync.Mutex // guards all following fields
+	proc *proc      // unshare, dockerd's parent (it ignores SIGTERM; SIGKILL takes dockerd along)
+	// inner is dockerd itself (PID 1 of its PID namespace; the PID here is the host's), once its API is up.
+	inner ProcState
 	argv  []string
 }
 
@@ -318,7 +322,7 @@ func (d *Dockerd) Start(ctx context.Context) error {
 		return fmt.Errorf("node %s: %w", d.n.Name, err)
 	}
 	wrapped := append([]string{"nsenter", "--net=/run/netns/" + d.n.NS.Name, "--",
-		"unshare", "--mount", "--propagation", "private", "--",
+		"unshare", "--mount", "--propagation", "private", "--mount-proc", "--pid", "--kill-child=SIGKILL", "--",
 		"sh", "-c", mountScript, "sh", d.Dir}, argv...)
 	c := d.n.c
 	c.mu.Lock()
@@ -334,7 +338,7 @@ func (d *Dockerd) Start(ctx context.Context) error {
 	}
 	p, err := startProc("dockerd "+d.n.Name, wrapped, d.LogFile, c.opts.Detach)
 	if err == nil {
-		d.proc, d.argv, d.mntNS = p, argv, ""
+		d.proc, d.argv, d.inner = p, argv, ProcState{}
 	}
 	d.mu.Unlock()
 	if err == nil {
@@ -348,18 +352,27 @@ func (d *Dockerd) Start(ctx context.Context) error {
 	return d.waitAPI(ctx, p)
 }
 
-// waitAPI waits until dockerd answers GET /_ping, then records its mount namespace.
+// waitAPI waits until dockerd answers GET /_ping, then records dockerd's PID (unshare's child).
 func (d *Dockerd) waitAPI(ctx context.Context, p *proc) error {
 	ctx, cancel := context.WithTimeout(ctx, d.n.c.opts.Timeout)
 	defer cancel()
-	own, _ := os.Readlink("/proc/self/ns/mnt")
 	for {
 		if err := d.ping(ctx); err == nil {
-			if ns, err := os.Readlink("/proc/" + strconv.Itoa(p.pid()) + "/ns/mnt"); err == nil && ns != own {
-				d.mu.Lock()
-				d.mntNS = ns
-				d.mu.Unlock()
+			pid, err := childOf(p.pid())
+			if err != nil {
+				return fmt.Errorf("node %s: dockerd: %w", d.n.Name, err)
 			}
+			start, err := procStartTime(pid)
+			if err != nil {
+				return fmt.Errorf("node %s: dockerd: %w", d.n.Name, err)
+			}
+			c := d.n.c
+			c.mu.Lock()
+			d.mu.Lock()
+			d.inner = ProcState{Name: "dockerd " + d.n.Name + " (pid namespace init)", PID: pid, Start: start}
+			d.mu.Unlock()
+			c.saveStateLocked()
+			c.mu.Unlock()
 			return nil
 		}
 		if !p.running() {
@@ -409,20 +422,30 @@ func (d *Dockerd) Running() bool {
 	return d.proc != nil && d.proc.running()
 }
 
-// Stop stops dockerd with SIGTERM (it stops its containers and its containerd; SIGKILL after 20 s), then
-// kills by PID whatever still lives in its mount namespace (container processes and shims of a dockerd
-// that was killed). The containers keep their state: a new Start restarts them (--restart=always).
+// Stop stops dockerd: SIGTERM to dockerd's PID (it stops its containers and its containerd), and once it
+// has exited (or after 20 s) SIGKILL to its parent unshare, which kills dockerd and with it its PID
+// namespace. The containers keep their state: a new Start restarts them (--restart=always).
 func (d *Dockerd) Stop() error {
 	d.mu.Lock()
-	p, mntNS := d.proc, d.mntNS
+	p, inner := d.proc, d.inner
 	d.mu.Unlock()
 	if p == nil {
 		return nil
 	}
-	err := p.stop(syscall.SIGTERM, 20*time.Second)
-	if kerr := killMountNS(mntNS); kerr != nil {
-		err = errors.Join(err, kerr)
+	var err error
+	if inner.PID > 0 && procAlive(inner.PID, inner.Start) {
+		if serr := syscall.Kill(inner.PID, syscall.SIGTERM); serr != nil && !errors.Is(serr, syscall.ESRCH) {
+			err = fmt.Errorf("signal dockerd (pid %d): %w", inner.PID, serr)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for p.running() && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if p.running() {
+			err = errors.Join(err, fmt.Errorf("dockerd (pid %d) did not exit within 20s of SIGTERM; killed", inner.PID))
+		}
 	}
+	p.stop(syscall.SIGKILL, 0)
 	c := d.n.c
 	c.mu.Lock()
 	c.saveStateLocked()
@@ -434,43 +457,40 @@ func (d *Dockerd) Stop() error {
 	return nil
 }
 
+// Kill SIGKILLs dockerd's parent, unshare, as the kernel does when the harness dies (Pdeathsig): dockerd
+// is killed with it, and with dockerd everything in its PID namespace. It waits for unshare only.
+func (d *Dockerd) Kill() error {
+	d.mu.Lock()
+	p := d.proc
+	d.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	return p.stop(syscall.SIGKILL, 0)
+}
+
 // close stops dockerd and removes its containers' cgroups.
 func (d *Dockerd) close() error {
 	return errors.Join(d.Stop(), RemoveCgroup(d.CgroupParent))
 }
 
-// killMountNS SIGKILLs every process whose mount namespace is ns ("mnt:[...]") and waits up to 5 s for
-// them to go. An empty ns does nothing.
-func killMountNS(ns string) error {
-	if ns == "" {
-		return nil
+// childOf returns the one child process of ppid.
+func childOf(ppid int) (int, error) {
+	var kids []int
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, dir := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(dir))
+		if err != nil {
+			continue
+		}
+		if pp, err := procParent(pid); err == nil && pp == ppid {
+			kids = append(kids, pid)
+		}
 	}
-	find := func() []int {
-		var pids []int
-		dirs, _ := filepath.Glob("/proc/[0-9]*")
-		for _, dir := range dirs {
-			if l, err := os.Readlink(dir + "/ns/mnt"); err == nil && l == ns {
-				if pid, err := strconv.Atoi(filepath.Base(dir)); err == nil {
-					pids = append(pids, pid)
-				}
-			}
-		}
-		return pids
+	if len(kids) != 1 {
+		return 0, fmt.Errorf("pid %d has children %v, want exactly one", ppid, kids)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		pids := find()
-		if len(pids) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v of mount namespace %s did not exit", pids, ns)
-		}
-		for _, pid := range pids {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return kids[0], nil
 }
 
 // RemoveCgroup removes the cgroup named parent (and the empty cgroups below it) from every mounted
@@ -481,22 +501,29 @@ func RemoveCgroup(parent string) error {
 	}
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + parent)
 	roots = append(roots, "/sys/fs/cgroup/"+parent)
-	var errs []error
-	for _, root := range roots {
-		var dirs []string
-		filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
-			if err == nil && e.IsDir() {
-				dirs = append(dirs, path)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- { // children first
-			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
+	// A cgroup whose last processes are still being killed (a PID namespace going down) is busy a moment.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var errs []error
+		for _, root := range roots {
+			var dirs []string
+			filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
+				if err == nil && e.IsDir() {
+					dirs = append(dirs, path)
+				}
+				return nil
+			})
+			for i := len(dirs) - 1; i >= 0; i-- { // children first
+				if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
+				}
 			}
 		}
+		if len(errs) == 0 || time.Now().After(deadline) {
+			return errors.Join(errs...)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return errors.Join(errs...)
 }
 
 // Docker runs the docker client against this daemon and returns its standard output; an error carries

@@ -575,6 +575,11 @@ func (c *Cluster) saveStateLocked() {
 	}
 	for _, d := range c.dockerdsLocked() {
 		s.Cgroups = append(s.Cgroups, d.CgroupParent)
+		d.mu.Lock()
+		if d.inner.PID > 0 && d.proc != nil && d.proc.running() {
+			s.Procs = append(s.Procs, d.inner) // SIGTERM reaches dockerd itself, not only its unshare
+		}
+		d.mu.Unlock()
 	}
 	if err := writeState(c.opts.StateFile, s); err != nil {
 		c.log.Warn("cannot save cluster state", "err", err)
