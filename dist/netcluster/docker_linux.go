@@ -174,7 +174,7 @@ func checkDockerHost() error {
 	return nil
 }
 
-// attachDocker makes the node a Docker host once its env file env is written: weft-docker-opts, dockerd,
+// attachDocker makes the node a Docker host once its env file is written: weft-docker-opts, dockerd,
 // the image and the container.
 func (n *Node) attachDocker(ctx context.Context) error {
 	if err := checkDockerHost(); err != nil {
@@ -311,8 +311,8 @@ fi
 exec 3<&-
 exec "$@"`
 
-// Start starts dockerd (Command) in the node's network namespace and a new private mount namespace, and
-// waits until its API answers. It is an error if it is running.
+// Start starts dockerd (Command) in the node's network namespace and in new private mount and PID
+// namespaces, and waits until its API answers. It is an error if it is running.
 func (d *Dockerd) Start(ctx context.Context) error {
 	argv, err := d.Command()
 	if err != nil {
