@@ -59,10 +59,29 @@ func TestE2EDocker(t *testing.T) {
 			hostPaths = append(hostPaths, p)
 		}
 	}
+	// And its packet filter rules in the host's namespace (read only: iptables -S).
+	hostRules := func() map[string]bool {
+		rules := map[string]bool{}
+		for _, table := range []string{"filter", "nat"} {
+			out, _ := exec.Command("iptables", "-t", table, "-S").Output()
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(strings.ToLower(l), "docker") {
+					rules[table+": "+l] = true
+				}
+			}
+		}
+		return rules
+	}
+	rulesBefore := hostRules()
 	t.Cleanup(func() {
 		for _, p := range hostPaths {
 			if _, err := os.Lstat(p); err == nil {
 				t.Errorf("the docker test created %s on the host", p)
+			}
+		}
+		for r := range hostRules() {
+			if !rulesBefore[r] {
+				t.Errorf("a Docker rule appeared in the host's namespace: %s", r)
 			}
 		}
 	})
