@@ -53,16 +53,7 @@ func TestE2EMasq(t *testing.T) {
 	defer cancel()
 	n1, n2 := c.Node(1), c.Node(2)
 	network := netip.MustParsePrefix(netcluster.DefaultNetwork)
-	var randomFully bool
-	if err := n1.NS.Do(func() error {
-		ipt, err := kernel.NewIPTables(false)
-		if err == nil {
-			randomFully = ipt.HasRandomFully()
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	randomFully := hasRandomFully(t, n1)
 
 	// Ready, FLANNEL_IPMASQ=true, and exactly the planned chains and jumps in each node's namespace.
 	for _, n := range []*netcluster.Node{n1, n2} {
@@ -121,6 +112,22 @@ func TestE2EMasq(t *testing.T) {
 	}
 	expectRules(t, n2, kernel.MasqRules(network, n2.Subnet(), randomFully))
 	expectRules(t, n2, kernel.ForwardRules(network))
+}
+
+// hasRandomFully reports whether iptables in n's namespace supports --random-fully.
+func hasRandomFully(t *testing.T, n *netcluster.Node) bool {
+	t.Helper()
+	var ok bool
+	if err := n.NS.Do(func() error {
+		ipt, err := kernel.NewIPTables(false)
+		if err == nil {
+			ok = ipt.HasRandomFully()
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ok
 }
 
 // chainLines returns the -A lines of `iptables -t table -S chain` in n's namespace.

@@ -15,5 +15,8 @@
 // the working directory. Close is idempotent and safe after a partial setup; Start calls it itself when it
 // fails.
 //
+// With Options.Docker every node is a Docker host instead: weft-docker-opts and a real dockerd, started as
+// the units in dist/systemd start them, and a busybox container (see DockerOptions).
+//
 // The API returns errors and takes no testing.TB, so the demo command can use it too; tests wrap it.
 package netcluster
