@@ -65,6 +65,9 @@ type Deps struct {
 	// --udp-offload): "" or "auto" for every one the kernel offers, "off" for none, or a comma list of
 	// "tun" (TUN super-packets), "gso" (UDP_SEGMENT) and "gro" (UDP_GRO). Other backends ignore it.
 	Offload string
+	// Queues is the number of TUN queues (and sockets, and packet loop pairs) of the udp backend (weftd's
+	// --udp-queues); 0 chooses one per CPU, at most 4, and one on nodes with two CPUs or fewer.
+	Queues int
 	// Kick, if set, asks the agent for a reconcile (a call of Set) soon: a backend calls it when it finds
 	// its own kernel state broken outside Set, such as its device deleted. It must not block.
 	Kick func()

@@ -3,6 +3,7 @@ package udp
 import (
 	"errors"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -104,5 +105,18 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New(deps(func(d *backend.Deps) { d.External.MTU = 96 })); err != nil {
 		t.Errorf("MTU 96 (TUN 68): %v", err)
+	}
+}
+
+func TestQueues(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
+	auto := 1
+	if procs > 2 {
+		auto = min(procs, maxQueues)
+	}
+	for _, c := range []struct{ asked, want int }{{0, auto}, {1, 1}, {3, 3}, {4, 4}, {9, maxQueues}} {
+		if got := queues(c.asked); got != c.want {
+			t.Errorf("queues(%d) with GOMAXPROCS %d = %d, want %d", c.asked, procs, got, c.want)
+		}
 	}
 }

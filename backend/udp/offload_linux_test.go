@@ -25,7 +25,7 @@ import (
 // falls back without losing the connection, a stranger's flood is dropped in the kernel, and a TUN set down
 // or deleted is repaired.
 func TestOffloads(t *testing.T) {
-	cl := newClusterOffload(t, 3, []string{"auto", "auto", "off"})
+	cl := newClusterOffload(t, 3, []string{"auto", "auto", "off"}) // two queues each (multi-queue TUN)
 	n1, n2, n3 := cl.nodes[0], cl.nodes[1], cl.nodes[2]
 
 	t.Run("Negotiated", func(t *testing.T) {

@@ -118,6 +118,9 @@ func New(d backend.Deps) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.Queues < 0 {
+		return nil, fmt.Errorf("udp queues %d: want 0 (automatic) or more", d.Queues)
+	}
 	ext := d.External
 	if !ext.Addr.Unmap().Is4() {
 		return nil, fmt.Errorf("udp backend: external interface %q: address %q is not IPv4", ext.Name, ext.Addr)
@@ -140,7 +143,7 @@ func New(d backend.Deps) (backend.Backend, error) {
 	}
 	b := &Backend{
 		log: log, ext: ext, port: uint16(cfg.Port), mtu: ext.MTU - Overhead, want: want,
-		queues: defaultQueues(), kick: kick, done: make(chan struct{}),
+		queues: queues(d.Queues), kick: kick, done: make(chan struct{}),
 	}
 	b.table.Store(emptyTable())
 	return b, nil
@@ -150,7 +153,18 @@ func New(d backend.Deps) (backend.Backend, error) {
 const maxQueues = 4
 
 // defaultQueues is one queue per CPU the Go runtime uses, at most maxQueues.
-func defaultQueues() int { return max(1, min(runtime.GOMAXPROCS(0), maxQueues)) }
+// queues is the number of TUN queues for Deps.Queues: as asked (at most maxQueues), or for 0 one per CPU the
+// Go runtime uses, at most maxQueues, and one on nodes with two CPUs or fewer (there the second queue's loops
+// only compete with the traffic's own processes: measured 0.27 against 0.31 of vxlan's throughput with one).
+func queues(asked int) int {
+	if asked > 0 {
+		return min(asked, maxQueues)
+	}
+	if n := runtime.GOMAXPROCS(0); n > 2 {
+		return min(n, maxQueues)
+	}
+	return 1
+}
 
 // Stats returns the data path's counters by name (see stats.go), and the offloads in use as
 // offload{feature="..."} (1 in use, 0 not); every key is always present.

@@ -79,7 +79,7 @@ func newClusterOffload(t *testing.T, count int, offload []string) *cluster {
 			n.lease.Attrs.BackendType = "" // as flanneld's udp backend writes it
 		}
 		n.kicks = make(chan struct{}, 1)
-		deps := backend.Deps{Kick: func() {
+		deps := backend.Deps{Queues: queuesForTest(offload), Kick: func() {
 			select {
 			case n.kicks <- struct{}{}:
 			default:
@@ -96,6 +96,15 @@ func newClusterOffload(t *testing.T, count int, offload []string) *cluster {
 		cl.set(n, nil)
 	}
 	return cl
+}
+
+// queuesForTest: TestOffloads (offload given) runs two queues per node, so the multi-queue TUN and the
+// SO_REUSEPORT group are exercised whatever the CPU count; the other tests run the automatic count.
+func queuesForTest(offload []string) int {
+	if offload != nil {
+		return 2
+	}
+	return 0
 }
 
 // newTestBackend makes a backend for a node whose underlay is eth0 with addr, logging to t.

@@ -86,6 +86,7 @@ type Config struct {
 	HealthzPort  int           // --healthz-port; 0: no health server
 	Reconcile    time.Duration // --reconcile-interval
 	UDPOffload   string        // --udp-offload
+	UDPQueues    int           // --udp-queues
 	Version      bool          // --version
 }
 
@@ -117,6 +118,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("healthz", c.healthzAddr()),
 		slog.Duration("reconcile-interval", c.Reconcile),
 		slog.String("udp-offload", c.UDPOffload),
+		slog.Int("udp-queues", c.UDPQueues),
 	)
 }
 
@@ -144,6 +146,7 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.IntVar(&c.HealthzPort, "healthz-port", 0, "port of the health server (/healthz, /readyz, /metrics); 0 disables it")
 	fs.DurationVar(&c.Reconcile, "reconcile-interval", 30*time.Second, "how often the kernel state is checked and repaired")
 	fs.StringVar(&c.UDPOffload, "udp-offload", "auto", "udp backend offloads: auto (all the kernel has), off, or a comma list of tun, gso, gro")
+	fs.IntVar(&c.UDPQueues, "udp-queues", 0, "udp backend: TUN queues and packet loops; 0: one per CPU (at most 4), one on nodes with 2 CPUs or fewer")
 	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
 	return fs
 }
@@ -233,6 +236,9 @@ func (c *Config) validate() error {
 	}
 	if c.LeaseTTL < 2*time.Second {
 		return fmt.Errorf("--subnet-lease-ttl %s: must be at least 2s", c.LeaseTTL)
+	}
+	if c.UDPQueues < 0 || c.UDPQueues > 4 {
+		return fmt.Errorf("--udp-queues %d: want 0 (automatic) to 4", c.UDPQueues)
 	}
 	if c.Reconcile < 100*time.Millisecond {
 		return fmt.Errorf("--reconcile-interval %s: must be at least 100ms", c.Reconcile)

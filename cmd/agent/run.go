@@ -46,7 +46,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
 
 	a := &agent{cfg: cfg, log: log, net: netCfg, kick: make(chan struct{}, 1), health: newHealth()}
-	if a.be, a.local, err = startBackend(ctx, netCfg, ext, cfg.UDPOffload, a.poke, log); err != nil {
+	if a.be, a.local, err = startBackend(ctx, netCfg, ext, cfg, a.poke, log); err != nil {
 		return err
 	}
 	defer func() {
@@ -143,13 +143,13 @@ func (c *Config) ifaceSelector() (backend.IfaceSelector, error) {
 }
 
 // startBackend constructs the configured backend and brings it up. kick asks for a reconcile.
-func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, offload string, kick func(), log *slog.Logger) (backend.Backend, backend.Local, error) {
+func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, cfg Config, kick func(), log *slog.Logger) (backend.Backend, backend.Local, error) {
 	factory, ok := backends[n.BackendType]
 	if !ok {
 		return nil, backend.Local{}, fmt.Errorf("backend type %q is not supported by this weftd", n.BackendType)
 	}
 	blog := log.With("backend", n.BackendType)
-	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, Offload: offload, Kick: kick})
+	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, Offload: cfg.UDPOffload, Queues: cfg.UDPQueues, Kick: kick})
 	if err != nil {
 		return nil, backend.Local{}, fmt.Errorf("backend %s: %w", n.BackendType, err)
 	}
