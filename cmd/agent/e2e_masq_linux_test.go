@@ -7,10 +7,8 @@ package main_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -25,35 +23,12 @@ import (
 func TestE2EMasq(t *testing.T) {
 	requireE2E(t)
 	kerneltest.RequireCommand(t, "iptables")
-	prefix, dir := kerneltest.Prefix(), t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-		}
-	})
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:          prefix,
-		Backend:         "vxlan",
-		Nodes:           2,
-		Weftd:           weftdBin,
-		ClusterBin:      cluBin,
-		Dir:             dir,
-		ExtraAgentFlags: []string{"--ip-masq", "--iptables-resync=1s"},
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start vxlan cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
+	c := startMasqCluster(t, 2)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	n1, n2 := c.Node(1), c.Node(2)
 	network := netip.MustParsePrefix(netcluster.DefaultNetwork)
-	randomFully := hasRandomFully(t, n1)
+	randomFully := randomPorts(t, n1, false)
 
 	// Ready, FLANNEL_IPMASQ=true, and exactly the planned chains and jumps in each node's namespace.
 	for _, n := range []*netcluster.Node{n1, n2} {
@@ -67,23 +42,8 @@ func TestE2EMasq(t *testing.T) {
 		expectRules(t, n, kernel.ForwardRules(network))
 	}
 
-	// A container reaching a plain host on the underlay is seen with its node's underlay address.
-	out, err := c.AddHost("out", netip.MustParseAddr("192.0.2.99"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := peerSeen(ctx, n1.Container(), out, netip.MustParseAddr("192.0.2.99")); err != nil {
-		t.Errorf("container of %s → host 192.0.2.99: %v", n1.Name, err)
-	} else if got != n1.Addr {
-		t.Errorf("host 192.0.2.99 sees the container of %s as %s, want %s (masqueraded)", n1.Name, got, n1.Addr)
-	}
-
-	// Container to container across nodes keeps the container's own address.
-	if got, err := peerSeen(ctx, n1.Container(), n2.Container(), n2.ContainerIP()); err != nil {
-		t.Errorf("container of %s → container of %s: %v", n1.Name, n2.Name, err)
-	} else if got != n1.ContainerIP() {
-		t.Errorf("container of %s sees the container of %s as %s, want %s (not masqueraded)", n2.Name, n1.Name, got, n1.ContainerIP())
-	}
+	// A container reaching a plain host on the underlay is masqueraded; container to container is not.
+	expectMasq(t, ctx, addOut(t, c), n1, n2)
 
 	// A rule and a jump deleted behind the agent's back come back within the resync interval.
 	masq1 := kernel.MasqRules(network, n1.Subnet(), randomFully)
@@ -115,20 +75,7 @@ func TestE2EMasq(t *testing.T) {
 }
 
 // hasRandomFully reports whether iptables in n's namespace supports --random-fully.
-func hasRandomFully(t *testing.T, n *netcluster.Node) bool {
-	t.Helper()
-	var ok bool
-	if err := n.NS.Do(func() error {
-		ipt, err := kernel.NewIPTables(false)
-		if err == nil {
-			ok = ipt.HasRandomFully()
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return ok
-}
+func hasRandomFully(t *testing.T, n *netcluster.Node) bool { return randomPorts(t, n, false) }
 
 // chainLines returns the -A lines of `iptables -t table -S chain` in n's namespace.
 func chainLines(n *netcluster.Node, table, chain string) []string {
