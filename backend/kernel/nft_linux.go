@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -123,6 +124,7 @@ func (t *NFTables) SyncChain(c NFTChain) (changed bool, err error) {
 func (t *NFTables) list(ctx context.Context, chain string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, t.path, "list", "chain", t.family, t.table, chain)
+	cmd.Env = append(os.Environ(), "LC_ALL=C") // the not-found test below reads strerror's English text
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		if strings.Contains(stderr.String(), "No such file or directory") {
