@@ -10,10 +10,10 @@ import (
 	"testing"
 )
 
-// TestKernelBoundary: backend/kernel (and its test helpers below it) is the only code that talks netlink or
-// iptables; every other package goes through it.
+// TestKernelBoundary: backend/kernel (and its test helpers below it) is the only code that talks netlink, iptables or
+// nftables; every other package goes through it.
 func TestKernelBoundary(t *testing.T) {
-	restricted := []string{"github.com/vishvananda/netlink", "github.com/coreos/go-iptables"}
+	restricted := []string{"github.com/vishvananda/netlink", "github.com/coreos/go-iptables", "sigs.k8s.io/knftables", "github.com/google/nftables"}
 	root := filepath.Join("..", "..")
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {

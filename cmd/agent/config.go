@@ -138,8 +138,8 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
 	fs.IntVar(&c.RenewMargin, "subnet-lease-renew-margin", 60, "accepted for flanneld compatibility; weftd renews with etcd keepalives")
-	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (nat chain FLANNEL-POSTRTG); written to the env file as FLANNEL_IPMASQ")
-	fs.BoolVar(&c.FwdRules, "iptables-forward-rules", true, "accept forwarding to and from the overlay network (filter chain FLANNEL-FWD)")
+	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (nat chain FLANNEL-POSTRTG, or nftables chain postrtg); written to the env file as FLANNEL_IPMASQ")
+	fs.BoolVar(&c.FwdRules, "iptables-forward-rules", true, "accept forwarding to and from the overlay network (filter chain FLANNEL-FWD, or nftables chain forward)")
 	c.IPTResync = 5 * time.Second
 	fs.Var((*secondsOrDuration)(&c.IPTResync), "iptables-resync", "how often the packet filter rules are checked and restored (a duration, or seconds as flanneld takes it)")
 	fs.StringVar(&c.HealthzIP, "healthz-ip", "0.0.0.0", "address of the health server")

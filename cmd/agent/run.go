@@ -243,7 +243,7 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 	a.own, a.lost, a.holdFailed = &l, false, false
 	a.wantEnv = &env
 	a.mu.Unlock()
-	a.rules.SetSubnet(l.Subnet)
+	a.rules.SetSubnets(l.Subnet, l.IPv6Subnet)
 	a.writeEnv()
 	a.poke()
 }
