@@ -16,7 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 	"unsafe"
 
+	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/subnet"
 )
 
 // TestOffloads runs the data path with every offload on (nodes 1 and 2) beside a node with none (node 3,
@@ -180,6 +182,36 @@ func TestOffloads(t *testing.T) {
 		cl.mustPing(n2, n1.CtrAddr)
 		tcpExchange(t, n1, n3)
 	})
+}
+
+// TestRepairFails: while the TUN cannot be recreated (here: the underlay address it binds to is gone), Set
+// fails and Healthy says why; once the cause is gone the next Set repairs the data path.
+func TestRepairFails(t *testing.T) {
+	cl := newCluster(t, 2)
+	n1, n2 := cl.nodes[0], cl.nodes[1]
+	cl.mustPing(n1, n2.CtrAddr)
+	if err := n1.b.Healthy(); err != nil {
+		t.Fatalf("Healthy before: %v", err)
+	}
+	addr := n1.Underlay.String() + "/24"
+	n1.NS.MustIP(t, "addr", "del", addr, "dev", "eth0")
+	n1.NS.MustIP(t, "link", "del", "flannel0")
+	cfg := &backend.Config{Network: *cl.net, Own: n1.lease, Peers: []subnet.Lease{n2.lease}}
+	if err := n1.b.Set(cfg); err == nil {
+		t.Fatal("Set recreated the data path without its underlay address")
+	}
+	if err := n1.b.Healthy(); err == nil || !strings.Contains(err.Error(), "cannot be recreated") {
+		t.Errorf("Healthy while the TUN cannot be recreated: %v", err)
+	}
+	n1.NS.MustIP(t, "addr", "add", addr, "dev", "eth0")
+	if err := n1.b.Set(cfg); err != nil {
+		t.Fatalf("Set after the address is back: %v", err)
+	}
+	if err := n1.b.Healthy(); err != nil {
+		t.Errorf("Healthy after the repair: %v", err)
+	}
+	cl.mustPing(n1, n2.CtrAddr)
+	cl.mustPing(n2, n1.CtrAddr)
 }
 
 // tcpTransfer sends size pseudo-random bytes from client's container to server's over TCP and checks the

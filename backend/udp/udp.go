@@ -93,6 +93,7 @@ type Backend struct {
 	dp      *datapath         // the current devices, sockets and packet loops; nil after a failed repair
 	filter  []uint32          // the peer PublicIPs the sockets' filter admits
 	skipLog backend.SkipLog   // peers left out, warned about once
+	broken  error             // why the data path cannot work (a failed repair); nil while it can
 	done    chan struct{}     // closed by Close, to cut short an error back-off
 }
 

@@ -137,8 +137,10 @@ func (b *Backend) repairLocked() error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("udp backend: recreate TUN %q: %w", TUNName, err)
+		b.broken = fmt.Errorf("udp backend: TUN %q lost and cannot be recreated: %w", TUNName, err)
+		return b.broken
 	}
+	b.broken = nil
 	b.dp = dp
 	b.refreshActive(dp)
 	b.ctl.inc(tunRecreated)
@@ -163,6 +165,14 @@ func (b *Backend) setFilterLocked(t *table) error {
 	}
 	b.filter = peers
 	return nil
+}
+
+// Healthy returns an error while the data path cannot work: the TUN was lost and recreating it failed (Set
+// retries on every reconcile). The agent's /healthz reports it, so a supervisor can restart weftd.
+func (b *Backend) Healthy() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.broken
 }
 
 // socketDrops sums the kernel's drop counts of the current sockets.

@@ -24,3 +24,6 @@ func (b *Backend) Close() error { return nil }
 type datapath struct{}
 
 func (b *Backend) socketDrops() uint64 { return 0 }
+
+// Healthy reports no data path off Linux.
+func (b *Backend) Healthy() error { return errors.ErrUnsupported }
