@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -356,7 +357,7 @@ func TestCluster(t *testing.T) {
 		if out, err := n1.NS.IP("link", "show", "flannel0"); err == nil {
 			t.Errorf("flannel0 still exists after Close:\n%s", out)
 		}
-		if err := n1.b.Set(&backend.Config{Network: *cl.net, Own: n1.lease}); err != ErrClosed {
+		if err := n1.b.Set(&backend.Config{Network: *cl.net, Own: n1.lease}); !errors.Is(err, ErrClosed) {
 			t.Errorf("Set after Close: %v, want ErrClosed", err)
 		}
 	})
@@ -380,7 +381,7 @@ func TestLifecycle(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := ns.Do(func() error { _, err := b.Up(context.Background()); return err }); err != ErrClosed {
+	if err := ns.Do(func() error { _, err := b.Up(context.Background()); return err }); !errors.Is(err, ErrClosed) {
 		t.Errorf("Up after Close: %v, want ErrClosed", err)
 	}
 
