@@ -22,9 +22,9 @@ import (
 // state in place, and an error only for a problem that a restart with the same configuration cannot fix.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting weftd", "version", version, "config", cfg)
-	store, err := openStore(cfg.Etcd, cfg.LeaseTTL, log)
+	store, err := etcdstore.Connect(ctx, storeConfig(cfg.Etcd, cfg.LeaseTTL), log)
 	if err != nil {
-		return err
+		return nilIfDone(ctx, err)
 	}
 	defer store.Close()
 
@@ -86,14 +86,18 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return nil
 }
 
-// openStore connects to etcd.
+// openStore connects to etcd, without waiting for it (see etcdstore.New).
 func openStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
-	return etcdstore.New(etcdstore.Config{
+	return etcdstore.New(storeConfig(f, ttl), log)
+}
+
+func storeConfig(f etcdFlags, ttl time.Duration) etcdstore.Config {
+	return etcdstore.Config{
 		Endpoints: f.Endpoints, Prefix: f.Prefix,
 		CertFile: f.CertFile, KeyFile: f.KeyFile, CAFile: f.CAFile,
 		Username: f.Username, Password: f.Password,
 		LeaseTTL: ttl,
-	}, log)
+	}
 }
 
 func nilIfDone(ctx context.Context, err error) error {
@@ -105,7 +109,7 @@ func nilIfDone(ctx context.Context, err error) error {
 
 // waitConfig reads the network config, waiting while it is missing or unreadable; an invalid config is
 // also waited on (an operator may fix it), with the validation error logged.
-func waitConfig(ctx context.Context, store subnet.Store, prefix string, log *slog.Logger) (*subnet.Config, error) {
+func waitConfig(ctx context.Context, store *etcdstore.Store, prefix string, log *slog.Logger) (*subnet.Config, error) {
 	const retry = 5 * time.Second
 	for {
 		c, err := store.Config(ctx)
@@ -116,7 +120,7 @@ func waitConfig(ctx context.Context, store subnet.Store, prefix string, log *slo
 			log.Warn("network config missing; waiting for it (write it with `weftd config set --network CIDR --backend TYPE`)",
 				"key", prefix+"/config", "retry", retry)
 		} else {
-			log.Error("cannot use the network config; waiting for it to be fixed", "key", prefix+"/config", "err", err, "retry", retry)
+			log.Error("cannot use the network config; waiting for it to be fixed", "key", prefix+"/config", "err", store.Explain(ctx, err), "retry", retry)
 		}
 		select {
 		case <-ctx.Done():
