@@ -96,6 +96,9 @@ type Lease struct {
 	Expires time.Time
 	// Revision is the etcd ModRevision of the key when it was read; zero for a lease not read from etcd.
 	Revision int64
+	// Created is the etcd CreateRevision of the key: which of two leases came first (a holder re-writing its
+	// key keeps it). Zero for a lease not read from etcd.
+	Created int64
 }
 
 // Key returns the lease's key name below "<prefix>/subnets/".

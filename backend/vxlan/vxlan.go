@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/kernel"
@@ -176,7 +177,18 @@ type vxlan struct {
 	h      *kernel.Handle // set by Up; nil after Close
 	dev    int            // the device's index
 	closed bool
-	skips  backend.SkipLog // which skipped peers were warned about
+	skips  backend.SkipLog   // which skipped peers were warned about
+	owners map[string]string // VTEP MAC → lease key routed to it at the last Set (first come keeps a MAC)
+	copied map[string]bool   // lease keys refused at the last Set for publishing a VTEP MAC already in use
+
+	conflicts atomic.Uint64 // leases refused for a copied VTEP MAC, counted when first refused
+}
+
+// Stats returns the backend's counters for /metrics: vtepmac_conflicts_total counts the leases refused
+// because their VtepMAC was this node's or another routed lease's (each counted when it starts being
+// refused).
+func (b *vxlan) Stats() map[string]uint64 {
+	return map[string]uint64{"vtepmac_conflicts_total": b.conflicts.Load()}
 }
 
 func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
@@ -268,8 +280,19 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 	if b.cfg.DirectRouting {
 		direct = directPeers(b.h, b.ext, cfg.Peers, b.log)
 	}
-	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct})
+	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, macOwners: b.owners})
 	b.skips.Log(b.log, skipped)
+	b.owners = want.owners
+	copied := map[string]bool{}
+	for _, s := range skipped {
+		if strings.HasPrefix(s.Reason, macConflictPrefix) {
+			copied[s.Key] = true
+			if !b.copied[s.Key] {
+				b.conflicts.Add(1)
+			}
+		}
+	}
+	b.copied = copied
 	if err := apply(b.h, b.dev, want, b.cfg.Learning); err != nil {
 		return fmt.Errorf("vxlan backend: %w", err)
 	}

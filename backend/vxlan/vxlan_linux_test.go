@@ -3,9 +3,11 @@ package vxlan
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/backendtest"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/subnet"
@@ -257,4 +259,43 @@ func TestVXLANDirectRouting(t *testing.T) {
 	kerneltest.Expect(t, "n1 neighbours", n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), "")
 	kerneltest.Expect(t, "n1 fdb", n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), "")
 	tp.PingAll(t)
+}
+
+// TestVXLANVtepMACHijackRefused checks that a lease copying another node's VtepMAC (here n3's lease
+// publishing n2's MAC, written after n2's) never takes n2's FDB entry, whatever order the peers come in,
+// and that the refusal is counted once; a lease copying this node's own MAC is refused too.
+func TestVXLANVtepMACHijackRefused(t *testing.T) {
+	tp, nodes := backendtest.NewCluster(t, 3)
+	kerneltest.RequireCommand(t, "bridge")
+	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	real2 := n2.Lease()
+	real2.Created = 10
+	copier := n3.Lease()
+	copier.Attrs.BackendData = n2.Local.BackendData
+	copier.Created = 20
+	ownCopy := n3.Lease()
+	ownCopy.Subnet = netip.MustParsePrefix("10.5.9.0/24")
+	ownCopy.Attrs.BackendData = n1.Local.BackendData
+	ownCopy.Created = 30
+	n2.Set(t, n1)
+	m2 := vtepMAC(t, n2)
+	wantFDB := fmt.Sprintf("%s dst 192.0.2.12 self permanent", m2)
+	for i, peers := range [][]subnet.Lease{{real2, copier, ownCopy}, {copier, ownCopy, real2}, {real2, copier, ownCopy}} {
+		cfg := &backend.Config{Network: subnet.Config{Network: kerneltest.TopologyNetwork}, Own: n1.Lease(), Peers: peers}
+		if err := n1.Be.Set(cfg); err != nil {
+			t.Fatalf("Set %d: %v", i, err)
+		}
+		kerneltest.ExpectSorted(t, fmt.Sprintf("n1 fdb after Set %d", i), n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), wantFDB)
+		kerneltest.Expect(t, fmt.Sprintf("n1 routes after Set %d", i), n1.NS.MustIP(t, "route", "show", "proto", "87"),
+			"10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink")
+	}
+	if out, err := n1.Ping(n2.CtrAddr); err != nil {
+		t.Errorf("ping n1 → n2 with a copier around: %v\n%s", err, out)
+	}
+	_ = tp
+	stats := n1.Be.(interface{ Stats() map[string]uint64 }).Stats()
+	if got := stats["vtepmac_conflicts_total"]; got != 2 {
+		t.Errorf("vtepmac_conflicts_total = %d, want 2 (the copier of n2's MAC and the copier of n1's, each counted once)", got)
+	}
 }

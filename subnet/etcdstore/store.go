@@ -217,6 +217,7 @@ func (s *Store) decode(kv *mvccpb.KeyValue) entry {
 	e.lease.Attrs = a
 	e.lease.Reservation = kv.Lease == 0
 	e.lease.Revision = kv.ModRevision
+	e.lease.Created = kv.CreateRevision
 	return e
 }
 
