@@ -3,8 +3,9 @@
 // segment and the published PublicIP to be the interface's own address (no NAT).
 //
 // Up opens a netlink handle in the network namespace of the calling thread and enables IPv4 forwarding
-// there; Set and Close act on that namespace through the handle, from any thread. Set owns every main-table
-// route tagged with kernel.RouteProtocol. Close leaves the routes in place.
+// there; Set and Close act on that namespace through the handle, from any thread. Set owns the main-table
+// routes tagged with kernel.RouteProtocol whose destination lies in the network (kernel.Owned), so a second
+// weftd for another network on the node keeps its routes. Close leaves the routes in place.
 package hostgw
 
 import (
@@ -90,7 +91,7 @@ func (b *hostGW) Set(cfg *backend.Config) error {
 	}
 	routes, skipped := plan(cfg, b.ext)
 	b.skips.Log(b.log, skipped)
-	if err := apply(b.h, routes); err != nil {
+	if err := apply(b.h, routes, kernel.Owned(cfg.Network.Network)); err != nil {
 		return fmt.Errorf("host-gw backend: %w", err)
 	}
 	return nil

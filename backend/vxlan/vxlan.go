@@ -6,8 +6,9 @@
 //
 // Up opens a netlink handle in the network namespace of the calling thread, enables IPv4 forwarding there
 // and creates (or reuses) the device; Set and Close act on that namespace through the handle, from any
-// thread. Set owns every main-table route tagged with kernel.RouteProtocol and every neighbour and FDB
-// entry on the device. Close leaves the device and its state in place, and a restarted agent reuses a
+// thread. Set owns the main-table routes tagged with kernel.RouteProtocol that lie in the network or go
+// out the device (kernel.Owned), and every neighbour and FDB entry on the device; a second weftd for
+// another network (another VNI) on the node keeps its own. Close leaves the device and its state in place, and a restarted agent reuses a
 // compatible device with its MAC, so peers' state stays valid and no packet is lost.
 package vxlan
 
@@ -293,7 +294,7 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 		}
 	}
 	b.copied = copied
-	if err := apply(b.h, b.dev, want, b.cfg.Learning); err != nil {
+	if err := apply(b.h, b.dev, want, b.cfg.Learning, cfg.Network.Network); err != nil {
 		return fmt.Errorf("vxlan backend: %w", err)
 	}
 	return nil

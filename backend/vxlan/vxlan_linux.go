@@ -106,7 +106,7 @@ func directPeers(h *kernel.Handle, ext backend.External, peers []subnet.Lease, l
 // entries, routes (so a route never points at a peer the device cannot reach yet), then removals in the
 // reverse order. It keeps going after an error and returns the first one. With learning, entries the
 // device learned are left alone.
-func apply(h *kernel.Handle, dev int, d desired, learning bool) error {
+func apply(h *kernel.Handle, dev int, d desired, learning bool, network netip.Prefix) error {
 	var first error
 	keep := func(err error) {
 		if err != nil && first == nil {
@@ -133,7 +133,7 @@ func apply(h *kernel.Handle, dev int, d desired, learning bool) error {
 	for _, f := range putF {
 		keep(h.ReplaceFDB(f))
 	}
-	keep(h.SyncRoutes(false, d.routes, nil))
+	keep(h.SyncRoutes(false, d.routes, kernel.Owned(network, dev)))
 	for _, f := range delF {
 		keep(h.DeleteFDB(f))
 	}

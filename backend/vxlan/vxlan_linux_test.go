@@ -299,3 +299,18 @@ func TestVXLANVtepMACHijackRefused(t *testing.T) {
 		t.Errorf("vtepmac_conflicts_total = %d, want 2 (the copier of n2's MAC and the copier of n1's, each counted once)", got)
 	}
 }
+
+// TestVXLANOwnsOnlyItsNetwork checks Set's ownership scope: a route of ours for another network on the
+// underlay (another weftd's, say host-gw for 10.6.0.0/16) is kept; a stale route of ours on the vxlan
+// device, whatever its destination, is removed.
+func TestVXLANOwnsOnlyItsNetwork(t *testing.T) {
+	_, nodes := backendtest.NewCluster(t, 2)
+	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
+	n1, n2 := nodes[0], nodes[1]
+	n1.NS.MustIP(t, "route", "add", "10.6.2.0/24", "via", "192.0.2.12", "dev", "eth0", "proto", "87")
+	n1.NS.MustIP(t, "route", "add", "10.7.0.0/24", "via", "10.7.0.0", "dev", "flannel.1", "onlink", "proto", "87")
+	n1.Set(t, n2)
+	kerneltest.Expect(t, "n1 routes of ours", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
+		10.6.2.0/24 via 192.0.2.12 dev eth0`)
+}

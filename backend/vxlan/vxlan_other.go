@@ -23,4 +23,4 @@ func directPeers(*kernel.Handle, backend.External, []subnet.Lease, *slog.Logger)
 	return nil
 }
 
-func apply(*kernel.Handle, int, desired, bool) error { return errors.ErrUnsupported }
+func apply(*kernel.Handle, int, desired, bool, netip.Prefix) error { return errors.ErrUnsupported }
