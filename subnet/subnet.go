@@ -26,6 +26,10 @@ type Attrs struct {
 	BackendType   string          // empty: omitted (flannel's udp backend writes none)
 	BackendData   json.RawMessage // empty: omitted
 	BackendV6Data json.RawMessage // empty: omitted
+	// NodeID identifies the node beyond its PublicIP (weftd's --node-id, by default the machine ID), so two
+	// nodes behind one NAT address, or a node and its own previous run, can be told apart. It is stored as
+	// "WeftNodeID", a field flanneld ignores; empty: omitted (flanneld's leases have none).
+	NodeID string
 }
 
 type attrsJSON struct {
@@ -34,12 +38,14 @@ type attrsJSON struct {
 	BackendType   string          `json:"BackendType,omitempty"`
 	BackendData   json.RawMessage `json:"BackendData,omitempty"`
 	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
+	WeftNodeID    string          `json:"WeftNodeID,omitempty"`
 }
 
 // MarshalJSON encodes a in flannel's lease value format.
 func (a Attrs) MarshalJSON() ([]byte, error) {
 	// flannel writes its zero address when a node has no IPv4 address (IPv6 only); "" would not parse.
-	j := attrsJSON{PublicIP: "0.0.0.0", BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
+	j := attrsJSON{PublicIP: "0.0.0.0", BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data,
+		WeftNodeID: a.NodeID}
 	if a.PublicIP.IsValid() {
 		j.PublicIP = a.PublicIP.String()
 	}
@@ -66,7 +72,8 @@ func (a *Attrs) UnmarshalJSON(b []byte) error {
 	if err != nil || !ip.Is4() {
 		return fmt.Errorf("PublicIP %q: must be an IPv4 address", j.PublicIP)
 	}
-	out := Attrs{PublicIP: ip, BackendType: j.BackendType, BackendData: j.BackendData, BackendV6Data: j.BackendV6Data}
+	out := Attrs{PublicIP: ip, BackendType: j.BackendType, BackendData: j.BackendData, BackendV6Data: j.BackendV6Data,
+		NodeID: j.WeftNodeID}
 	if j.PublicIPv6 != nil && *j.PublicIPv6 != "" {
 		ip6, err := netip.ParseAddr(*j.PublicIPv6)
 		if err != nil || !ip6.Is6() || ip6.Is4In6() {

@@ -51,12 +51,14 @@ func (h *held) done() <-chan struct{} {
 // lease (held false) before acquiring again.
 //
 // Acquisition order: (1) an existing lease whose PublicIP is req.Attrs.PublicIP and that fits the config is
-// re-written with req.Attrs (a reservation stays one; an ordinary lease gets a fresh etcd lease of ours);
+// re-written with req.Attrs (a reservation stays one; an ordinary lease gets a fresh etcd lease of ours),
+// unless another node (another Attrs.NodeID) holds it under a live etcd lease;
 // (2) req.Prev (and req.PrevIPv6), if it fits and no key holds it; (3) a random subnet among the first 100
 // free ones. Claims are transactions guarded by the key's revision or absence; a lost race re-lists.
 //
 // While held, an etcd keepalive renews the etcd lease. If the keepalive ends, or the key is deleted or
-// re-written for another PublicIP, Hold logs a warning and acquires again, preferring the same subnet. If
+// re-written by another holder (another PublicIP, or another etcd lease: a twin), Hold logs a warning and
+// acquires again, preferring the same subnet unless a twin holds it. If
 // etcd is unreachable, or the config is missing or invalid, it logs and retries with backoff.
 //
 // Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
@@ -219,7 +221,7 @@ func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attr
 			return nil, err
 		}
 		// (1) Our own lease from before.
-		if own := findOwn(entries, cfg, attrs.PublicIP, prev); own != nil {
+		if own := findOwn(entries, cfg, attrs, prev); own != nil {
 			var opts []clientv3.OpOption
 			id := clientv3.NoLease
 			if !own.lease.Reservation {
@@ -318,9 +320,12 @@ func (s *Store) lostIPv6Race(ctx context.Context, key string, v6 netip.Prefix, r
 	return false, nil
 }
 
-// findOwn returns the readable lease of publicIP that fits cfg: a reservation first, then the previous
-// subnet, then the first by key. Nil if none.
-func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev netip.Prefix) *entry {
+// findOwn returns the readable lease of attrs' PublicIP that fits cfg: a reservation first, then the previous
+// subnet, then the first by key. Nil if none. A key held under a live etcd lease by another node (a NodeID
+// that differs from attrs.NodeID, both set) is not ours, even with our PublicIP: two nodes behind one NAT
+// address each keep their own. A key without a NodeID (flanneld's, or an older weftd's) is taken by PublicIP.
+func findOwn(entries []entry, cfg *subnet.Config, attrs subnet.Attrs, prev netip.Prefix) *entry {
+	publicIP := attrs.PublicIP
 	var best *entry
 	rank := func(e *entry) int {
 		switch {
@@ -333,7 +338,7 @@ func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev neti
 	}
 	for i := range entries {
 		e := &entries[i]
-		if e.err != nil || e.lease.Attrs.PublicIP != publicIP || !cfg.Fits(e.lease) {
+		if e.err != nil || e.lease.Attrs.PublicIP != publicIP || !cfg.Fits(e.lease) || otherNode(e, attrs.NodeID) {
 			continue
 		}
 		if best == nil || rank(e) > rank(best) {
@@ -341,6 +346,12 @@ func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev neti
 		}
 	}
 	return best
+}
+
+// otherNode reports whether e is held, under a live etcd lease, by a node other than nodeID.
+func otherNode(e *entry, nodeID string) bool {
+	other := e.lease.Attrs.NodeID
+	return e.etcdLease != clientv3.NoLease && nodeID != "" && other != "" && other != nodeID
 }
 
 // choose picks the subnets for a new lease: prev (and prev6) if free and fitting, else random free ones.
@@ -501,8 +512,10 @@ func (s *Store) ownKeyWritten(ctx context.Context, log *slog.Logger, h *held, kv
 		h.lease.Revision = e.modRev
 		fn(h.lease, true)
 	default:
-		log.Warn("lease key re-written with another etcd lease by a holder with the same public IP; still watching it",
-			"key", h.key, "etcd_lease", fmt.Sprintf("%x", int64(e.etcdLease)))
+		// Somebody else wrote our key under their etcd lease: a twin with our PublicIP. Both would use one
+		// subnet; give it up at once rather than when our keepalive next fails (hours with a long TTL).
+		return fmt.Sprintf("lease key re-written under etcd lease %x by node %q with public IP %s",
+			int64(e.etcdLease), e.lease.Attrs.NodeID, e.lease.Attrs.PublicIP)
 	}
 	h.lease.Revision = e.modRev
 	return ""

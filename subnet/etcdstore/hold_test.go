@@ -447,3 +447,63 @@ func TestLostIPv6Race(t *testing.T) {
 		t.Error("the older key was deleted")
 	}
 }
+
+// TestTwinsOfOnePublicIP checks node identity beyond the PublicIP: a second node with the same PublicIP (two
+// nodes behind one NAT address) never takes over the first's live key, but gets a subnet of its own; the
+// node's own previous run (same NodeID) still gets its key back; and a holder notices at once, through the
+// watch, when its key is rewritten by another node, and then does not take it back.
+func TestTwinsOfOnePublicIP(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	setConfig(t, newStore(t, srv), net16)
+	withNode := func(ip, node string) subnet.AcquireRequest {
+		a := attrs(ip)
+		a.NodeID = node
+		return subnet.AcquireRequest{Attrs: a}
+	}
+	a := startHold(t, newStore(t, srv), withNode("198.51.100.9", "node-a"))
+	la := a.next(t, 10*time.Second)
+	valA, leaseA, _, _ := rawGet(t, cli, keyOf(la))
+	if !strings.Contains(valA, `"WeftNodeID":"node-a"`) {
+		t.Errorf("lease value %s lacks the node ID", valA)
+	}
+
+	b := startHold(t, newStore(t, srv), withNode("198.51.100.9", "node-b"))
+	lb := b.next(t, 10*time.Second)
+	if lb.Subnet == la.Subnet {
+		t.Fatalf("the twin took node-a's live subnet %s", la.Subnet)
+	}
+	select {
+	case l := <-a.lost:
+		t.Fatalf("node-a lost %s to its twin", l.Subnet)
+	case <-time.After(time.Second):
+	}
+	if val, lease, _, _ := rawGet(t, cli, keyOf(la)); val != valA || lease != leaseA {
+		t.Errorf("node-a's key changed to %s (etcd lease %x, was %x)", val, lease, leaseA)
+	}
+
+	// node-a restarts (its old etcd lease still alive): its own key is reused.
+	if err := a.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	a2 := startHold(t, newStore(t, srv), withNode("198.51.100.9", "node-a"))
+	if l := a2.next(t, 10*time.Second); l.Subnet != la.Subnet {
+		t.Fatalf("node-a after a restart got %s, want its own %s back", l.Subnet, la.Subnet)
+	}
+
+	// A third party rewrites node-a's key under its own etcd lease: node-a notices at once.
+	g, err := cli.Grant(testCtx(t, 5*time.Second), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawPut(t, cli, keyOf(la), `{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"vxlan","WeftNodeID":"node-z"}`, clientv3.WithLease(g.ID))
+	select {
+	case <-a2.lost:
+	case <-time.After(3 * time.Second):
+		t.Fatal("node-a did not notice within 3 s that another node rewrote its key")
+	}
+	if l := a2.next(t, 10*time.Second); l.Subnet == la.Subnet || l.Subnet == lb.Subnet {
+		t.Errorf("node-a re-acquired %s; want a free subnet, not node-z's %s nor node-b's %s", l.Subnet, la.Subnet, lb.Subnet)
+	}
+}
