@@ -22,6 +22,11 @@ import (
 // state in place, and an error only for a problem that a restart with the same configuration cannot fix.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting weftd", "version", version, "config", cfg)
+	unlock, err := subnet.LockEnvFile(cfg.SubnetFile)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	store, err := etcdstore.Connect(ctx, storeConfig(cfg.Etcd, cfg.LeaseTTL), log)
 	if err != nil {
 		return nilIfDone(ctx, err)
@@ -60,8 +65,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer a.rules.Close() // the rules stay in place (compat §8)
 
+	nodeID := cfg.NodeID
+	if nodeID == "" {
+		nodeID = defaultNodeID(os.ReadFile, os.Hostname)
+	}
+	log.Info("node identity", "node-id", nodeID)
 	req := subnet.AcquireRequest{Attrs: subnet.Attrs{
-		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData,
+		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData, NodeID: nodeID,
 	}}
 	if prev, err := subnet.ReadEnvFile(cfg.SubnetFile); err == nil {
 		req.Prev, req.PrevIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()

@@ -121,3 +121,41 @@ func TestOpsNameUnreachableEtcd(t *testing.T) {
 		t.Errorf("weftd leases with etcd down: exit %d, stderr %q; want non-zero and %q", code, stderr.String(), want)
 	}
 }
+
+// TestOneAgentPerSubnetFile checks that a second weftd for the same subnet file refuses to start, naming the
+// file and the holder, while the first runs; once the first stops, it may start.
+func TestOneAgentPerSubnetFile(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	srv.Stop() // the first agent waits for etcd: it is running but gets no further
+	cfg := Config{
+		Etcd:       etcdFlags{Endpoints: srv.Endpoints(), Prefix: "/weft/lock"},
+		SubnetFile: filepath.Join(t.TempDir(), "subnet.env"),
+		LeaseTTL:   time.Minute,
+		Reconcile:  time.Second,
+	}
+	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, log) }()
+	time.Sleep(500 * time.Millisecond)
+
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel2()
+	err := run(ctx2, cfg, log)
+	if err == nil || !strings.Contains(err.Error(), cfg.SubnetFile) || !strings.Contains(err.Error(), "another weftd") {
+		t.Errorf("second weftd on %s: %v; want an error naming the file and another weftd", cfg.SubnetFile, err)
+	}
+	if ctx2.Err() != nil {
+		t.Errorf("the second weftd waited instead of refusing at once")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("first weftd: %v", err)
+	}
+	ctx3, cancel3 := context.WithTimeout(t.Context(), time.Second)
+	defer cancel3()
+	if err := run(ctx3, cfg, log); err != nil {
+		t.Errorf("weftd after the first stopped: %v, want it to start (and stop with its context)", err)
+	}
+}
