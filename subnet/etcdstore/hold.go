@@ -354,7 +354,8 @@ func otherNode(e *entry, nodeID string) bool {
 	return e.etcdLease != clientv3.NoLease && nodeID != "" && other != "" && other != nodeID
 }
 
-// choose picks the subnets for a new lease: prev (and prev6) if free and fitting, else random free ones.
+// choose picks the subnets for a new lease: prev (and prev6) if free (overlapping no key's subnet) and
+// fitting, else random free ones.
 // Keys with unreadable values, and keys whose name starts with a readable IPv4 subnet and "&", still take
 // their subnets.
 func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subnet.Lease, error) {
@@ -363,6 +364,10 @@ func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subn
 	for _, l := range taken {
 		taken4[l.Subnet] = true
 		taken6[l.IPv6Subnet] = true
+	}
+	// free reports whether p overlaps no key's subnet, of any length, as for a fresh pick.
+	free := func(p netip.Prefix, taken map[netip.Prefix]bool) bool {
+		return len(subnet.FreeSubnets(p.Bits(), p.Addr(), p.Addr(), taken, 1)) == 1
 	}
 	pick := func(v6 bool) (netip.Prefix, error) {
 		p, ok := subnet.PickFree(cfg, taken, v6)
@@ -374,11 +379,11 @@ func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subn
 		}
 		return p, nil
 	}
-	if prev.IsValid() && !taken4[prev] {
+	if prev.IsValid() && free(prev, taken4) {
 		l := subnet.Lease{Subnet: prev}
 		if cfg.EnableIPv6 {
 			l.IPv6Subnet = prev6
-			if !prev6.IsValid() || taken6[prev6] || !cfg.Fits(l) {
+			if !prev6.IsValid() || !free(prev6, taken6) || !cfg.Fits(l) {
 				p, err := pick(true)
 				if err != nil {
 					return subnet.Lease{}, err

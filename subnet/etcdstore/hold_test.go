@@ -507,3 +507,24 @@ func TestTwinsOfOnePublicIP(t *testing.T) {
 		t.Errorf("node-a re-acquired %s; want a free subnet, not node-z's %s nor node-b's %s", l.Subnet, la.Subnet, lb.Subnet)
 	}
 }
+
+// TestPrevSubnetOverlapChecked checks that the subnet of the previous env file is not claimed when a key of
+// another length overlaps it (a /25 inside it, or a /23 around it), as a fresh pick would not.
+func TestPrevSubnetOverlapChecked(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	setConfig(t, newStore(t, srv), net16)
+	rawPut(t, cli, subnetsPrefix+"10.5.31.128-25", leaseValue("198.51.100.60"))
+	rawPut(t, cli, subnetsPrefix+"10.5.40.0-23", leaseValue("198.51.100.61"))
+	for i, prev := range []string{"10.5.31.0/24", "10.5.41.0/24"} {
+		t.Run(prev, func(t *testing.T) {
+			req := subnet.AcquireRequest{Attrs: attrs(fmt.Sprintf("198.51.100.%d", 70+i)), Prev: netip.MustParsePrefix(prev)}
+			h := startHold(t, newStore(t, srv), req)
+			if l := h.next(t, 10*time.Second); l.Subnet.String() == prev || l.Subnet.Overlaps(netip.MustParsePrefix("10.5.31.128/25")) ||
+				l.Subnet.Overlaps(netip.MustParsePrefix("10.5.40.0/23")) {
+				t.Errorf("got %s, which overlaps an existing key", l.Subnet)
+			}
+		})
+	}
+}
