@@ -216,3 +216,21 @@ type Store interface {
 	// until ctx ends; it resumes after disconnects and compactions without missing changes.
 	Watch(ctx context.Context, fn func([]Lease)) error
 }
+
+// Changes is one batch of a ChangeWatcher: with Full, Put holds every lease (a fresh listing that replaces
+// all before it); otherwise Put holds the leases written since the last batch and Deleted the leases gone
+// (deleted, expired, or re-written unreadable), of which only Subnet and IPv6Subnet (so Key) are set.
+type Changes struct {
+	Full    bool
+	Put     []Lease
+	Deleted []Lease
+}
+
+// ChangeWatcher is implemented by a Store that can report lease changes as they happen, so that a change
+// costs the same whatever the number of leases. It is optional: Store.Watch is the fallback.
+type ChangeWatcher interface {
+	// WatchChanges calls fn with a Full batch at start and after every re-listing (a compaction, a long
+	// disconnect), and with each batch of changes in between, until ctx ends; no change is missed. fn runs
+	// on WatchChanges' goroutine.
+	WatchChanges(ctx context.Context, fn func(Changes)) error
+}

@@ -121,3 +121,52 @@ func TestHostGWOwnsOnlyItsNetwork(t *testing.T) {
 		10.6.2.0/24 via 192.0.2.12 dev eth0`)
 	}
 }
+
+// TestHostGWUpdate checks the change-only path (Set without Resync): routes follow peers joining and
+// leaving, and traffic flows.
+func TestHostGWUpdate(t *testing.T) {
+	tp, nodes := backendtest.NewCluster(t, 3)
+	for _, n := range nodes {
+		be, err := New(n.Deps(t, &subnet.Config{Network: kerneltest.TopologyNetwork, BackendType: Type}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Be = be
+		t.Cleanup(func() { be.Close() })
+		n.Up(t)
+		n.Set(t)
+	}
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	for _, n := range nodes {
+		n.Update(t, backendtest.Others(nodes, n)...)
+	}
+	tp.PingAll(t)
+	n1.Update(t, n3)
+	kerneltest.Expect(t, "n1 routes after n2 left", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.3.0/24 via 192.0.2.13 dev eth0`)
+	n1.Update(t, n2, n3)
+	kerneltest.Expect(t, "n1 routes after n2 came back", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0
+		10.5.3.0/24 via 192.0.2.13 dev eth0`)
+
+	// backend.Updater: single leases alone.
+	if err := n1.Change(t, nil, n3.Lease()); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.Expect(t, "n1 routes after the change n3 left", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0`)
+	moved := n2.Lease()
+	moved.Subnet = netip.MustParsePrefix("10.5.9.0/24")
+	hostile := n3.Lease()
+	hostile.Subnet = netip.MustParsePrefix("10.5.1.0/24") // n1's own subnet
+	if err := n1.Change(t, []subnet.Lease{n3.Lease(), moved, hostile}); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.Expect(t, "n1 routes after the change n3 came, a lease moved and a hostile one came", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0
+		10.5.3.0/24 via 192.0.2.13 dev eth0
+		10.5.9.0/24 via 192.0.2.12 dev eth0`)
+	if out, err := n1.Ping(n3.CtrAddr); err != nil {
+		t.Errorf("n1 → n3 after the change: %v\n%s", err, out)
+	}
+}

@@ -11,3 +11,5 @@ import (
 func apply(*kernel.Handle, []kernel.Route, func(kernel.Route) bool) error {
 	return errors.ErrUnsupported
 }
+
+func update(*kernel.Handle, []kernel.Route, []kernel.Route) error { return errors.ErrUnsupported }

@@ -1,9 +1,11 @@
 package vxlan
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/weft-net/weft/backend"
@@ -24,11 +26,53 @@ type planInput struct {
 
 // desired is the complete kernel state Set wants.
 type desired struct {
+	dev    int          // the device's index the state is for
 	addr   netip.Prefix // the device's address: own subnet's network address /32
 	neighs []kernel.Neigh
 	fdb    []kernel.FDB
 	routes []kernel.Route
 	owners map[string]string // VTEP MAC → key of the lease routed to it, for the next plan's macOwners
+
+	// The same state by lease key, for changes of single leases (Update): what each routed lease installs,
+	// the MAC each owns, and the MACs more than one lease claims.
+	byKey     map[string]peerEntries
+	macOf     map[string]string // lease key → the VTEP MAC it owns
+	contested map[string]bool
+	stale     bool // byKey changed since neighs, fdb and routes were made from it (flatten)
+}
+
+// peerEntries is what one routed peer lease installs.
+type peerEntries struct {
+	neigh *kernel.Neigh // nil for a direct route
+	fdb   *kernel.FDB   // nil for a direct route
+	route kernel.Route
+}
+
+// flatten rebuilds neighs, fdb and routes from byKey, after Updates changed it.
+func (d *desired) flatten() {
+	d.stale = false
+	d.neighs, d.fdb, d.routes = d.neighs[:0], d.fdb[:0], d.routes[:0]
+	for _, e := range d.byKey {
+		if e.neigh != nil {
+			d.neighs = append(d.neighs, *e.neigh)
+			d.fdb = append(d.fdb, *e.fdb)
+		}
+		d.routes = append(d.routes, e.route)
+	}
+	// Deterministic, for tests and logs: by address.
+	slices.SortFunc(d.neighs, func(a, b kernel.Neigh) int { return a.IP.Compare(b.IP) })
+	slices.SortFunc(d.fdb, func(a, b kernel.FDB) int {
+		if c := bytes.Compare(a.MAC, b.MAC); c != 0 {
+			return c
+		}
+		return a.Dst.Compare(b.Dst)
+	})
+	slices.SortFunc(d.routes, func(a, b kernel.Route) int {
+		if c := a.Dst.Addr().Compare(b.Dst.Addr()); c != 0 {
+			return c
+		}
+		return a.Dst.Bits() - b.Dst.Bits()
+	})
 }
 
 // plan computes the complete desired state for cfg. Per vxlan peer with valid BackendData: a neighbour
@@ -40,7 +84,8 @@ type desired struct {
 // the leases sharing a MAC the one that held it at the last plan keeps it, else the key created first.
 // cfg.Own.Subnet must be valid.
 func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
-	d := desired{addr: netip.PrefixFrom(cfg.Own.Subnet.Masked().Addr(), 32), owners: map[string]string{}}
+	d := desired{dev: in.dev, addr: netip.PrefixFrom(cfg.Own.Subnet.Masked().Addr(), 32), owners: map[string]string{},
+		byKey: map[string]peerEntries{}, macOf: map[string]string{}, contested: map[string]bool{}}
 	type checked struct {
 		reason string
 		mac    net.HardwareAddr
@@ -69,12 +114,16 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 			continue
 		}
 		j, ok := claims[mac]
+		if ok {
+			d.contested[mac] = true
+		}
 		if !ok || firstClaim(p, cfg.Peers[j], in.macOwners[mac]) {
 			claims[mac] = i
 		}
 	}
 	for mac, i := range claims {
 		d.owners[mac] = cfg.Peers[i].Key()
+		d.macOf[cfg.Peers[i].Key()] = mac
 	}
 	var skipped []backend.Skip
 	for i, p := range cfg.Peers {
@@ -90,13 +139,17 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 		}
 		sub := p.Subnet.Masked()
 		if in.direct[p.Attrs.PublicIP] {
-			d.routes = append(d.routes, kernel.Route{Dst: sub, Gw: p.Attrs.PublicIP, LinkIndex: in.ext.Index})
+			d.byKey[p.Key()] = peerEntries{route: kernel.Route{Dst: sub, Gw: p.Attrs.PublicIP, LinkIndex: in.ext.Index}}
 			continue
 		}
-		d.neighs = append(d.neighs, kernel.Neigh{LinkIndex: in.dev, IP: sub.Addr(), MAC: c.mac})
-		d.fdb = append(d.fdb, kernel.FDB{LinkIndex: in.dev, MAC: c.mac, Dst: p.Attrs.PublicIP})
-		d.routes = append(d.routes, kernel.Route{Dst: sub, Gw: sub.Addr(), LinkIndex: in.dev, OnLink: true})
+		// Permanent, as installed: the state applied last is compared with the next plan (update).
+		d.byKey[p.Key()] = peerEntries{
+			neigh: &kernel.Neigh{LinkIndex: in.dev, IP: sub.Addr(), MAC: c.mac, Permanent: true},
+			fdb:   &kernel.FDB{LinkIndex: in.dev, MAC: c.mac, Dst: p.Attrs.PublicIP, Permanent: true},
+			route: kernel.Route{Dst: sub, Gw: sub.Addr(), LinkIndex: in.dev, OnLink: true},
+		}
 	}
+	d.flatten()
 	return d, skipped
 }
 

@@ -180,7 +180,12 @@ type vxlan struct {
 	closed bool
 	skips  backend.SkipLog   // which skipped peers were warned about
 	owners map[string]string // VTEP MAC → lease key routed to it at the last Set (first come keeps a MAC)
-	copied map[string]bool   // lease keys refused at the last Set for publishing a VTEP MAC already in use
+	// applied is the state the last successful Set installed; nil before it and after an error, when the
+	// next Set compares with the kernel.
+	applied *desired
+	last    *backend.Config     // Network and Own of the state applied last (Peers unused)
+	direct  map[netip.Addr]bool // DirectRouting's answer per peer PublicIP, kept between resyncs
+	copied  map[string]bool     // lease keys refused at the last Set for publishing a VTEP MAC already in use
 
 	conflicts atomic.Uint64 // leases refused for a copied VTEP MAC, counted when first refused
 }
@@ -277,9 +282,16 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 	if _, err := b.ensure(false); err != nil {
 		return err
 	}
+	full := cfg.Resync || b.applied == nil || b.applied.dev != b.dev
+	if !full && b.applied.stale {
+		b.applied.flatten()
+	}
 	var direct map[netip.Addr]bool
 	if b.cfg.DirectRouting {
-		direct = directPeers(b.h, b.ext, cfg.Peers, b.log)
+		if full || b.direct == nil {
+			b.direct = map[netip.Addr]bool{}
+		}
+		direct = directPeers(b.h, b.ext, cfg.Peers, b.direct, b.log)
 	}
 	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, macOwners: b.owners})
 	b.skips.Log(b.log, skipped)
@@ -294,8 +306,125 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 		}
 	}
 	b.copied = copied
-	if err := apply(b.h, b.dev, want, b.cfg.Learning, cfg.Network.Network); err != nil {
+	var err error
+	if full {
+		err = apply(b.h, b.dev, want, b.cfg.Learning, cfg.Network.Network)
+	} else {
+		err = update(b.h, b.dev, *b.applied, want)
+	}
+	if err != nil {
+		b.applied = nil
 		return fmt.Errorf("vxlan backend: %w", err)
+	}
+	b.applied = &want
+	last := *cfg
+	last.Peers = nil
+	b.last = &last
+	return nil
+}
+
+// Update applies a change of single peer leases to the state of the last Set (backend.Updater), planning
+// and programming those leases alone. A change that touches a VtepMAC two leases claimed at the last plan,
+// or a lease refused for its VtepMAC, is left to Set (ErrNeedSet), which weighs every claim.
+func (b *vxlan) Update(ch *backend.Change) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errClosed
+	case b.h == nil:
+		return errNotUp
+	case b.applied == nil || b.last == nil:
+		return fmt.Errorf("vxlan backend: no state to update: %w", backend.ErrNeedSet)
+	}
+	d := b.applied
+	keys := make([]string, 0, len(ch.Put)+len(ch.Deleted))
+	for _, p := range ch.Put {
+		keys = append(keys, p.Key())
+	}
+	keys = append(keys, ch.Deleted...)
+	for _, k := range keys {
+		if b.copied[k] || d.contested[d.macOf[k]] {
+			return fmt.Errorf("vxlan backend: lease %s: a VtepMAC two leases claim: %w", k, backend.ErrNeedSet)
+		}
+	}
+	var direct map[netip.Addr]bool
+	if b.cfg.DirectRouting {
+		if b.direct == nil {
+			b.direct = map[netip.Addr]bool{}
+		}
+		direct = directPeers(b.h, b.ext, ch.Put, b.direct, b.log)
+	}
+	in := planInput{ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC}
+	deleted := map[string]bool{}
+	for _, k := range ch.Deleted {
+		deleted[k] = true
+	}
+	var skipped []backend.Skip
+	var first error
+	change := func(key string, next *peerEntries) {
+		old, had := d.byKey[key]
+		var oldp *peerEntries
+		if had {
+			oldp = &old
+		}
+		if err := applyPeer(b.h, oldp, next); err != nil && first == nil {
+			first = err
+		}
+		if next != nil {
+			d.byKey[key] = *next
+		} else {
+			delete(d.byKey, key)
+		}
+	}
+	release := func(key string) {
+		if mac, ok := d.macOf[key]; ok {
+			delete(d.macOf, key)
+			delete(d.owners, mac)
+			delete(b.owners, mac)
+		}
+	}
+	for _, k := range ch.Deleted {
+		change(k, nil)
+		release(k)
+	}
+	for _, p := range ch.Put {
+		key := p.Key()
+		cfg := *b.last
+		cfg.Peers = []subnet.Lease{p}
+		one, sk := plan(&cfg, in)
+		next, routed := one.byKey[key]
+		release(key)
+		for mac := range one.owners {
+			if owner := d.owners[mac]; owner != "" && owner != key && !deleted[owner] {
+				routed = false
+				sk = append(sk, backend.Skip{Key: key, Reason: fmt.Sprintf("%s%s is lease %s's", macConflictPrefix, mac, owner)})
+				d.contested[mac] = true
+				b.copied[key] = true
+				b.conflicts.Add(1)
+				continue
+			}
+			d.owners[mac], d.macOf[key] = key, mac
+			b.owners[mac] = key
+		}
+		for _, s := range sk {
+			if strings.HasPrefix(s.Reason, macConflictPrefix) && !b.copied[key] {
+				b.copied[key] = true // this node's own MAC
+				b.conflicts.Add(1)
+			}
+		}
+		skipped = append(skipped, sk...)
+		if routed {
+			change(key, &next)
+		} else {
+			change(key, nil)
+		}
+	}
+	b.skips.Change(b.log, keys, skipped)
+	d.stale = true
+	if first != nil {
+		b.applied = nil
+		return fmt.Errorf("vxlan backend: %w", first)
 	}
 	return nil
 }

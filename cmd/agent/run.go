@@ -191,13 +191,18 @@ type agent struct {
 
 	mu         sync.Mutex // guards the fields below
 	own        *subnet.Lease
-	all        []subnet.Lease // every lease, own included, from the last watch snapshot
-	haveWatch  bool           // a first complete snapshot has arrived
-	wantEnv    *subnet.Env    // what the env file must hold for the current lease; nil before the first
-	env        []byte         // content of the env file last written; nil until wantEnv is written
-	lost       bool           // the own lease was lost and is being re-acquired
-	holdFailed bool           // Hold gave up (a full network, say) and is retried
-	synced     bool           // the last Set succeeded
+	leases     map[string]subnet.Lease // every lease, own included, by key, as the watch reports them
+	haveWatch  bool                    // a first complete listing has arrived
+	changed    map[string]bool         // keys of leases changed since the data path last took them in
+	needSet    bool                    // the complete state must be handed to the backend (Set), not a change
+	needGen    uint64                  // counts the times needSet was set, so a Set clears only what it took in
+	takenGen   uint64                  // needGen when desired last ran
+	misfits    map[string]bool         // keys of leases that do not fit the network config (see desired)
+	wantEnv    *subnet.Env             // what the env file must hold for the current lease; nil before the first
+	env        []byte                  // content of the env file last written; nil until wantEnv is written
+	lost       bool                    // the own lease was lost and is being re-acquired
+	holdFailed bool                    // Hold gave up (a full network, say) and is retried
+	synced     bool                    // the last Set succeeded
 
 	acquisitions, reconciles, reconcileErrors atomic.Uint64
 }
@@ -256,6 +261,8 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 	a.mu.Lock()
 	a.own, a.lost, a.holdFailed = &l, false, false
 	a.wantEnv = &env
+	a.needSet = true
+	a.needGen++
 	a.mu.Unlock()
 	a.rules.SetSubnet(l.Subnet)
 	a.writeEnv()
@@ -292,15 +299,16 @@ func (a *agent) writeEnv() {
 	}
 }
 
-// watchLeases keeps the lease snapshot current.
+// watchLeases keeps the lease set current, from the store's changes where it reports them
+// (subnet.ChangeWatcher), else from its complete listings.
 func (a *agent) watchLeases(ctx context.Context, store subnet.Store) {
 	for {
-		err := store.Watch(ctx, func(all []subnet.Lease) {
-			a.mu.Lock()
-			a.all, a.haveWatch = all, true
-			a.mu.Unlock()
-			a.poke()
-		})
+		var err error
+		if cw, ok := store.(subnet.ChangeWatcher); ok {
+			err = cw.WatchChanges(ctx, a.onChanges)
+		} else {
+			err = store.Watch(ctx, func(all []subnet.Lease) { a.onChanges(subnet.Changes{Full: true, Put: all}) })
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -313,22 +321,85 @@ func (a *agent) watchLeases(ctx context.Context, store subnet.Store) {
 	}
 }
 
-// desired returns the complete desired state, or nil while the own lease or the first watch snapshot is
-// still missing (applying an empty peer set then would tear down working routes after a restart).
+// onChanges takes in a batch of lease changes from the watch.
+func (a *agent) onChanges(c subnet.Changes) {
+	a.mu.Lock()
+	if c.Full || a.leases == nil {
+		a.leases, a.misfits, a.changed = map[string]subnet.Lease{}, map[string]bool{}, map[string]bool{}
+		a.needSet = true
+		a.needGen++
+	}
+	for _, l := range c.Put {
+		k := l.Key()
+		a.leases[k], a.changed[k] = l, true
+		if a.net.Fits(l) {
+			delete(a.misfits, k)
+		} else {
+			a.misfits[k] = true
+		}
+	}
+	for _, l := range c.Deleted {
+		k := l.Key()
+		delete(a.leases, k)
+		delete(a.misfits, k)
+		a.changed[k] = true
+	}
+	a.haveWatch = true
+	a.mu.Unlock()
+	a.poke()
+}
+
+// desired returns the complete desired state, or nil while the own lease or the first watch listing is
+// still missing (applying an empty peer set then would tear down working routes after a restart). It takes
+// in every change: changed is cleared.
 func (a *agent) desired() *backend.Config {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.own == nil || !a.haveWatch {
 		return nil
 	}
-	cfg := &backend.Config{Network: *a.net, Own: *a.own}
+	cfg := &backend.Config{Network: *a.net, Own: *a.own, Peers: make([]subnet.Lease, 0, len(a.leases))}
 	ownKey := a.own.Key()
-	for _, l := range a.all {
-		if l.Key() != ownKey && l.Subnet != a.own.Subnet {
+	for k, l := range a.leases {
+		if k != ownKey && l.Subnet != a.own.Subnet {
 			cfg.Peers = append(cfg.Peers, l)
 		}
 	}
+	clear(a.changed)
+	a.takenGen = a.needGen
 	return cfg
+}
+
+// change returns the lease changes since the data path last took them in, for backend.Updater, and clears
+// them; ok is false when only the complete state will do: before a first Set, after the own lease changed or
+// the watch listed again, or while a lease that does not fit the config exists (it may overlap others,
+// which DropOverlapping weighs across all leases; leases that fit never overlap each other). A change of
+// a lease with the own lease's key or subnet also takes the complete state.
+func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.own == nil || !a.haveWatch || a.needSet || len(a.misfits) > 0 {
+		return nil, 0, false
+	}
+	ownKey := a.own.Key()
+	ch = &backend.Change{}
+	for k := range a.changed {
+		l, present := a.leases[k]
+		switch {
+		case k == ownKey || (present && l.Subnet == a.own.Subnet):
+			return nil, 0, false
+		case present:
+			ch.Put = append(ch.Put, l)
+		default:
+			ch.Deleted = append(ch.Deleted, k)
+		}
+	}
+	clear(a.changed)
+	peers = len(a.leases)
+	if _, ok := a.leases[ownKey]; ok {
+		peers--
+	}
+	return ch, peers, true
 }
 
 // reconcileLoop is the only caller of the backend's Set: on every change and every reconcile interval.
@@ -338,24 +409,53 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 	lastPeers := -1
 	var overlapLog backend.SkipLog // peer leases dropped for overlapping another, warned about once
 	for {
+		resync := false // a lease change is applied as a change; the tick compares with the kernel
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.kick:
 		case <-t.C:
+			resync = true
 		}
 		a.writeEnv() // retries a failed write
+		if upd, ok := a.be.(backend.Updater); ok && !resync {
+			if ch, peers, ok := a.change(); ok {
+				if len(ch.Put)+len(ch.Deleted) == 0 {
+					continue
+				}
+				a.reconciles.Add(1)
+				err := upd.Update(ch)
+				if err == nil {
+					a.mu.Lock()
+					a.synced = true
+					a.mu.Unlock()
+					a.log.Debug("data path updated", "put", len(ch.Put), "deleted", len(ch.Deleted), "peers", peers)
+					a.health.peers.Store(int64(peers))
+					continue
+				}
+				if !errors.Is(err, backend.ErrNeedSet) {
+					a.reconcileErrors.Add(1)
+					a.log.Error("update kernel state; applying the complete state", "err", err)
+				}
+			}
+		}
 		want := a.desired()
 		if want == nil {
 			continue
 		}
 		var dropped []backend.Skip
+		want.Resync = resync
 		want.Peers, dropped = backend.DropOverlapping(&want.Network, want.Own, want.Peers)
 		overlapLog.Log(a.log, dropped)
 		a.reconciles.Add(1)
 		err := a.be.Set(want)
 		a.mu.Lock()
 		a.synced = err == nil
+		if err != nil {
+			a.needSet = true
+		} else if a.needGen == a.takenGen {
+			a.needSet = false
+		}
 		a.mu.Unlock()
 		if err != nil {
 			a.reconcileErrors.Add(1)
@@ -363,7 +463,11 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 			continue
 		}
 		if len(want.Peers) != lastPeers {
-			a.log.Info("data path in sync", "own", want.Own.Subnet, "peers", len(want.Peers))
+			level := slog.LevelDebug // one line per lease change is not what an operator needs
+			if lastPeers < 0 {
+				level = slog.LevelInfo
+			}
+			a.log.Log(ctx, level, "data path in sync", "own", want.Own.Subnet, "peers", len(want.Peers))
 			lastPeers = len(want.Peers)
 		}
 		a.health.peers.Store(int64(len(want.Peers)))

@@ -44,6 +44,7 @@ type scaleResult struct {
 	Peers    int
 	Start    time.Duration // weftd start → every peer's route present
 	P50, P99 time.Duration // new lease written → its route present
+	PutP50   time.Duration // of which the etcd write itself (the bench's own etcd), p50
 	Samples  int
 	CPURest  float64 // percent of one CPU over the rest interval
 	RSSKiB   int
@@ -142,9 +143,9 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float
 func printScale(w io.Writer, rs []scaleResult) {
 	fmt.Fprintln(w, "One weftd (vxlan) with N simulated peers in a local etcd. New lease: written to etcd until its route is in the kernel.")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEERS\tSTART (ALL ROUTES)\tNEW LEASE P50\tNEW LEASE P99\tSAMPLES\tCPU AT REST\tRSS")
+	fmt.Fprintln(tw, "PEERS\tSTART (ALL ROUTES)\tNEW LEASE P50\tNEW LEASE P99\t(ETCD PUT P50)\tSAMPLES\tCPU AT REST\tRSS")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%.2f %%\t%.1f MB\n", r.Peers, ms(r.Start), ms(r.P50), ms(r.P99), r.Samples, r.CPURest, float64(r.RSSKiB)/1024)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%.2f %%\t%.1f MB\n", r.Peers, ms(r.Start), ms(r.P50), ms(r.P99), ms(r.PutP50), r.Samples, r.CPURest, float64(r.RSSKiB)/1024)
 	}
 	tw.Flush()
 	if len(rs) > 1 {
@@ -265,8 +266,16 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 	}
 	r.Start = time.Since(start)
 
-	// New leases, one at a time.
-	var lat []time.Duration
+	// New leases, one at a time, once weftd has settled after its start (its first complete Sets).
+	time.Sleep(3 * time.Second)
+	for drained := false; !drained; {
+		select {
+		case <-updates:
+		default:
+			drained = true
+		}
+	}
+	var lat, putLat []time.Duration
 	for s := range *samples {
 		sub := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200 + byte(s/256), byte(s % 256), 0}), 24)
 		k, v := lease(sub, 50000+s)
@@ -274,6 +283,7 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 		if _, err := cli.Put(ctx, k, v, clientv3.WithLease(grant.ID)); err != nil {
 			return err
 		}
+		putLat = append(putLat, time.Since(t0))
 		if err := waitRoute(updates, sub, true, 10*time.Second); err != nil {
 			return fmt.Errorf("sample %d: %w", s, err)
 		}
@@ -286,6 +296,8 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 		}
 	}
 	slices.Sort(lat)
+	slices.Sort(putLat)
+	r.PutP50 = putLat[len(putLat)/2]
 	r.Samples = len(lat)
 	r.P50 = lat[len(lat)/2]
 	r.P99 = lat[min(len(lat)-1, len(lat)*99/100)]
