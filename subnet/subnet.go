@@ -176,6 +176,10 @@ func parseKeyPrefix(s string, v6 bool) (netip.Prefix, error) {
 	return p, nil
 }
 
+// ErrConfigChanged means the stored network config differs from the one the caller runs with
+// (AcquireRequest.Config) in what shapes leases or the data path.
+var ErrConfigChanged = errors.New("network config changed")
+
 // ErrNoConfig means the network config key does not exist (yet).
 var ErrNoConfig = errors.New("network config not found")
 
@@ -197,6 +201,10 @@ type AcquireRequest struct {
 	Prev netip.Prefix
 	// PrevIPv6 is the previous IPv6 subnet; zero if none.
 	PrevIPv6 netip.Prefix
+	// Config is the network config the caller runs with (its env file and data path are made for it). A
+	// stored config that differs from it in what shapes leases and the data path (see Config.Diff) is not
+	// acquired under. Nil: the stored config, whatever it is.
+	Config *Config
 }
 
 // HoldFunc receives Store.Hold's events: held is true for a lease just (re)acquired, false for a lease

@@ -24,26 +24,7 @@ import (
 func TestE2ETwoNetworksOneNode(t *testing.T) {
 	requireE2E(t)
 	t.Parallel()
-	dir := t.TempDir()
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix: kerneltest.Prefix(), Backend: "host-gw", Nodes: 2,
-		Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
-		ExtraAgentFlags: []string{"--reconcile-interval=1s"},
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, dir)
-		}
-	})
+	c := startHostGW2(t)
 	ctx := t.Context()
 	const prefix2 = "/weft/net2"
 	if _, err := c.Weftd(ctx, c.Node(1).NS, "config", "set", "--etcd-prefix", prefix2, "--network", "10.6.0.0/16", "--backend", "host-gw"); err != nil {
@@ -126,4 +107,31 @@ func startExtraAgent(t *testing.T, n *netcluster.Node, logPath, etcdURL string, 
 			<-done
 		}
 	})
+}
+
+// startHostGW2 starts a 2-node host-gw cluster whose agents reconcile every second, closed (and its logs
+// printed if the test failed) when the test ends.
+func startHostGW2(t *testing.T) *netcluster.Cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c, err := netcluster.Start(t.Context(), netcluster.Options{
+		Prefix: kerneltest.Prefix(), Backend: "host-gw", Nodes: 2,
+		Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
+		ExtraAgentFlags: []string{"--reconcile-interval=1s"},
+		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
+	})
+	if err != nil {
+		t.Fatalf("start cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, dir)
+		}
+	})
+	return c
 }

@@ -70,7 +70,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		nodeID = defaultNodeID(os.ReadFile, os.Hostname)
 	}
 	log.Info("node identity", "node-id", nodeID)
-	req := subnet.AcquireRequest{Attrs: subnet.Attrs{
+	req := subnet.AcquireRequest{Config: netCfg, Attrs: subnet.Attrs{
 		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData, NodeID: nodeID,
 	}}
 	if prev, err := subnet.ReadEnvFile(cfg.SubnetFile); err == nil {
@@ -80,6 +80,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("ignoring unreadable previous env file", "err", err)
 	}
 
+	// A change that weftd does not apply live (the network config, the external interface) stops it with
+	// errRestart as the cause, so that its supervisor starts it again with the change.
+	outer := ctx
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	a.stop = stop
 	var wg sync.WaitGroup
 	if cfg.HealthzPort != 0 {
 		srv, err := a.health.listen(cfg.healthzAddr())
@@ -91,9 +97,96 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	wg.Go(func() { a.holdLease(ctx, store, req) })
 	wg.Go(func() { a.watchLeases(ctx, store) })
 	wg.Go(func() { a.reconcileLoop(ctx) })
+	wg.Go(func() { a.watchConfig(ctx, store) })
+	wg.Go(func() { a.watchUnderlay(ctx, sel, ext) })
 	wg.Wait()
+	if cause := context.Cause(ctx); outer.Err() == nil && errors.Is(cause, errRestart) {
+		if errors.Is(cause, subnet.ErrConfigChanged) {
+			a.removePeers()
+		}
+		log.Error("stopping so that weftd starts again with the change", "err", cause)
+		return cause
+	}
 	log.Info("stopped; lease, env file and kernel state left in place")
 	return nil
+}
+
+// errRestart is the cause of a stop for a change that a restart applies; run returns it (exit status 1).
+var errRestart = errors.New("restart needed")
+
+// watchConfig compares the stored network config with the one weftd runs with, every reconcile interval.
+// A change of what shapes leases or the data path (subnet.Config.Diff) is not applied live: weftd stops
+// (errRestart), so that it starts again with the new config rather than mix the old and the new.
+func (a *agent) watchConfig(ctx context.Context, store *etcdstore.Store) {
+	t := time.NewTicker(a.cfg.Reconcile)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, err := store.Config(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Debug("read network config", "err", err)
+			}
+			continue
+		}
+		if d := a.net.Diff(c); d != "" {
+			a.stop(fmt.Errorf("%w: etcd key %s/config: %w: %s", errRestart, a.cfg.Etcd.Prefix, subnet.ErrConfigChanged, d))
+			return
+		}
+	}
+}
+
+// watchUnderlay selects the external interface again every few seconds. While it cannot be selected (its
+// address is gone, say) weftd is not ready; if it comes back different (another address, index or MTU),
+// weftd stops (errRestart) so that it starts again publishing and using the new one.
+func (a *agent) watchUnderlay(ctx context.Context, sel backend.IfaceSelector, ext backend.External) {
+	t := time.NewTicker(min(a.cfg.Reconcile, underlayCheck))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now, err := backend.SelectExternal(sel)
+		a.mu.Lock()
+		was := a.underlayLost
+		a.underlayLost = err != nil
+		a.mu.Unlock()
+		switch {
+		case err != nil:
+			if !was {
+				a.log.Error("external interface lost; not ready until it is back", "iface", ext.Name, "addr", ext.Addr, "err", err)
+			}
+		case now != ext:
+			a.stop(fmt.Errorf("%w: external interface changed from %s #%d %s (public %s, mtu %d) to %s #%d %s (public %s, mtu %d)",
+				errRestart, ext.Name, ext.Index, ext.Addr, ext.PublicIP, ext.MTU, now.Name, now.Index, now.Addr, now.PublicIP, now.MTU))
+			return
+		case was:
+			a.log.Info("external interface back", "iface", ext.Name, "addr", ext.Addr)
+		}
+	}
+}
+
+// underlayCheck is how often watchUnderlay looks at the external interface (at most).
+const underlayCheck = 5 * time.Second
+
+// removePeers removes the data path to the peers of the network weftd ran with, before it stops for a
+// changed config: the next run programs the new network's, and no route of the old one is left behind.
+func (a *agent) removePeers() {
+	a.mu.Lock()
+	own := a.own
+	a.mu.Unlock()
+	if own == nil {
+		return
+	}
+	if err := a.be.Set(&backend.Config{Network: *a.net, Own: *own, Resync: true}); err != nil {
+		a.log.Warn("remove the old network's peers", "err", err)
+	}
 }
 
 // openStore connects to etcd, without waiting for it (see etcdstore.New).
@@ -184,25 +277,27 @@ type agent struct {
 	be     backend.Backend
 	local  backend.Local
 	health *health
-	rules  *ruleManager  // nil: no packet filter rules wanted
-	kick   chan struct{} // capacity 1: "the desired state changed"
+	rules  *ruleManager            // nil: no packet filter rules wanted
+	kick   chan struct{}           // capacity 1: "the desired state changed"
+	stop   context.CancelCauseFunc // stops run with a cause (errRestart); nil in tests without run
 
 	envMu sync.Mutex // serialises writeEnv, so an older content never overwrites a newer one
 
-	mu         sync.Mutex // guards the fields below
-	own        *subnet.Lease
-	leases     map[string]subnet.Lease // every lease, own included, by key, as the watch reports them
-	haveWatch  bool                    // a first complete listing has arrived
-	changed    map[string]bool         // keys of leases changed since the data path last took them in
-	needSet    bool                    // the complete state must be handed to the backend (Set), not a change
-	needGen    uint64                  // counts the times needSet was set, so a Set clears only what it took in
-	takenGen   uint64                  // needGen when desired last ran
-	misfits    map[string]bool         // keys of leases that do not fit the network config (see desired)
-	wantEnv    *subnet.Env             // what the env file must hold for the current lease; nil before the first
-	env        []byte                  // content of the env file last written; nil until wantEnv is written
-	lost       bool                    // the own lease was lost and is being re-acquired
-	holdFailed bool                    // Hold gave up (a full network, say) and is retried
-	synced     bool                    // the last Set succeeded
+	mu           sync.Mutex // guards the fields below
+	own          *subnet.Lease
+	leases       map[string]subnet.Lease // every lease, own included, by key, as the watch reports them
+	haveWatch    bool                    // a first complete listing has arrived
+	changed      map[string]bool         // keys of leases changed since the data path last took them in
+	needSet      bool                    // the complete state must be handed to the backend (Set), not a change
+	needGen      uint64                  // counts the times needSet was set, so a Set clears only what it took in
+	takenGen     uint64                  // needGen when desired last ran
+	misfits      map[string]bool         // keys of leases that do not fit the network config (see desired)
+	wantEnv      *subnet.Env             // what the env file must hold for the current lease; nil before the first
+	env          []byte                  // content of the env file last written; nil until wantEnv is written
+	lost         bool                    // the own lease was lost and is being re-acquired
+	underlayLost bool                    // the external interface cannot be selected now
+	holdFailed   bool                    // Hold gave up (a full network, say) and is retried
+	synced       bool                    // the last Set succeeded
 
 	acquisitions, reconciles, reconcileErrors atomic.Uint64
 }
@@ -212,7 +307,7 @@ type agent struct {
 func (a *agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.env != nil && !a.lost && !a.holdFailed && a.synced
+	return a.env != nil && !a.lost && !a.holdFailed && a.synced && !a.underlayLost
 }
 
 func (a *agent) poke() {
@@ -227,6 +322,10 @@ func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.Ac
 	for {
 		err := store.Hold(ctx, req, a.onLease)
 		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, subnet.ErrConfigChanged) && a.stop != nil {
+			a.stop(fmt.Errorf("%w: %w", errRestart, err))
 			return
 		}
 		a.log.Error("cannot hold a subnet lease; retrying", "err", err, "retry", 10*time.Second)

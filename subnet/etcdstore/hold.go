@@ -63,7 +63,8 @@ func (h *held) done() <-chan struct{} {
 //
 // Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
 // its TTL unless the node comes back). It returns an error only when it cannot go on: a *subnet.NetworkFullError,
-// an invalid req, an IPv6-only config, or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+// an invalid req, an IPv6-only config, a stored config that differs from req.Config (subnet.ErrConfigChanged),
+// or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
 	if !req.Attrs.PublicIP.Is4() {
 		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
@@ -79,7 +80,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 	prev, prev6 := req.Prev.Masked(), req.PrevIPv6.Masked()
 	var bo backoff
 	for {
-		h, err := s.acquire(ctx, log, req.Attrs, value, prev, prev6)
+		h, err := s.acquire(ctx, log, req.Config, req.Attrs, value, prev, prev6)
 		if ctx.Err() != nil {
 			if h != nil && h.session != nil {
 				h.session.Orphan()
@@ -88,7 +89,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 		}
 		if err != nil {
 			var full *subnet.NetworkFullError
-			if errors.As(err, &full) || errors.Is(err, errIPv6Only) {
+			if errors.As(err, &full) || errors.Is(err, errIPv6Only) || errors.Is(err, subnet.ErrConfigChanged) {
 				return err
 			}
 			if s.closed() {
@@ -202,10 +203,15 @@ func (s *Store) revokeIfUnused(ctx context.Context, id clientv3.LeaseID) {
 }
 
 // acquire claims a lease once (compat.md §4), retrying lost races.
-func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attrs, value []byte, prev, prev6 netip.Prefix) (*held, error) {
+func (s *Store) acquire(ctx context.Context, log *slog.Logger, want *subnet.Config, attrs subnet.Attrs, value []byte, prev, prev6 netip.Prefix) (*held, error) {
 	cfg, err := s.Config(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if want != nil {
+		if d := want.Diff(cfg); d != "" {
+			return nil, fmt.Errorf("acquire lease: etcd key %s: %w: %s", s.configKey(), subnet.ErrConfigChanged, d)
+		}
 	}
 	if !cfg.EnableIPv4 {
 		return nil, fmt.Errorf("hold lease: %w", errIPv6Only)

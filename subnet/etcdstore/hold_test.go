@@ -528,3 +528,36 @@ func TestPrevSubnetOverlapChecked(t *testing.T) {
 		})
 	}
 }
+
+// TestHoldRefusesChangedConfig checks that a holder that runs with one network config never acquires a
+// lease under another: after the stored config changes and the lease is lost, Hold returns an error
+// wrapping subnet.ErrConfigChanged, naming what changed, instead of a subnet of the new network (which the
+// agent would pair with the old network in its env file).
+func TestHoldRefusesChangedConfig(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	setConfig(t, st, net16)
+	cfg, err := st.Config(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs("198.51.100.80"), Config: cfg})
+	l := h.next(t, 10*time.Second)
+	setConfig(t, st, `{"Network":"10.7.0.0/16","Backend":{"Type":"vxlan"}}`)
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), keyOf(l)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l2 := <-h.leases:
+		t.Fatalf("acquired %s under the changed config", l2.Subnet)
+	case err := <-h.done:
+		if !errors.Is(err, subnet.ErrConfigChanged) || !strings.Contains(err.Error(), "10.7.0.0/16") {
+			t.Errorf("Hold returned %v; want ErrConfigChanged naming the new network", err)
+		}
+		h.done <- err // for the cleanup's stop
+	case <-time.After(15 * time.Second):
+		t.Fatal("Hold neither returned nor acquired within 15 s")
+	}
+}
