@@ -421,7 +421,7 @@ func (s *Store) keep(ctx context.Context, log *slog.Logger, h *held, fn subnet.H
 	defer func() { stopWatch() }()
 	var wch clientv3.WatchChan
 	watch := func() {
-		wctx, cancel := context.WithCancel(ctx)
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx)) // see leaseWatch.run
 		stopWatch = cancel
 		wch = s.cli.Watch(wctx, h.key, clientv3.WithRev(h.rev+1))
 	}

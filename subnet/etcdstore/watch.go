@@ -104,7 +104,9 @@ func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 		s.testHookBeforeWatch()
 	}
 
-	wctx, cancel := context.WithCancel(ctx)
+	// Require a leader: a member cut off from quorum ends the watch (ErrNoLeader) instead of keeping it
+	// open and silent, and the listing that follows goes to a member that can answer.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	prefix := s.subnetsPrefix()
 	for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
