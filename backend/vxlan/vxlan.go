@@ -8,8 +8,9 @@
 // and creates (or reuses) the device; Set and Close act on that namespace through the handle, from any
 // thread. Set owns the main-table routes tagged with kernel.RouteProtocol that lie in the network or go
 // out the device (kernel.Owned), and every neighbour and FDB entry on the device; a second weftd for
-// another network (another VNI) on the node keeps its own. Close leaves the device and its state in place, and a restarted agent reuses a
-// compatible device with its MAC, so peers' state stays valid and no packet is lost.
+// another network (another VNI) on the node keeps its own. Between Sets, Update (backend.Updater)
+// programs single changed leases. Close leaves the device and its state in place, and a restarted agent
+// reuses a compatible device with its MAC, so peers' state stays valid and no packet is lost.
 package vxlan
 
 import (
@@ -178,8 +179,10 @@ type vxlan struct {
 	h      *kernel.Handle // set by Up; nil after Close
 	dev    int            // the device's index
 	closed bool
-	skips  backend.SkipLog   // which skipped peers were warned about
-	owners map[string]string // VTEP MAC → lease key routed to it at the last Set (first come keeps a MAC)
+	skips  backend.SkipLog // which skipped peers were warned about
+	// owners maps a VTEP MAC to the lease key routed to it at the last Set (first come keeps a MAC); it is
+	// applied.owners while applied is set, and survives an error for the next plan.
+	owners map[string]string
 	// applied is the state the last successful Set installed; nil before it and after an error, when the
 	// next Set compares with the kernel.
 	applied *desired
@@ -380,8 +383,7 @@ func (b *vxlan) Update(ch *backend.Change) error {
 	release := func(key string) {
 		if mac, ok := d.macOf[key]; ok {
 			delete(d.macOf, key)
-			delete(d.owners, mac)
-			delete(b.owners, mac)
+			delete(d.owners, mac) // also b.owners: the same map
 		}
 	}
 	for _, k := range ch.Deleted {
@@ -405,7 +407,6 @@ func (b *vxlan) Update(ch *backend.Change) error {
 				continue
 			}
 			d.owners[mac], d.macOf[key] = key, mac
-			b.owners[mac] = key
 		}
 		for _, s := range sk {
 			if strings.HasPrefix(s.Reason, macConflictPrefix) && !b.copied[key] {

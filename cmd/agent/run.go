@@ -19,7 +19,8 @@ import (
 )
 
 // run is the agent: it returns nil when ctx ends (SIGTERM), leaving the lease, the env file and the kernel
-// state in place, and an error only for a problem that a restart with the same configuration cannot fix.
+// state in place, and an error for a problem that a restart with the same configuration cannot fix, or for
+// a change that a restart applies (errRestart: the network config or the external interface changed).
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting weftd", "version", version, "config", cfg)
 	unlock, err := subnet.LockEnvFile(cfg.SubnetFile)
