@@ -260,6 +260,21 @@ func TestVXLANDirectRouting(t *testing.T) {
 	kerneltest.Expect(t, "n1 neighbours", n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), "")
 	kerneltest.Expect(t, "n1 fdb", n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), "")
 	tp.PingAll(t)
+
+	// Single changes (Update): n3 leaving and coming back gets its direct route again.
+	if err := n1.Change(t, nil, n3.Lease()); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.Expect(t, "n1 routes of ours after n3 left", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0`)
+	if err := n1.Change(t, []subnet.Lease{n3.Lease()}); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.Expect(t, "n1 routes of ours after n3 came back", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0
+		10.5.3.0/24 via 192.0.2.13 dev eth0`)
+	kerneltest.Expect(t, "n1 neighbours after n3 came back", n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), "")
+	tp.PingAll(t)
 }
 
 // TestVXLANVtepMACHijackRefused checks that a lease copying another node's VtepMAC (here n3's lease
