@@ -4,6 +4,7 @@
 #   sudo make cluster [BACKEND=udp|host-gw|vxlan] [NODES=3] [KEEP=1] [DOCKER=1]
 #   sudo make cluster-down          remove a cluster left by KEEP=1
 #   sudo make bench [BENCH_FLAGS=]  TCP 1+4 streams, round trip, agent CPU: veth, host-gw, vxlan, udp (~2 min)
+#   sudo make bench-scale           one weftd with 100 to 4,000 simulated peers: change latency, CPU, RSS
 #   sudo make test                  every tier (make test-unit: no root needed)
 #   make clean
 
@@ -18,7 +19,7 @@ NODES   ?= 3
 KEEP    ?=
 DOCKER  ?=
 
-.PHONY: build cluster cluster-down bench test test-unit clean
+.PHONY: build cluster cluster-down bench bench-scale test test-unit clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weftd ./cmd/agent
@@ -69,6 +70,12 @@ bench: build
 		else echo "make bench: please install$$missing" >&2; exit 1; fi; \
 	fi
 	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd $(BENCH_FLAGS)
+
+# The scale bench: one weftd (vxlan) with 100, 1,000 and 4,000 simulated peers in a local etcd; start time,
+# new lease to route p50/p99 and their ratios, CPU at rest, RSS (a few minutes; root, iproute2).
+bench-scale: build
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench-scale: needs root (network namespaces)" >&2; exit 1; fi
+	$(BIN)/weft-cluster bench-scale --weftd $(BIN)/weftd
 
 # Every tier: unit, store (in-process etcd), kernel and end-to-end (netns; root). WEFT_E2E=1 makes a missing
 # prerequisite a failure. Kernel-tier packages run first, the end-to-end suite (./cmd/agent) last and alone.

@@ -7,6 +7,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -25,12 +26,36 @@ type Backend interface {
 	Up(ctx context.Context) (Local, error)
 	// Set reconciles the kernel to cfg, the complete desired state: it adds what is missing, replaces what
 	// differs and removes state of its own that cfg does not explain; it never touches state it did not
-	// create. It is idempotent, and partial progress is kept when it returns an error.
+	// create. It is idempotent, and partial progress is kept when it returns an error. Unless cfg.Resync,
+	// a backend may apply only the difference between cfg and the state it applied at the last successful
+	// Set, without reading the kernel's tables: a lease change then costs the same whatever the number of
+	// peers. The first Set, and the first after an error, always compare with the kernel.
 	Set(cfg *Config) error
 	// Close stops the backend's goroutines and waits for them. Kernel state that carries traffic (devices,
 	// routes, neighbours) is left in place where the backend can, so a restarted agent does not interrupt
 	// traffic. Close is idempotent.
 	Close() error
+}
+
+// Updater is implemented by a backend that can apply a change of some peer leases alone, at a cost that
+// does not grow with the number of peers. It is optional: the agent falls back to Set with the complete state.
+type Updater interface {
+	// Update applies ch to the state of the last successful Set or Update (the same Network and Own; the
+	// peers changed as ch says). It returns an error wrapping ErrNeedSet when it cannot: no successful Set
+	// since Up or since an error, or a change it only handles as a whole (such as one touching a VtepMAC
+	// two leases claim); the caller then calls Set with the complete state. Like Set, it never touches
+	// state the backend did not create; unlike Set with Resync, it does not read the kernel's tables. It is
+	// never called concurrently with Set or Close.
+	Update(ch *Change) error
+}
+
+// ErrNeedSet is wrapped by Updater.Update's error when the change needs Set with the complete state.
+var ErrNeedSet = errors.New("backend needs the complete desired state")
+
+// Change is a change of peer leases for Updater.Update. A lease in Put and a key in Deleted appear once.
+type Change struct {
+	Put     []subnet.Lease // peer leases added or re-written
+	Deleted []string       // keys (subnet.Lease.Key) of peer leases gone
 }
 
 // Local is what a backend publishes about this node.
@@ -45,6 +70,10 @@ type Config struct {
 	Network subnet.Config  // the network config
 	Own     subnet.Lease   // this node's lease
 	Peers   []subnet.Lease // every other node's lease (own excluded), in any order
+	// Resync asks for a comparison with the kernel's own tables, repairing what was changed behind the
+	// backend's back; the agent sets it every --reconcile-interval. False: the difference from the last Set
+	// may be applied alone.
+	Resync bool
 }
 
 // External describes the underlay: the interface that carries encapsulated or routed traffic.

@@ -74,6 +74,32 @@ func (l *SkipLog) Log(log *slog.Logger, skipped []Skip) {
 	l.warned = seen
 }
 
+// Change logs the skips of an update that handled the leases keys alone: skipped are those of them skipped
+// now (each with its Key in keys); the others in keys are routed now, or gone. Skips of leases not in keys
+// keep their state. The same warn-once rule as Log applies.
+func (l *SkipLog) Change(log *slog.Logger, keys []string, skipped []Skip) {
+	if l.warned == nil {
+		l.warned = map[string]string{}
+	}
+	before := map[string]string{}
+	for _, k := range keys {
+		if r, ok := l.warned[k]; ok {
+			before[k] = r
+			delete(l.warned, k)
+		}
+	}
+	for _, s := range skipped {
+		if s.Quiet || before[s.Key] == s.Reason {
+			log.Debug("not routing to peer", "lease", s.Key, "reason", s.Reason)
+		} else {
+			log.Warn("not routing to peer", "lease", s.Key, "reason", s.Reason)
+		}
+		if !s.Quiet {
+			l.warned[s.Key] = s.Reason
+		}
+	}
+}
+
 // DropOverlapping removes from peers every lease that overlaps another lease (own, this node's, or a
 // peer's) and does not fit the network config n (another length, or outside [SubnetMin, SubnetMax]): such a
 // lease can only come from a garbage or hostile write, since the store never hands out overlapping subnets,

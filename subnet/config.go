@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 )
@@ -263,4 +264,34 @@ func (c *Config) Fits(l Lease) bool {
 
 func inRange(p netip.Prefix, bits int, lo, hi netip.Addr) bool {
 	return p.IsValid() && p.Bits() == bits && p.Masked() == p && !p.Addr().Less(lo) && !hi.Less(p.Addr())
+}
+
+// Diff describes how o differs from c in what shapes leases and the data path: the networks, subnet
+// lengths and ranges, the families enabled, the backend type and the backend's keys (compared as JSON
+// values, so spacing and key order do not count). It returns "" when they agree, else the differing fields
+// as "Network 10.5.0.0/16 -> 10.7.0.0/16; ...".
+func (c *Config) Diff(o *Config) string {
+	var out []string
+	diff := func(field string, a, b any) {
+		if fmt.Sprint(a) != fmt.Sprint(b) {
+			out = append(out, fmt.Sprintf("%s %v -> %v", field, a, b))
+		}
+	}
+	diff("EnableIPv4", c.EnableIPv4, o.EnableIPv4)
+	diff("Network", c.Network, o.Network)
+	diff("SubnetLen", c.SubnetLen, o.SubnetLen)
+	diff("SubnetMin", c.SubnetMin, o.SubnetMin)
+	diff("SubnetMax", c.SubnetMax, o.SubnetMax)
+	diff("EnableIPv6", c.EnableIPv6, o.EnableIPv6)
+	diff("IPv6Network", c.IPv6Network, o.IPv6Network)
+	diff("IPv6SubnetLen", c.IPv6SubnetLen, o.IPv6SubnetLen)
+	diff("IPv6SubnetMin", c.IPv6SubnetMin, o.IPv6SubnetMin)
+	diff("IPv6SubnetMax", c.IPv6SubnetMax, o.IPv6SubnetMax)
+	diff("Backend.Type", c.BackendType, o.BackendType)
+	var a, b any
+	errA, errB := json.Unmarshal(c.Backend, &a), json.Unmarshal(o.Backend, &b)
+	if (errA == nil) != (errB == nil) || !reflect.DeepEqual(a, b) {
+		out = append(out, fmt.Sprintf("Backend %s -> %s", c.Backend, o.Backend))
+	}
+	return strings.Join(out, "; ")
 }

@@ -350,3 +350,30 @@ func TestConfigFits(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigDiff(t *testing.T) {
+	base := `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":1}}`
+	tests := []struct {
+		other, want string
+	}{
+		{base, ""},
+		{`{"Network":"10.5.0.0/16","Backend":{"VNI":1,  "Type":"vxlan"}}`, ""},
+		{`{"Network":"10.7.0.0/16","Backend":{"Type":"vxlan","VNI":1}}`, "Network 10.5.0.0/16 -> 10.7.0.0/16; SubnetMin 10.5.1.0 -> 10.7.1.0; SubnetMax 10.5.255.0 -> 10.7.255.0"},
+		{`{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan","VNI":1}}`, "SubnetLen 24 -> 25; SubnetMin 10.5.1.0 -> 10.5.0.128; SubnetMax 10.5.255.0 -> 10.5.255.128"},
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":2}}`, `Backend {"Type":"vxlan","VNI":1} -> {"Type":"vxlan","VNI":2}`},
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}`, `Backend.Type vxlan -> host-gw; Backend {"Type":"vxlan","VNI":1} -> {"Type":"host-gw"}`},
+	}
+	a, err := subnet.ParseConfig([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		b, err := subnet.ParseConfig([]byte(tt.other))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.Diff(b); got != tt.want {
+			t.Errorf("Diff(%s):\n got %q\nwant %q", tt.other, got, tt.want)
+		}
+	}
+}

@@ -26,6 +26,10 @@ type Attrs struct {
 	BackendType   string          // empty: omitted (flannel's udp backend writes none)
 	BackendData   json.RawMessage // empty: omitted
 	BackendV6Data json.RawMessage // empty: omitted
+	// NodeID identifies the node beyond its PublicIP (weftd's --node-id, by default the machine ID), so two
+	// nodes behind one NAT address, or a node and its own previous run, can be told apart. It is stored as
+	// "WeftNodeID", a field flanneld ignores; empty: omitted (flanneld's leases have none).
+	NodeID string
 }
 
 type attrsJSON struct {
@@ -34,12 +38,14 @@ type attrsJSON struct {
 	BackendType   string          `json:"BackendType,omitempty"`
 	BackendData   json.RawMessage `json:"BackendData,omitempty"`
 	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
+	WeftNodeID    string          `json:"WeftNodeID,omitempty"`
 }
 
 // MarshalJSON encodes a in flannel's lease value format.
 func (a Attrs) MarshalJSON() ([]byte, error) {
 	// flannel writes its zero address when a node has no IPv4 address (IPv6 only); "" would not parse.
-	j := attrsJSON{PublicIP: "0.0.0.0", BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data}
+	j := attrsJSON{PublicIP: "0.0.0.0", BackendType: a.BackendType, BackendData: a.BackendData, BackendV6Data: a.BackendV6Data,
+		WeftNodeID: a.NodeID}
 	if a.PublicIP.IsValid() {
 		j.PublicIP = a.PublicIP.String()
 	}
@@ -66,7 +72,8 @@ func (a *Attrs) UnmarshalJSON(b []byte) error {
 	if err != nil || !ip.Is4() {
 		return fmt.Errorf("PublicIP %q: must be an IPv4 address", j.PublicIP)
 	}
-	out := Attrs{PublicIP: ip, BackendType: j.BackendType, BackendData: j.BackendData, BackendV6Data: j.BackendV6Data}
+	out := Attrs{PublicIP: ip, BackendType: j.BackendType, BackendData: j.BackendData, BackendV6Data: j.BackendV6Data,
+		NodeID: j.WeftNodeID}
 	if j.PublicIPv6 != nil && *j.PublicIPv6 != "" {
 		ip6, err := netip.ParseAddr(*j.PublicIPv6)
 		if err != nil || !ip6.Is6() || ip6.Is4In6() {
@@ -96,6 +103,9 @@ type Lease struct {
 	Expires time.Time
 	// Revision is the etcd ModRevision of the key when it was read; zero for a lease not read from etcd.
 	Revision int64
+	// Created is the etcd CreateRevision of the key: which of two leases came first (a holder re-writing its
+	// key keeps it). Zero for a lease not read from etcd.
+	Created int64
 }
 
 // Key returns the lease's key name below "<prefix>/subnets/".
@@ -166,6 +176,10 @@ func parseKeyPrefix(s string, v6 bool) (netip.Prefix, error) {
 	return p, nil
 }
 
+// ErrConfigChanged means the stored network config differs from the one the caller runs with
+// (AcquireRequest.Config) in what shapes leases or the data path.
+var ErrConfigChanged = errors.New("network config changed")
+
 // ErrNoConfig means the network config key does not exist (yet).
 var ErrNoConfig = errors.New("network config not found")
 
@@ -187,6 +201,10 @@ type AcquireRequest struct {
 	Prev netip.Prefix
 	// PrevIPv6 is the previous IPv6 subnet; zero if none.
 	PrevIPv6 netip.Prefix
+	// Config is the network config the caller runs with (its env file and data path are made for it). A
+	// stored config that differs from it in what shapes leases and the data path (see Config.Diff) is not
+	// acquired under. Nil: the stored config, whatever it is.
+	Config *Config
 }
 
 // HoldFunc receives Store.Hold's events: held is true for a lease just (re)acquired, false for a lease
@@ -205,4 +223,22 @@ type Store interface {
 	// Watch calls fn with the complete set of leases (own included) at start and after every change,
 	// until ctx ends; it resumes after disconnects and compactions without missing changes.
 	Watch(ctx context.Context, fn func([]Lease)) error
+}
+
+// Changes is one batch of a ChangeWatcher: with Full, Put holds every lease (a fresh listing that replaces
+// all before it); otherwise Put holds the leases written since the last batch and Deleted the leases gone
+// (deleted, expired, or re-written unreadable), of which only Subnet and IPv6Subnet (so Key) are set.
+type Changes struct {
+	Full    bool
+	Put     []Lease
+	Deleted []Lease
+}
+
+// ChangeWatcher is implemented by a Store that can report lease changes as they happen, so that a change
+// costs the same whatever the number of leases. It is optional: Store.Watch is the fallback.
+type ChangeWatcher interface {
+	// WatchChanges calls fn with a Full batch at start and after every re-listing (a compaction, a long
+	// disconnect), and with each batch of changes in between, until ctx ends; no change is missed. fn runs
+	// on WatchChanges' goroutine.
+	WatchChanges(ctx context.Context, fn func(Changes)) error
 }

@@ -74,17 +74,44 @@ func (n *Node) Up(t testing.TB) {
 	}
 }
 
-// Set calls Set on the node's backend with the node's own lease and the peers' in the topology's network.
-// It calls from the test's own thread: the backend must not depend on the calling thread's namespace.
+// Set calls Set on the node's backend with the node's own lease and the peers' in the topology's network,
+// with Resync (compared with the kernel, repairing it). It calls from the test's own thread: the backend
+// must not depend on the calling thread's namespace.
 func (n *Node) Set(t testing.TB, peers ...*Node) {
 	t.Helper()
-	cfg := &backend.Config{Network: subnet.Config{Network: kerneltest.TopologyNetwork}, Own: n.Lease()}
+	n.set(t, true, peers)
+}
+
+// Update is Set without Resync: the backend may apply only the change since its last Set.
+func (n *Node) Update(t testing.TB, peers ...*Node) {
+	t.Helper()
+	n.set(t, false, peers)
+}
+
+func (n *Node) set(t testing.TB, resync bool, peers []*Node) {
+	t.Helper()
+	cfg := &backend.Config{Network: subnet.Config{Network: kerneltest.TopologyNetwork}, Own: n.Lease(), Resync: resync}
 	for _, p := range peers {
 		cfg.Peers = append(cfg.Peers, p.Lease())
 	}
 	if err := n.Be.Set(cfg); err != nil {
-		t.Fatalf("n%d: Set: %v", n.I, err)
+		t.Fatalf("n%d: Set (resync %v): %v", n.I, resync, err)
 	}
+}
+
+// Change calls the node's backend's Update (backend.Updater) with the leases of put and the keys of the
+// leases of gone, and returns its error.
+func (n *Node) Change(t testing.TB, put []subnet.Lease, gone ...subnet.Lease) error {
+	t.Helper()
+	upd, ok := n.Be.(backend.Updater)
+	if !ok {
+		t.Fatalf("n%d: backend %T is not a backend.Updater", n.I, n.Be)
+	}
+	ch := &backend.Change{Put: put}
+	for _, l := range gone {
+		ch.Deleted = append(ch.Deleted, l.Key())
+	}
+	return upd.Update(ch)
 }
 
 // Others returns every node but n.

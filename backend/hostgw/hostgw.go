@@ -3,8 +3,9 @@
 // segment and the published PublicIP to be the interface's own address (no NAT).
 //
 // Up opens a netlink handle in the network namespace of the calling thread and enables IPv4 forwarding
-// there; Set and Close act on that namespace through the handle, from any thread. Set owns every main-table
-// route tagged with kernel.RouteProtocol. Close leaves the routes in place.
+// there; Set and Close act on that namespace through the handle, from any thread. Set owns the main-table
+// routes tagged with kernel.RouteProtocol whose destination lies in the network (kernel.Owned), so a second
+// weftd for another network on the node keeps its routes. Close leaves the routes in place.
 package hostgw
 
 import (
@@ -12,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/weft-net/weft/backend"
@@ -58,6 +61,10 @@ type hostGW struct {
 	h      *kernel.Handle // set by Up; nil after Close
 	closed bool
 	skips  backend.SkipLog // which skipped peers were warned about
+	// applied are the routes installed by the last successful Set and the Updates since, by lease key; nil
+	// before it and after an error, when the next Set compares with the kernel.
+	applied map[string]kernel.Route
+	last    *backend.Config // Network and Own of the state applied last (Peers unused)
 }
 
 func (b *hostGW) Up(ctx context.Context) (backend.Local, error) {
@@ -90,7 +97,61 @@ func (b *hostGW) Set(cfg *backend.Config) error {
 	}
 	routes, skipped := plan(cfg, b.ext)
 	b.skips.Log(b.log, skipped)
-	if err := apply(b.h, routes); err != nil {
+	var err error
+	if cfg.Resync || b.applied == nil {
+		err = apply(b.h, slices.Collect(maps.Values(routes)), kernel.Owned(cfg.Network.Network))
+	} else {
+		err = update(b.h, slices.Collect(maps.Values(b.applied)), slices.Collect(maps.Values(routes)))
+	}
+	if err != nil {
+		b.applied = nil
+		return fmt.Errorf("host-gw backend: %w", err)
+	}
+	b.applied = routes
+	last := *cfg
+	last.Peers = nil
+	b.last = &last
+	return nil
+}
+
+// Update applies a change of single peer leases to the state of the last Set (backend.Updater).
+func (b *hostGW) Update(ch *backend.Change) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errClosed
+	case b.h == nil:
+		return errNotUp
+	case b.applied == nil || b.last == nil:
+		return fmt.Errorf("host-gw backend: no state to update: %w", backend.ErrNeedSet)
+	}
+	cfg := *b.last
+	cfg.Peers = ch.Put
+	next, skipped := plan(&cfg, b.ext)
+	keys := slices.Clone(ch.Deleted)
+	var had, want []kernel.Route
+	for _, k := range ch.Deleted {
+		if r, ok := b.applied[k]; ok {
+			had = append(had, r)
+			delete(b.applied, k)
+		}
+	}
+	for _, p := range ch.Put {
+		k := p.Key()
+		keys = append(keys, k)
+		if r, ok := b.applied[k]; ok {
+			had = append(had, r)
+			delete(b.applied, k)
+		}
+		if r, ok := next[k]; ok {
+			want = append(want, r)
+			b.applied[k] = r
+		}
+	}
+	b.skips.Change(b.log, keys, skipped)
+	if err := update(b.h, had, want); err != nil {
+		b.applied = nil
 		return fmt.Errorf("host-gw backend: %w", err)
 	}
 	return nil

@@ -7,12 +7,12 @@ import (
 	"github.com/weft-net/weft/backend/kernel"
 )
 
-// plan computes the complete set of routes for cfg: each host-gw peer's IPv4 subnet via its PublicIP on
-// the external interface. Peers of another backend type are skipped quietly; a lease that would route into
-// the underlay, to this node, or outside the network is skipped with a warning (backend.CheckPeer). The
-// routes are in peer order; DiffRoutes sorts them.
-func plan(cfg *backend.Config, ext backend.External) ([]kernel.Route, []backend.Skip) {
-	var routes []kernel.Route
+// plan computes the complete set of routes for cfg, by lease key: each host-gw peer's IPv4 subnet via its
+// PublicIP on the external interface. Peers of another backend type are skipped quietly; a lease that would
+// route into the underlay, to this node, or outside the network is skipped with a warning
+// (backend.CheckPeer).
+func plan(cfg *backend.Config, ext backend.External) (map[string]kernel.Route, []backend.Skip) {
+	routes := map[string]kernel.Route{}
 	var skipped []backend.Skip
 	for _, p := range cfg.Peers {
 		if typ := p.Attrs.BackendType; typ != "" && typ != Type {
@@ -23,7 +23,7 @@ func plan(cfg *backend.Config, ext backend.External) ([]kernel.Route, []backend.
 			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: reason})
 			continue
 		}
-		routes = append(routes, kernel.Route{Dst: p.Subnet.Masked(), Gw: p.Attrs.PublicIP, LinkIndex: ext.Index})
+		routes[p.Key()] = kernel.Route{Dst: p.Subnet.Masked(), Gw: p.Attrs.PublicIP, LinkIndex: ext.Index}
 	}
 	return routes, skipped
 }

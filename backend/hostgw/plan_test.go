@@ -2,7 +2,9 @@ package hostgw
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/weft-net/weft/backend"
@@ -69,7 +71,8 @@ func TestPlan(t *testing.T) {
 			if !tt.noNetwork {
 				cfg.Network.Network = netip.MustParsePrefix("10.5.0.0/16")
 			}
-			got, skipped := plan(cfg, ext)
+			byKey, skipped := plan(cfg, ext)
+			got := slices.SortedFunc(maps.Values(byKey), func(a, b kernel.Route) int { return a.Dst.Addr().Compare(b.Dst.Addr()) })
 			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
 				t.Errorf("routes = %v, want %v", got, tt.want)
 			}

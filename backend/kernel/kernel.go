@@ -4,7 +4,9 @@
 // packet filter chain (masquerade, forward) equal to its plan.
 //
 // Ownership: every route Weft installs carries RouteProtocol, and route sync removes only routes with that
-// protocol, so routes created by anyone else are never touched.
+// protocol, so routes created by anyone else are never touched. Among Weft's own routes a backend owns only
+// those of its network or on its own devices (Owned), so several weftd instances for different networks
+// (different --etcd-prefix) share a node without deleting each other's routes.
 package kernel
 
 import (
@@ -48,6 +50,20 @@ type ForeignRouteError struct {
 
 func (e *ForeignRouteError) Error() string {
 	return fmt.Sprintf("route to %s exists with protocol %d (not ours); leaving it in place", e.Dst, e.Protocol)
+}
+
+// Owned returns the ownership scope of one backend's routes, for SyncRoutes: a route of ours belongs to the
+// backend when its destination lies inside network (a valid prefix; zero: none) or it leaves through one of
+// the backend's own devices (links, by index, such as its vxlan or tun device). Other routes with
+// RouteProtocol belong to another weftd instance, for another network, and are left alone.
+func Owned(network netip.Prefix, links ...int) func(Route) bool {
+	network = network.Masked()
+	return func(r Route) bool {
+		if network.IsValid() && r.Dst.Bits() >= network.Bits() && network.Contains(r.Dst.Addr()) {
+			return true
+		}
+		return slices.Contains(links, r.LinkIndex)
+	}
 }
 
 // DiffRoutes compares the routes we have (all tagged ours) with those we want, keyed by destination. It

@@ -192,6 +192,56 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 	return first
 }
 
+// UpdateRoutes applies the difference between had, the routes of ours applied last (by SyncRoutes or
+// UpdateRoutes), and want, without listing the routing table: its cost follows the size of the change, not
+// of the table. A wanted route to a destination in had is replaced; one to a new destination is added only
+// if no route to it exists, and a route that exists and is not ours is left alone, as SyncRoutes does
+// (ForeignRouteError). Routes in had and not in want are deleted. Call SyncRoutes at start and periodically
+// to repair what changed behind Weft's back. It keeps going after an error, returning the first one.
+func (h *Handle) UpdateRoutes(had, want []Route) error {
+	put, del := DiffRoutes(had, want)
+	ours := make(map[netip.Prefix]bool, len(had))
+	for _, r := range had {
+		ours[r.Dst] = true
+	}
+	var first error
+	keep := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	for _, r := range put {
+		if ours[r.Dst] {
+			keep(h.ReplaceRoute(r))
+			continue
+		}
+		keep(h.addRoute(r))
+	}
+	for _, r := range del {
+		keep(h.DeleteRoute(r))
+	}
+	return first
+}
+
+// addRoute adds r if no route to its destination exists; if one does, it replaces it only if it is ours.
+func (h *Handle) addRoute(r Route) error {
+	err := h.NL.RouteAdd(toNetlink(r))
+	if err == nil || !errors.Is(err, unix.EEXIST) {
+		if err != nil {
+			return fmt.Errorf("add route %s: %w", r, err)
+		}
+		return nil
+	}
+	foreign, err := h.foreignRoutes(r.Dst.Addr().Is6())
+	if err != nil {
+		return err
+	}
+	if proto, ok := foreign[r.Dst]; ok {
+		return &ForeignRouteError{Dst: r.Dst, Protocol: proto}
+	}
+	return h.ReplaceRoute(r)
+}
+
 // foreignRoutes returns the main-table destinations held by routes that are not ours (another protocol, or
 // a type other than unicast, such as an operator's blackhole or unreachable route), with their protocol.
 func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]int, error) {

@@ -165,3 +165,36 @@ func TestNewForwardingHandleInNetns(t *testing.T) {
 	}
 	kerneltest.Expect(t, "ip_forward", ns.MustExec(t, "cat", "/proc/sys/net/ipv4/ip_forward"), "1")
 }
+
+// TestUpdateRoutesInNetns checks UpdateRoutes, the change-only path: it adds a new route, replaces a changed
+// one of ours, deletes one no longer wanted, takes over a stale route of ours at a new destination, and
+// leaves a foreign route at a wanted destination alone (reporting it).
+func TestUpdateRoutesInNetns(t *testing.T) {
+	ns := routeNS(t,
+		[]string{"10.5.1.0/24", "via", "192.0.2.11", "proto", "87"},
+		[]string{"10.5.2.0/24", "via", "192.0.2.12", "proto", "87"},
+		[]string{"10.5.3.0/24", "via", "192.0.2.13", "proto", "87"},
+		[]string{"10.5.4.0/24", "via", "192.0.2.99", "proto", "87"},     // stale, ours, unknown to had
+		[]string{"10.5.5.0/24", "via", "192.0.2.98", "proto", "static"}, // foreign
+	)
+	var err error
+	withD0(t, ns, func(h *kernel.Handle, link netlink.Link) {
+		r := func(dst, gw string) kernel.Route {
+			return kernel.Route{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), LinkIndex: link.Attrs().Index}
+		}
+		had := []kernel.Route{r("10.5.1.0/24", "192.0.2.11"), r("10.5.2.0/24", "192.0.2.12"), r("10.5.3.0/24", "192.0.2.13")}
+		want := []kernel.Route{r("10.5.1.0/24", "192.0.2.11"), r("10.5.2.0/24", "192.0.2.22"),
+			r("10.5.4.0/24", "192.0.2.14"), r("10.5.5.0/24", "192.0.2.15"), r("10.5.6.0/24", "192.0.2.16")}
+		err = h.UpdateRoutes(had, want)
+	})
+	var fe *kernel.ForeignRouteError
+	if !errors.As(err, &fe) || fe.Dst.String() != "10.5.5.0/24" {
+		t.Errorf("UpdateRoutes err = %v, want a ForeignRouteError for 10.5.5.0/24", err)
+	}
+	kerneltest.Expect(t, "routes after UpdateRoutes", ns.MustIP(t, "route", "show", "root", "10.5.0.0/16"), `
+		10.5.1.0/24 via 192.0.2.11 dev d0 proto 87
+		10.5.2.0/24 via 192.0.2.22 dev d0 proto 87
+		10.5.4.0/24 via 192.0.2.14 dev d0 proto 87
+		10.5.5.0/24 via 192.0.2.98 dev d0 proto static
+		10.5.6.0/24 via 192.0.2.16 dev d0 proto 87`)
+}

@@ -45,3 +45,27 @@ func equal(a, b []Route) bool {
 	}
 	return true
 }
+
+func TestOwned(t *testing.T) {
+	p := netip.MustParsePrefix
+	owned := Owned(p("10.5.0.0/16"), 7)
+	tests := []struct {
+		r    Route
+		want bool
+	}{
+		{Route{Dst: p("10.5.2.0/24"), LinkIndex: 2}, true},   // in the network, on the underlay
+		{Route{Dst: p("10.5.0.0/16"), LinkIndex: 2}, true},   // the network itself (udp's route)
+		{Route{Dst: p("10.6.2.0/24"), LinkIndex: 2}, false},  // another instance's network
+		{Route{Dst: p("10.0.0.0/8"), LinkIndex: 2}, false},   // wider than the network
+		{Route{Dst: p("10.99.0.0/24"), LinkIndex: 7}, true},  // on our own device: a stale route of ours
+		{Route{Dst: p("192.0.2.0/24"), LinkIndex: 3}, false}, // elsewhere
+	}
+	for _, tt := range tests {
+		if got := owned(tt.r); got != tt.want {
+			t.Errorf("Owned(10.5.0.0/16, #7)(%s) = %v, want %v", tt.r, got, tt.want)
+		}
+	}
+	if Owned(netip.Prefix{}, 7)(Route{Dst: p("10.5.2.0/24"), LinkIndex: 2}) {
+		t.Error("Owned with no network owns a route on another link")
+	}
+}

@@ -118,9 +118,10 @@ func (b *Backend) Set(cfg *backend.Config) error {
 	if err := b.h.SetLinkAddrs(st.Index, netip.PrefixFrom(own.Masked().Addr(), 32)); err != nil {
 		return err
 	}
-	// The backend owns every route of ours in the namespace: a nil scope removes stale ones.
+	// The backend owns the routes of ours in its network or through flannel0 (another weftd's, for another
+	// network, are left alone); a stale one among them is removed.
 	want := []kernel.Route{{Dst: network.Masked(), LinkIndex: st.Index}}
-	return b.h.SyncRoutes(false, want, nil)
+	return b.h.SyncRoutes(false, want, kernel.Owned(network.Masked(), st.Index))
 }
 
 // repairLocked replaces a lost data path with a new one, in the namespace Up ran in.

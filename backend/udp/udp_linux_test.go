@@ -320,6 +320,7 @@ func TestCluster(t *testing.T) {
 	t.Run("Reconcile", func(t *testing.T) {
 		n1.NS.MustIP(t, "route", "add", "10.5.77.0/24", "dev", "flannel0", "proto", "87") // stale, ours
 		n1.NS.MustIP(t, "route", "add", "10.5.88.0/24", "dev", "cbr0")                    // foreign
+		n1.NS.MustIP(t, "route", "add", "10.6.0.0/16", "dev", "cbr0", "proto", "87")      // another weftd's network
 		n1.NS.MustIP(t, "route", "del", "10.5.0.0/16", "dev", "flannel0")                 // drift
 		n1.NS.MustIP(t, "addr", "add", "10.9.9.9/32", "dev", "flannel0")                  // stray address
 		cl.set(n1, nil)
@@ -332,6 +333,9 @@ func TestCluster(t *testing.T) {
 		}
 		if !strings.Contains(routes, "10.5.88.0/24 dev cbr0") {
 			t.Errorf("foreign route removed:\n%s", routes)
+		}
+		if !strings.Contains(routes, "10.6.0.0/16 dev cbr0 proto 87") {
+			t.Errorf("another network's route of ours removed (ownership scope):\n%s", routes)
 		}
 		addrs := n1.NS.MustIP(t, "-4", "-o", "addr", "show", "dev", "flannel0")
 		if !strings.Contains(addrs, "inet 10.5.1.0/32") || strings.Contains(addrs, "10.9.9.9") {

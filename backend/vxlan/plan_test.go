@@ -164,3 +164,67 @@ func TestIncompatible(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanVtepMACClaims checks that a lease copying another lease's VtepMAC, or this node's, is refused:
+// the first holder of a MAC keeps it (the one that held it at the last plan, else the key created first),
+// so a copier never takes the FDB entry of the node it copies.
+func TestPlanVtepMACClaims(t *testing.T) {
+	ext := backend.External{Name: "eth0", Index: 2, MTU: 1500, Addr: netip.MustParseAddr("192.0.2.11"), PublicIP: netip.MustParseAddr("192.0.2.11")}
+	own := peer("10.5.1.0/24", "192.0.2.11", Type, vtep("02:00:00:00:00:01"))
+	ownMAC, _ := net.ParseMAC("02:00:00:00:00:01")
+	m2 := "02:00:00:00:00:02"
+	created := func(l subnet.Lease, rev int64) subnet.Lease { l.Created, l.Revision = rev, rev; return l }
+	real2 := created(peer("10.5.2.0/24", "192.0.2.12", Type, vtep(m2)), 10)
+	copier := created(peer("10.5.3.0/24", "192.0.2.13", Type, vtep(m2)), 20)
+	tests := []struct {
+		name     string
+		peers    []subnet.Lease
+		owners   map[string]string // MAC claims from the plan before
+		want     string
+		wantSkip []string
+	}{
+		{
+			name:  "the key created first keeps the MAC",
+			peers: []subnet.Lease{copier, real2},
+			want: `addr 10.5.1.0/32
+neigh 10.5.2.0 lladdr 02:00:00:00:00:02 dev #9
+fdb 02:00:00:00:00:02 dst 192.0.2.12 dev #9
+route 10.5.2.0/24 via 10.5.2.0 dev #9 onlink
+`,
+			wantSkip: []string{`10.5.3.0-24: its VtepMAC 02:00:00:00:00:02 is lease 10.5.2.0-24's`},
+		},
+		{
+			name:   "the holder at the last plan keeps it, even if created later",
+			peers:  []subnet.Lease{real2, copier},
+			owners: map[string]string{m2: "10.5.3.0-24"},
+			want: `addr 10.5.1.0/32
+neigh 10.5.3.0 lladdr 02:00:00:00:00:02 dev #9
+fdb 02:00:00:00:00:02 dst 192.0.2.13 dev #9
+route 10.5.3.0/24 via 10.5.3.0 dev #9 onlink
+`,
+			wantSkip: []string{`10.5.2.0-24: its VtepMAC 02:00:00:00:00:02 is lease 10.5.3.0-24's`},
+		},
+		{
+			name:     "this node's MAC",
+			peers:    []subnet.Lease{created(peer("10.5.4.0/24", "192.0.2.14", Type, vtep("02:00:00:00:00:01")), 5)},
+			want:     "addr 10.5.1.0/32\n",
+			wantSkip: []string{`10.5.4.0-24: its VtepMAC 02:00:00:00:00:01 is this node's`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := &backend.Config{Network: subnet.Config{Network: netip.MustParsePrefix("10.5.0.0/16")}, Own: own, Peers: tt.peers}
+			got, skipped := plan(cfg, planInput{ext: ext, dev: 9, ownMAC: ownMAC, macOwners: tt.owners})
+			if g := render(got); g != tt.want {
+				t.Errorf("plan:\n%s\nwant:\n%s", g, tt.want)
+			}
+			var gotSkip []string
+			for _, s := range skipped {
+				gotSkip = append(gotSkip, s.Key+": "+s.Reason)
+			}
+			if strings.Join(gotSkip, "\n") != strings.Join(tt.wantSkip, "\n") {
+				t.Errorf("skipped:\n%s\nwant:\n%s", strings.Join(gotSkip, "\n"), strings.Join(tt.wantSkip, "\n"))
+			}
+		})
+	}
+}

@@ -6,9 +6,11 @@
 //
 // Up opens a netlink handle in the network namespace of the calling thread, enables IPv4 forwarding there
 // and creates (or reuses) the device; Set and Close act on that namespace through the handle, from any
-// thread. Set owns every main-table route tagged with kernel.RouteProtocol and every neighbour and FDB
-// entry on the device. Close leaves the device and its state in place, and a restarted agent reuses a
-// compatible device with its MAC, so peers' state stays valid and no packet is lost.
+// thread. Set owns the main-table routes tagged with kernel.RouteProtocol that lie in the network or go
+// out the device (kernel.Owned), and every neighbour and FDB entry on the device; a second weftd for
+// another network (another VNI) on the node keeps its own. Between Sets, Update (backend.Updater)
+// programs single changed leases. Close leaves the device and its state in place, and a restarted agent
+// reuses a compatible device with its MAC, so peers' state stays valid and no packet is lost.
 package vxlan
 
 import (
@@ -23,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/kernel"
@@ -177,6 +180,24 @@ type vxlan struct {
 	dev    int            // the device's index
 	closed bool
 	skips  backend.SkipLog // which skipped peers were warned about
+	// owners maps a VTEP MAC to the lease key routed to it at the last Set (first come keeps a MAC); it is
+	// applied.owners while applied is set, and survives an error for the next plan.
+	owners map[string]string
+	// applied is the state the last successful Set installed; nil before it and after an error, when the
+	// next Set compares with the kernel.
+	applied *desired
+	last    *backend.Config     // Network and Own of the state applied last (Peers unused)
+	direct  map[netip.Addr]bool // DirectRouting's answer per peer PublicIP, kept between resyncs
+	copied  map[string]bool     // lease keys refused at the last Set for publishing a VTEP MAC already in use
+
+	conflicts atomic.Uint64 // leases refused for a copied VTEP MAC, counted when first refused
+}
+
+// Stats returns the backend's counters for /metrics: vtepmac_conflicts_total counts the leases refused
+// because their VtepMAC was this node's or another routed lease's (each counted when it starts being
+// refused).
+func (b *vxlan) Stats() map[string]uint64 {
+	return map[string]uint64{"vtepmac_conflicts_total": b.conflicts.Load()}
 }
 
 func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
@@ -264,14 +285,147 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 	if _, err := b.ensure(false); err != nil {
 		return err
 	}
+	full := cfg.Resync || b.applied == nil || b.applied.dev != b.dev
+	if !full && b.applied.stale {
+		b.applied.flatten()
+	}
 	var direct map[netip.Addr]bool
 	if b.cfg.DirectRouting {
-		direct = directPeers(b.h, b.ext, cfg.Peers, b.log)
+		if full || b.direct == nil {
+			b.direct = map[netip.Addr]bool{}
+		}
+		direct = directPeers(b.h, b.ext, cfg.Peers, b.direct, b.log)
 	}
-	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct})
+	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, macOwners: b.owners})
 	b.skips.Log(b.log, skipped)
-	if err := apply(b.h, b.dev, want, b.cfg.Learning); err != nil {
+	b.owners = want.owners
+	copied := map[string]bool{}
+	for _, s := range skipped {
+		if strings.HasPrefix(s.Reason, macConflictPrefix) {
+			copied[s.Key] = true
+			if !b.copied[s.Key] {
+				b.conflicts.Add(1)
+			}
+		}
+	}
+	b.copied = copied
+	var err error
+	if full {
+		err = apply(b.h, b.dev, want, b.cfg.Learning, cfg.Network.Network)
+	} else {
+		err = update(b.h, b.dev, *b.applied, want)
+	}
+	if err != nil {
+		b.applied = nil
 		return fmt.Errorf("vxlan backend: %w", err)
+	}
+	b.applied = &want
+	last := *cfg
+	last.Peers = nil
+	b.last = &last
+	return nil
+}
+
+// Update applies a change of single peer leases to the state of the last Set (backend.Updater), planning
+// and programming those leases alone. A change that touches a VtepMAC two leases claimed at the last plan,
+// or a lease refused for its VtepMAC, is left to Set (ErrNeedSet), which weighs every claim.
+func (b *vxlan) Update(ch *backend.Change) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return errClosed
+	case b.h == nil:
+		return errNotUp
+	case b.applied == nil || b.last == nil:
+		return fmt.Errorf("vxlan backend: no state to update: %w", backend.ErrNeedSet)
+	}
+	d := b.applied
+	keys := make([]string, 0, len(ch.Put)+len(ch.Deleted))
+	for _, p := range ch.Put {
+		keys = append(keys, p.Key())
+	}
+	keys = append(keys, ch.Deleted...)
+	for _, k := range keys {
+		if b.copied[k] || d.contested[d.macOf[k]] {
+			return fmt.Errorf("vxlan backend: lease %s: a VtepMAC two leases claim: %w", k, backend.ErrNeedSet)
+		}
+	}
+	var direct map[netip.Addr]bool
+	if b.cfg.DirectRouting {
+		if b.direct == nil {
+			b.direct = map[netip.Addr]bool{}
+		}
+		direct = directPeers(b.h, b.ext, ch.Put, b.direct, b.log)
+	}
+	in := planInput{ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC}
+	deleted := map[string]bool{}
+	for _, k := range ch.Deleted {
+		deleted[k] = true
+	}
+	var skipped []backend.Skip
+	var first error
+	change := func(key string, next *peerEntries) {
+		old, had := d.byKey[key]
+		var oldp *peerEntries
+		if had {
+			oldp = &old
+		}
+		if err := applyPeer(b.h, oldp, next); err != nil && first == nil {
+			first = err
+		}
+		if next != nil {
+			d.byKey[key] = *next
+		} else {
+			delete(d.byKey, key)
+		}
+	}
+	release := func(key string) {
+		if mac, ok := d.macOf[key]; ok {
+			delete(d.macOf, key)
+			delete(d.owners, mac) // also b.owners: the same map
+		}
+	}
+	for _, k := range ch.Deleted {
+		change(k, nil)
+		release(k)
+	}
+	for _, p := range ch.Put {
+		key := p.Key()
+		cfg := *b.last
+		cfg.Peers = []subnet.Lease{p}
+		one, sk := plan(&cfg, in)
+		next, routed := one.byKey[key]
+		release(key)
+		for mac := range one.owners {
+			if owner := d.owners[mac]; owner != "" && owner != key && !deleted[owner] {
+				routed = false
+				sk = append(sk, backend.Skip{Key: key, Reason: fmt.Sprintf("%s%s is lease %s's", macConflictPrefix, mac, owner)})
+				d.contested[mac] = true
+				b.copied[key] = true
+				b.conflicts.Add(1)
+				continue
+			}
+			d.owners[mac], d.macOf[key] = key, mac
+		}
+		for _, s := range sk {
+			if strings.HasPrefix(s.Reason, macConflictPrefix) && !b.copied[key] {
+				b.copied[key] = true // this node's own MAC
+				b.conflicts.Add(1)
+			}
+		}
+		skipped = append(skipped, sk...)
+		if routed {
+			change(key, &next)
+		} else {
+			change(key, nil)
+		}
+	}
+	b.skips.Change(b.log, keys, skipped)
+	d.stale = true
+	if first != nil {
+		b.applied = nil
+		return fmt.Errorf("vxlan backend: %w", first)
 	}
 	return nil
 }

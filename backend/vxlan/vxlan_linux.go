@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"bytes"
 	"errors"
 	"log/slog"
 	"net"
@@ -80,9 +81,9 @@ func ensureDevice(h *kernel.Handle, want kernel.VXLAN) (*kernel.VXLAN, deviceAct
 }
 
 // directPeers returns the PublicIPs of vxlan peers that the kernel reaches directly (no gateway) on the
-// external interface.
-func directPeers(h *kernel.Handle, ext backend.External, peers []subnet.Lease, log *slog.Logger) map[netip.Addr]bool {
-	direct := map[netip.Addr]bool{}
+// external interface. It asks the kernel only about addresses not in direct already, and records the answers
+// there.
+func directPeers(h *kernel.Handle, ext backend.External, peers []subnet.Lease, direct map[netip.Addr]bool, log *slog.Logger) map[netip.Addr]bool {
 	for _, p := range peers {
 		ip := p.Attrs.PublicIP
 		if p.Attrs.BackendType != Type || !ip.Is4() {
@@ -106,7 +107,7 @@ func directPeers(h *kernel.Handle, ext backend.External, peers []subnet.Lease, l
 // entries, routes (so a route never points at a peer the device cannot reach yet), then removals in the
 // reverse order. It keeps going after an error and returns the first one. With learning, entries the
 // device learned are left alone.
-func apply(h *kernel.Handle, dev int, d desired, learning bool) error {
+func apply(h *kernel.Handle, dev int, d desired, learning bool, network netip.Prefix) error {
 	var first error
 	keep := func(err error) {
 		if err != nil && first == nil {
@@ -133,12 +134,75 @@ func apply(h *kernel.Handle, dev int, d desired, learning bool) error {
 	for _, f := range putF {
 		keep(h.ReplaceFDB(f))
 	}
-	keep(h.SyncRoutes(false, d.routes, nil))
+	keep(h.SyncRoutes(false, d.routes, kernel.Owned(network, dev)))
 	for _, f := range delF {
 		keep(h.DeleteFDB(f))
 	}
 	for _, n := range delN {
 		keep(h.DeleteNeigh(n))
+	}
+	return first
+}
+
+// update applies the difference between had, the state installed by the last Set, and want, in apply's
+// order, without reading the kernel's tables. It keeps going after an error and returns the first one.
+func update(h *kernel.Handle, dev int, had, want desired) error {
+	var first error
+	keep := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	if had.addr != want.addr {
+		keep(h.SetLinkAddrs(dev, want.addr))
+	}
+	putN, delN := kernel.DiffNeighs(had.neighs, want.neighs)
+	putF, delF := kernel.DiffFDB(had.fdb, want.fdb)
+	for _, n := range putN {
+		keep(h.ReplaceNeigh(n))
+	}
+	for _, f := range putF {
+		keep(h.ReplaceFDB(f))
+	}
+	keep(h.UpdateRoutes(had.routes, want.routes))
+	for _, f := range delF {
+		keep(h.DeleteFDB(f))
+	}
+	for _, n := range delN {
+		keep(h.DeleteNeigh(n))
+	}
+	return first
+}
+
+// applyPeer changes what one peer lease installs from old to next (either nil: none), in apply's order.
+func applyPeer(h *kernel.Handle, old, next *peerEntries) error {
+	var first error
+	keep := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	var oldN, nextN *kernel.Neigh
+	var oldF, nextF *kernel.FDB
+	var oldR, nextR []kernel.Route
+	if old != nil {
+		oldN, oldF, oldR = old.neigh, old.fdb, []kernel.Route{old.route}
+	}
+	if next != nil {
+		nextN, nextF, nextR = next.neigh, next.fdb, []kernel.Route{next.route}
+	}
+	if nextN != nil && (oldN == nil || oldN.IP != nextN.IP || !bytes.Equal(oldN.MAC, nextN.MAC)) {
+		keep(h.ReplaceNeigh(*nextN))
+	}
+	if nextF != nil && (oldF == nil || oldF.Dst != nextF.Dst || !bytes.Equal(oldF.MAC, nextF.MAC)) {
+		keep(h.ReplaceFDB(*nextF))
+	}
+	keep(h.UpdateRoutes(oldR, nextR))
+	if oldF != nil && (nextF == nil || oldF.Dst != nextF.Dst || !bytes.Equal(oldF.MAC, nextF.MAC)) {
+		keep(h.DeleteFDB(*oldF))
+	}
+	if oldN != nil && (nextN == nil || oldN.IP != nextN.IP) {
+		keep(h.DeleteNeigh(*oldN))
 	}
 	return first
 }

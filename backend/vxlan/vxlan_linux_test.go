@@ -2,10 +2,13 @@ package vxlan
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/backendtest"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/subnet"
@@ -257,4 +260,198 @@ func TestVXLANDirectRouting(t *testing.T) {
 	kerneltest.Expect(t, "n1 neighbours", n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), "")
 	kerneltest.Expect(t, "n1 fdb", n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), "")
 	tp.PingAll(t)
+
+	// Single changes (Update): n3 leaving and coming back gets its direct route again.
+	if err := n1.Change(t, nil, n3.Lease()); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.Expect(t, "n1 routes of ours after n3 left", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0`)
+	if err := n1.Change(t, []subnet.Lease{n3.Lease()}); err != nil {
+		t.Fatal(err)
+	}
+	kerneltest.Expect(t, "n1 routes of ours after n3 came back", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0
+		10.5.3.0/24 via 192.0.2.13 dev eth0`)
+	kerneltest.Expect(t, "n1 neighbours after n3 came back", n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1"), "")
+	tp.PingAll(t)
+}
+
+// TestVXLANVtepMACHijackRefused checks that a lease copying another node's VtepMAC (here n3's lease
+// publishing n2's MAC, written after n2's) never takes n2's FDB entry, whatever order the peers come in,
+// and that the refusal is counted once; a lease copying this node's own MAC is refused too.
+func TestVXLANVtepMACHijackRefused(t *testing.T) {
+	tp, nodes := backendtest.NewCluster(t, 3)
+	kerneltest.RequireCommand(t, "bridge")
+	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	real2 := n2.Lease()
+	real2.Created = 10
+	copier := n3.Lease()
+	copier.Attrs.BackendData = n2.Local.BackendData
+	copier.Created = 20
+	ownCopy := n3.Lease()
+	ownCopy.Subnet = netip.MustParsePrefix("10.5.9.0/24")
+	ownCopy.Attrs.BackendData = n1.Local.BackendData
+	ownCopy.Created = 30
+	n2.Set(t, n1)
+	m2 := vtepMAC(t, n2)
+	wantFDB := fmt.Sprintf("%s dst 192.0.2.12 self permanent", m2)
+	for i, peers := range [][]subnet.Lease{{real2, copier, ownCopy}, {copier, ownCopy, real2}, {real2, copier, ownCopy}} {
+		cfg := &backend.Config{Network: subnet.Config{Network: kerneltest.TopologyNetwork}, Own: n1.Lease(), Peers: peers}
+		if err := n1.Be.Set(cfg); err != nil {
+			t.Fatalf("Set %d: %v", i, err)
+		}
+		kerneltest.ExpectSorted(t, fmt.Sprintf("n1 fdb after Set %d", i), n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1"), wantFDB)
+		kerneltest.Expect(t, fmt.Sprintf("n1 routes after Set %d", i), n1.NS.MustIP(t, "route", "show", "proto", "87"),
+			"10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink")
+	}
+	if out, err := n1.Ping(n2.CtrAddr); err != nil {
+		t.Errorf("ping n1 → n2 with a copier around: %v\n%s", err, out)
+	}
+	_ = tp
+	stats := n1.Be.(interface{ Stats() map[string]uint64 }).Stats()
+	if got := stats["vtepmac_conflicts_total"]; got != 2 {
+		t.Errorf("vtepmac_conflicts_total = %d, want 2 (the copier of n2's MAC and the copier of n1's, each counted once)", got)
+	}
+}
+
+// TestVXLANOwnsOnlyItsNetwork checks Set's ownership scope: a route of ours for another network on the
+// underlay (another weftd's, say host-gw for 10.6.0.0/16) is kept; a stale route of ours on the vxlan
+// device, whatever its destination, is removed.
+func TestVXLANOwnsOnlyItsNetwork(t *testing.T) {
+	_, nodes := backendtest.NewCluster(t, 2)
+	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
+	n1, n2 := nodes[0], nodes[1]
+	n1.NS.MustIP(t, "route", "add", "10.6.2.0/24", "via", "192.0.2.12", "dev", "eth0", "proto", "87")
+	n1.NS.MustIP(t, "route", "add", "10.7.0.0/24", "via", "10.7.0.0", "dev", "flannel.1", "onlink", "proto", "87")
+	n1.Set(t, n2)
+	kerneltest.Expect(t, "n1 routes of ours", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
+		10.6.2.0/24 via 192.0.2.12 dev eth0`)
+}
+
+// TestVXLANUpdate checks the change-only path (Set without Resync): peers join, leave and come back with a
+// new MAC, and the kernel follows; it does not read the kernel, so a route deleted by hand comes back only
+// with the next Resync.
+func TestVXLANUpdate(t *testing.T) {
+	tp, nodes := backendtest.NewCluster(t, 3)
+	kerneltest.RequireCommand(t, "bridge")
+	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	for _, n := range nodes {
+		n.Set(t) // the first Set: no peers yet
+	}
+	for _, n := range nodes {
+		n.Update(t, backendtest.Others(nodes, n)...)
+	}
+	tp.PingAll(t)
+	state := func() string {
+		return n1.NS.MustIP(t, "route", "show", "proto", "87") + n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1") +
+			n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1")
+	}
+	m2, m3 := vtepMAC(t, n2), vtepMAC(t, n3)
+	kerneltest.ExpectSorted(t, "n1 after Update with n2 and n3", state(), fmt.Sprintf(`
+		10.5.2.0 lladdr %[1]s PERMANENT
+		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
+		10.5.3.0 lladdr %[2]s PERMANENT
+		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink
+		%[1]s dst 192.0.2.12 self permanent
+		%[2]s dst 192.0.2.13 self permanent`, m2, m3))
+
+	n1.Update(t, n2)
+	kerneltest.ExpectSorted(t, "n1 after n3 left", state(), fmt.Sprintf(`
+		10.5.2.0 lladdr %[1]s PERMANENT
+		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
+		%[1]s dst 192.0.2.12 self permanent`, m2))
+
+	// n3 comes back with a new device MAC.
+	n3.NS.MustIP(t, "link", "del", "flannel.1")
+	n3.Be.Close()
+	startVXLAN(t, []*backendtest.Node{n3}, `{"Type":"vxlan"}`)
+	n3.Set(t, n1, n2)
+	m3b := vtepMAC(t, n3)
+	if m3b == m3 {
+		t.Fatalf("n3's new device kept MAC %s", m3)
+	}
+	n1.Update(t, n2, n3)
+	kerneltest.ExpectSorted(t, "n1 after n3 came back", state(), fmt.Sprintf(`
+		10.5.2.0 lladdr %[1]s PERMANENT
+		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
+		10.5.3.0 lladdr %[2]s PERMANENT
+		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink
+		%[1]s dst 192.0.2.12 self permanent
+		%[2]s dst 192.0.2.13 self permanent`, m2, m3b))
+	if out, err := n1.Ping(n3.CtrAddr); err != nil {
+		t.Errorf("n1 → n3 after it came back: %v\n%s", err, out)
+	}
+
+	// Update does not read the kernel; Resync repairs.
+	n1.NS.MustIP(t, "route", "del", "10.5.2.0/24")
+	n1.Update(t, n2, n3)
+	if strings.Contains(n1.NS.MustIP(t, "route", "show", "proto", "87"), "10.5.2.0/24") {
+		t.Log("Update restored a hand-deleted route (it may, but need not)")
+	}
+	n1.Set(t, n2, n3)
+	if !strings.Contains(n1.NS.MustIP(t, "route", "show", "proto", "87"), "10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink") {
+		t.Error("Set with Resync did not restore the hand-deleted route")
+	}
+}
+
+// TestVXLANChange checks backend.Updater: single leases joining, leaving and changing are programmed alone,
+// a copier of a VtepMAC is refused as Set refuses it, and a change touching a contested MAC asks for Set.
+func TestVXLANChange(t *testing.T) {
+	_, nodes := backendtest.NewCluster(t, 3)
+	kerneltest.RequireCommand(t, "bridge")
+	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	if err := n1.Change(t, []subnet.Lease{n2.Lease()}); !errors.Is(err, backend.ErrNeedSet) {
+		t.Errorf("Update before any Set: %v, want ErrNeedSet", err)
+	}
+	n1.Set(t, n2)
+	n2.Set(t, n1, n3)
+	n3.Set(t, n1, n2)
+	state := func() string {
+		return n1.NS.MustIP(t, "route", "show", "proto", "87") + n1.NS.MustIP(t, "neigh", "show", "dev", "flannel.1") +
+			n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel.1")
+	}
+	m2, m3 := vtepMAC(t, n2), vtepMAC(t, n3)
+	mustChange := func(put []subnet.Lease, gone ...subnet.Lease) {
+		t.Helper()
+		if err := n1.Change(t, put, gone...); err != nil {
+			t.Fatalf("Update: %v", err)
+		}
+	}
+	mustChange([]subnet.Lease{n3.Lease()})
+	kerneltest.ExpectSorted(t, "n1 after n3 joined", state(), fmt.Sprintf(`
+		10.5.2.0 lladdr %[1]s PERMANENT
+		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
+		10.5.3.0 lladdr %[2]s PERMANENT
+		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink
+		%[1]s dst 192.0.2.12 self permanent
+		%[2]s dst 192.0.2.13 self permanent`, m2, m3))
+	if out, err := n1.Ping(n3.CtrAddr); err != nil {
+		t.Errorf("n1 → n3 after the change: %v\n%s", err, out)
+	}
+	mustChange(nil, n2.Lease())
+	kerneltest.ExpectSorted(t, "n1 after n2 left", state(), fmt.Sprintf(`
+		10.5.3.0 lladdr %[1]s PERMANENT
+		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink
+		%[1]s dst 192.0.2.13 self permanent`, m3))
+
+	// A lease copying n3's MAC is refused and counted; n3 keeps its entry.
+	copier := n2.Lease()
+	copier.Attrs.BackendData = n3.Local.BackendData
+	mustChange([]subnet.Lease{copier})
+	kerneltest.ExpectSorted(t, "n1 after a copier came", state(), fmt.Sprintf(`
+		10.5.3.0 lladdr %[1]s PERMANENT
+		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink
+		%[1]s dst 192.0.2.13 self permanent`, m3))
+	if got := n1.Be.(interface{ Stats() map[string]uint64 }).Stats()["vtepmac_conflicts_total"]; got != 1 {
+		t.Errorf("vtepmac_conflicts_total = %d, want 1", got)
+	}
+	// n3 leaving would hand its MAC to the copier: that is for Set to weigh.
+	if err := n1.Change(t, nil, n3.Lease()); !errors.Is(err, backend.ErrNeedSet) {
+		t.Errorf("Update of a lease with a contested MAC: %v, want ErrNeedSet", err)
+	}
 }

@@ -19,8 +19,12 @@ func ensureDevice(*kernel.Handle, kernel.VXLAN) (*kernel.VXLAN, deviceAction, er
 	return nil, deviceAction{}, errors.ErrUnsupported
 }
 
-func directPeers(*kernel.Handle, backend.External, []subnet.Lease, *slog.Logger) map[netip.Addr]bool {
+func directPeers(*kernel.Handle, backend.External, []subnet.Lease, map[netip.Addr]bool, *slog.Logger) map[netip.Addr]bool {
 	return nil
 }
 
-func apply(*kernel.Handle, int, desired, bool) error { return errors.ErrUnsupported }
+func apply(*kernel.Handle, int, desired, bool, netip.Prefix) error { return errors.ErrUnsupported }
+
+func update(*kernel.Handle, int, desired, desired) error { return errors.ErrUnsupported }
+
+func applyPeer(*kernel.Handle, *peerEntries, *peerEntries) error { return errors.ErrUnsupported }

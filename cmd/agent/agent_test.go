@@ -35,8 +35,9 @@ func TestLeaseLossKeepsForwardingButNotReady(t *testing.T) {
 	if a.desired() != nil {
 		t.Fatal("desired state before the first watch snapshot: want nil (an empty peer set must not be applied)")
 	}
+	a.onChanges(subnet.Changes{Full: true, Put: []subnet.Lease{own, peer}})
 	a.mu.Lock()
-	a.all, a.haveWatch, a.synced = []subnet.Lease{own, peer}, true, true // as after a successful Set
+	a.synced = true // as after a successful Set
 	a.mu.Unlock()
 	if !a.ready() {
 		t.Fatal("not ready with the lease held, the env file written and the data path in sync")

@@ -76,6 +76,7 @@ type Config struct {
 	IfaceRegexes []string      // --iface-regex; empty: see CanReach
 	CanReach     string        // --iface-can-reach; empty: the default route's interface
 	PublicIP     string        // --public-ip; empty: the interface's address
+	NodeID       string        // --node-id; empty: derived from the machine ID (see defaultNodeID)
 	SubnetFile   string        // --subnet-file
 	LeaseTTL     time.Duration // --subnet-lease-ttl
 	RenewMargin  int           // --subnet-lease-renew-margin (minutes); accepted for compatibility
@@ -110,6 +111,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("iface-regex", c.IfaceRegexes),
 		slog.String("iface-can-reach", c.CanReach),
 		slog.String("public-ip", c.PublicIP),
+		slog.String("node-id", c.NodeID),
 		slog.String("subnet-file", c.SubnetFile),
 		slog.Duration("subnet-lease-ttl", c.LeaseTTL),
 		slog.Bool("ip-masq", c.IPMasq),
@@ -135,6 +137,7 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.StringSliceVar(&c.IfaceRegexes, "iface-regex", nil, "regular expression matched against interface names and addresses (repeatable)")
 	fs.StringVar(&c.CanReach, "iface-can-reach", "", "use the interface that routes to this address")
 	fs.StringVar(&c.PublicIP, "public-ip", "", "IPv4 address other nodes use to reach this one (default: the interface's address)")
+	fs.StringVar(&c.NodeID, "node-id", "", "this node's identity in its lease (WeftNodeID), telling apart nodes that share a public IP (default: derived from /etc/machine-id)")
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
 	fs.IntVar(&c.RenewMargin, "subnet-lease-renew-margin", 60, "accepted for flanneld compatibility; weftd renews with etcd keepalives")
@@ -171,6 +174,36 @@ func (d *secondsOrDuration) Set(s string) error {
 func (d *secondsOrDuration) String() string { return time.Duration(*d).String() }
 func (d *secondsOrDuration) Type() string   { return "duration" }
 
+// longFlags rewrites flanneld's single-dash form of a long flag ("-etcd-endpoints=URL", "-iface eth0", as
+// distro units and old scripts pass them; Go's flag package takes both forms) to the double-dash form. Only
+// names of fs's flags longer than one letter are rewritten; the value after a flag that takes one is left
+// alone even if it starts with a dash, and so is everything after "--".
+func longFlags(fs *pflag.FlagSet, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if !strings.HasPrefix(a, "-") || strings.HasPrefix(a, "--") {
+			out = append(out, a)
+			continue
+		}
+		name, _, hasValue := strings.Cut(a[1:], "=")
+		f := fs.Lookup(name)
+		if len(name) < 2 || f == nil {
+			out = append(out, a)
+			continue
+		}
+		out = append(out, "-"+a)
+		if !hasValue && f.NoOptDefVal == "" && i+1 < len(args) {
+			i++
+			out = append(out, args[i]) // the flag's value, whatever it looks like
+		}
+	}
+	return out
+}
+
 // errHelp is returned after usage was printed for --help.
 var errHelp = errors.New("help requested")
 
@@ -178,7 +211,7 @@ var errHelp = errors.New("help requested")
 // WEFTD_<NAME>, else FLANNELD_<NAME>, with NAME the flag name upper-cased and dashes turned to underscores.
 func parseFlags(fs *pflag.FlagSet, args []string, getenv func(string) string) error {
 	fs.SortFlags = false
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(longFlags(fs, args)); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return errHelp
 		}

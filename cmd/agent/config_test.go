@@ -39,6 +39,18 @@ func TestAgentConfigFlagsAndEnv(t *testing.T) {
 				t.Errorf("flags not applied: %+v", c)
 			}
 		}},
+		{"flanneld's single-dash flags", []string{"-etcd-endpoints=http://192.0.2.2:2379", "-iface", "eth0", "-ip-masq", "-subnet-lease-ttl", "10s",
+			"-etcd-prefix=/weft/x", "-node-id", "n7"}, nil, func(t *testing.T, c Config) {
+			if !reflect.DeepEqual(c.Etcd.Endpoints, []string{"http://192.0.2.2:2379"}) || !reflect.DeepEqual(c.Ifaces, []string{"eth0"}) ||
+				!c.IPMasq || c.LeaseTTL != 10*time.Second || c.Etcd.Prefix != "/weft/x" || c.NodeID != "n7" {
+				t.Errorf("single-dash flags not applied: %+v", c)
+			}
+		}},
+		{"a value that starts with a dash stays a value", []string{"-iface-regex", "-eth[0-9]"}, nil, func(t *testing.T, c Config) {
+			if !reflect.DeepEqual(c.IfaceRegexes, []string{"-eth[0-9]"}) {
+				t.Errorf("iface-regex = %q, want [-eth[0-9]]", c.IfaceRegexes)
+			}
+		}},
 		{"WEFTD_ environment", nil, map[string]string{"WEFTD_ETCD_PREFIX": "/weft/net", "WEFTD_IFACE": "eth1,eth2", "WEFTD_IP_MASQ": "true"}, func(t *testing.T, c Config) {
 			if c.Etcd.Prefix != "/weft/net" || !reflect.DeepEqual(c.Ifaces, []string{"eth1", "eth2"}) || !c.IPMasq {
 				t.Errorf("environment not applied: %+v", c)

@@ -71,7 +71,7 @@ func withStore(ctx context.Context, env cmdEnv, ef *etcdFlags, do func(context.C
 	defer store.Close()
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	return do(ctx, store)
+	return store.Explain(ctx, do(ctx, store))
 }
 
 func configCmd(ctx context.Context, args []string, env cmdEnv) error {

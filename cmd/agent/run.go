@@ -19,12 +19,18 @@ import (
 )
 
 // run is the agent: it returns nil when ctx ends (SIGTERM), leaving the lease, the env file and the kernel
-// state in place, and an error only for a problem that a restart with the same configuration cannot fix.
+// state in place, and an error for a problem that a restart with the same configuration cannot fix, or for
+// a change that a restart applies (errRestart: the network config or the external interface changed).
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting weftd", "version", version, "config", cfg)
-	store, err := openStore(cfg.Etcd, cfg.LeaseTTL, log)
+	unlock, err := subnet.LockEnvFile(cfg.SubnetFile)
 	if err != nil {
 		return err
+	}
+	defer unlock()
+	store, err := etcdstore.Connect(ctx, storeConfig(cfg.Etcd, cfg.LeaseTTL), log)
+	if err != nil {
+		return nilIfDone(ctx, err)
 	}
 	defer store.Close()
 
@@ -60,8 +66,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer a.rules.Close() // the rules stay in place (compat §8)
 
-	req := subnet.AcquireRequest{Attrs: subnet.Attrs{
-		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData,
+	nodeID := cfg.NodeID
+	if nodeID == "" {
+		nodeID = defaultNodeID(os.ReadFile, os.Hostname)
+	}
+	log.Info("node identity", "node-id", nodeID)
+	req := subnet.AcquireRequest{Config: netCfg, Attrs: subnet.Attrs{
+		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData, NodeID: nodeID,
 	}}
 	if prev, err := subnet.ReadEnvFile(cfg.SubnetFile); err == nil {
 		req.Prev, req.PrevIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()
@@ -70,6 +81,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("ignoring unreadable previous env file", "err", err)
 	}
 
+	// A change that weftd does not apply live (the network config, the external interface) stops it with
+	// errRestart as the cause, so that its supervisor starts it again with the change.
+	outer := ctx
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	a.stop = stop
 	var wg sync.WaitGroup
 	if cfg.HealthzPort != 0 {
 		srv, err := a.health.listen(cfg.healthzAddr())
@@ -81,19 +98,110 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	wg.Go(func() { a.holdLease(ctx, store, req) })
 	wg.Go(func() { a.watchLeases(ctx, store) })
 	wg.Go(func() { a.reconcileLoop(ctx) })
+	wg.Go(func() { a.watchConfig(ctx, store) })
+	wg.Go(func() { a.watchUnderlay(ctx, sel, ext) })
 	wg.Wait()
+	if cause := context.Cause(ctx); outer.Err() == nil && errors.Is(cause, errRestart) {
+		if errors.Is(cause, subnet.ErrConfigChanged) {
+			a.removePeers()
+		}
+		log.Error("stopping so that weftd starts again with the change", "err", cause)
+		return cause
+	}
 	log.Info("stopped; lease, env file and kernel state left in place")
 	return nil
 }
 
-// openStore connects to etcd.
+// errRestart is the cause of a stop for a change that a restart applies; run returns it (exit status 1).
+var errRestart = errors.New("restart needed")
+
+// watchConfig compares the stored network config with the one weftd runs with, every reconcile interval.
+// A change of what shapes leases or the data path (subnet.Config.Diff) is not applied live: weftd stops
+// (errRestart), so that it starts again with the new config rather than mix the old and the new.
+func (a *agent) watchConfig(ctx context.Context, store *etcdstore.Store) {
+	t := time.NewTicker(a.cfg.Reconcile)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, err := store.Config(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Debug("read network config", "err", err)
+			}
+			continue
+		}
+		if d := a.net.Diff(c); d != "" {
+			a.stop(fmt.Errorf("%w: etcd key %s/config: %w: %s", errRestart, a.cfg.Etcd.Prefix, subnet.ErrConfigChanged, d))
+			return
+		}
+	}
+}
+
+// watchUnderlay selects the external interface again every few seconds. While it cannot be selected (its
+// address is gone, say) weftd is not ready; if it comes back different (another address, index or MTU),
+// weftd stops (errRestart) so that it starts again publishing and using the new one.
+func (a *agent) watchUnderlay(ctx context.Context, sel backend.IfaceSelector, ext backend.External) {
+	t := time.NewTicker(min(a.cfg.Reconcile, underlayCheck))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now, err := backend.SelectExternal(sel)
+		a.mu.Lock()
+		was := a.underlayLost
+		a.underlayLost = err != nil
+		a.mu.Unlock()
+		switch {
+		case err != nil:
+			if !was {
+				a.log.Error("external interface lost; not ready until it is back", "iface", ext.Name, "addr", ext.Addr, "err", err)
+			}
+		case now != ext:
+			a.stop(fmt.Errorf("%w: external interface changed from %s #%d %s (public %s, mtu %d) to %s #%d %s (public %s, mtu %d)",
+				errRestart, ext.Name, ext.Index, ext.Addr, ext.PublicIP, ext.MTU, now.Name, now.Index, now.Addr, now.PublicIP, now.MTU))
+			return
+		case was:
+			a.log.Info("external interface back", "iface", ext.Name, "addr", ext.Addr)
+		}
+	}
+}
+
+// underlayCheck is how often watchUnderlay looks at the external interface (at most).
+const underlayCheck = 5 * time.Second
+
+// removePeers removes the data path to the peers of the network weftd ran with, before it stops for a
+// changed config: the next run programs the new network's, and no route of the old one is left behind.
+func (a *agent) removePeers() {
+	a.mu.Lock()
+	own := a.own
+	a.mu.Unlock()
+	if own == nil {
+		return
+	}
+	if err := a.be.Set(&backend.Config{Network: *a.net, Own: *own, Resync: true}); err != nil {
+		a.log.Warn("remove the old network's peers", "err", err)
+	}
+}
+
+// openStore connects to etcd, without waiting for it (see etcdstore.New).
 func openStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
-	return etcdstore.New(etcdstore.Config{
+	return etcdstore.New(storeConfig(f, ttl), log)
+}
+
+func storeConfig(f etcdFlags, ttl time.Duration) etcdstore.Config {
+	return etcdstore.Config{
 		Endpoints: f.Endpoints, Prefix: f.Prefix,
 		CertFile: f.CertFile, KeyFile: f.KeyFile, CAFile: f.CAFile,
 		Username: f.Username, Password: f.Password,
 		LeaseTTL: ttl,
-	}, log)
+	}
 }
 
 func nilIfDone(ctx context.Context, err error) error {
@@ -105,7 +213,7 @@ func nilIfDone(ctx context.Context, err error) error {
 
 // waitConfig reads the network config, waiting while it is missing or unreadable; an invalid config is
 // also waited on (an operator may fix it), with the validation error logged.
-func waitConfig(ctx context.Context, store subnet.Store, prefix string, log *slog.Logger) (*subnet.Config, error) {
+func waitConfig(ctx context.Context, store *etcdstore.Store, prefix string, log *slog.Logger) (*subnet.Config, error) {
 	const retry = 5 * time.Second
 	for {
 		c, err := store.Config(ctx)
@@ -116,7 +224,7 @@ func waitConfig(ctx context.Context, store subnet.Store, prefix string, log *slo
 			log.Warn("network config missing; waiting for it (write it with `weftd config set --network CIDR --backend TYPE`)",
 				"key", prefix+"/config", "retry", retry)
 		} else {
-			log.Error("cannot use the network config; waiting for it to be fixed", "key", prefix+"/config", "err", err, "retry", retry)
+			log.Error("cannot use the network config; waiting for it to be fixed", "key", prefix+"/config", "err", store.Explain(ctx, err), "retry", retry)
 		}
 		select {
 		case <-ctx.Done():
@@ -170,20 +278,27 @@ type agent struct {
 	be     backend.Backend
 	local  backend.Local
 	health *health
-	rules  *ruleManager  // nil: no packet filter rules wanted
-	kick   chan struct{} // capacity 1: "the desired state changed"
+	rules  *ruleManager            // nil: no packet filter rules wanted
+	kick   chan struct{}           // capacity 1: "the desired state changed"
+	stop   context.CancelCauseFunc // stops run with a cause (errRestart); nil in tests without run
 
 	envMu sync.Mutex // serialises writeEnv, so an older content never overwrites a newer one
 
-	mu         sync.Mutex // guards the fields below
-	own        *subnet.Lease
-	all        []subnet.Lease // every lease, own included, from the last watch snapshot
-	haveWatch  bool           // a first complete snapshot has arrived
-	wantEnv    *subnet.Env    // what the env file must hold for the current lease; nil before the first
-	env        []byte         // content of the env file last written; nil until wantEnv is written
-	lost       bool           // the own lease was lost and is being re-acquired
-	holdFailed bool           // Hold gave up (a full network, say) and is retried
-	synced     bool           // the last Set succeeded
+	mu           sync.Mutex // guards the fields below
+	own          *subnet.Lease
+	leases       map[string]subnet.Lease // every lease, own included, by key, as the watch reports them
+	haveWatch    bool                    // a first complete listing has arrived
+	changed      map[string]bool         // keys of leases changed since the data path last took them in
+	needSet      bool                    // the complete state must be handed to the backend (Set), not a change
+	needGen      uint64                  // counts the times needSet was set, so a Set clears only what it took in
+	takenGen     uint64                  // needGen when desired last ran
+	misfits      map[string]bool         // keys of leases that do not fit the network config (see desired)
+	wantEnv      *subnet.Env             // what the env file must hold for the current lease; nil before the first
+	env          []byte                  // content of the env file last written; nil until wantEnv is written
+	lost         bool                    // the own lease was lost and is being re-acquired
+	underlayLost bool                    // the external interface cannot be selected now
+	holdFailed   bool                    // Hold gave up (a full network, say) and is retried
+	synced       bool                    // the last Set succeeded
 
 	acquisitions, reconciles, reconcileErrors atomic.Uint64
 }
@@ -193,7 +308,7 @@ type agent struct {
 func (a *agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.env != nil && !a.lost && !a.holdFailed && a.synced
+	return a.env != nil && !a.lost && !a.holdFailed && a.synced && !a.underlayLost
 }
 
 func (a *agent) poke() {
@@ -208,6 +323,10 @@ func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.Ac
 	for {
 		err := store.Hold(ctx, req, a.onLease)
 		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, subnet.ErrConfigChanged) && a.stop != nil {
+			a.stop(fmt.Errorf("%w: %w", errRestart, err))
 			return
 		}
 		a.log.Error("cannot hold a subnet lease; retrying", "err", err, "retry", 10*time.Second)
@@ -242,6 +361,8 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 	a.mu.Lock()
 	a.own, a.lost, a.holdFailed = &l, false, false
 	a.wantEnv = &env
+	a.needSet = true
+	a.needGen++
 	a.mu.Unlock()
 	a.rules.SetSubnets(l.Subnet, l.IPv6Subnet)
 	a.writeEnv()
@@ -278,15 +399,16 @@ func (a *agent) writeEnv() {
 	}
 }
 
-// watchLeases keeps the lease snapshot current.
+// watchLeases keeps the lease set current, from the store's changes where it reports them
+// (subnet.ChangeWatcher), else from its complete listings.
 func (a *agent) watchLeases(ctx context.Context, store subnet.Store) {
 	for {
-		err := store.Watch(ctx, func(all []subnet.Lease) {
-			a.mu.Lock()
-			a.all, a.haveWatch = all, true
-			a.mu.Unlock()
-			a.poke()
-		})
+		var err error
+		if cw, ok := store.(subnet.ChangeWatcher); ok {
+			err = cw.WatchChanges(ctx, a.onChanges)
+		} else {
+			err = store.Watch(ctx, func(all []subnet.Lease) { a.onChanges(subnet.Changes{Full: true, Put: all}) })
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -299,22 +421,85 @@ func (a *agent) watchLeases(ctx context.Context, store subnet.Store) {
 	}
 }
 
-// desired returns the complete desired state, or nil while the own lease or the first watch snapshot is
-// still missing (applying an empty peer set then would tear down working routes after a restart).
+// onChanges takes in a batch of lease changes from the watch.
+func (a *agent) onChanges(c subnet.Changes) {
+	a.mu.Lock()
+	if c.Full || a.leases == nil {
+		a.leases, a.misfits, a.changed = map[string]subnet.Lease{}, map[string]bool{}, map[string]bool{}
+		a.needSet = true
+		a.needGen++
+	}
+	for _, l := range c.Put {
+		k := l.Key()
+		a.leases[k], a.changed[k] = l, true
+		if a.net.Fits(l) {
+			delete(a.misfits, k)
+		} else {
+			a.misfits[k] = true
+		}
+	}
+	for _, l := range c.Deleted {
+		k := l.Key()
+		delete(a.leases, k)
+		delete(a.misfits, k)
+		a.changed[k] = true
+	}
+	a.haveWatch = true
+	a.mu.Unlock()
+	a.poke()
+}
+
+// desired returns the complete desired state, or nil while the own lease or the first watch listing is
+// still missing (applying an empty peer set then would tear down working routes after a restart). It takes
+// in every change: changed is cleared.
 func (a *agent) desired() *backend.Config {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.own == nil || !a.haveWatch {
 		return nil
 	}
-	cfg := &backend.Config{Network: *a.net, Own: *a.own}
+	cfg := &backend.Config{Network: *a.net, Own: *a.own, Peers: make([]subnet.Lease, 0, len(a.leases))}
 	ownKey := a.own.Key()
-	for _, l := range a.all {
-		if l.Key() != ownKey && l.Subnet != a.own.Subnet {
+	for k, l := range a.leases {
+		if k != ownKey && l.Subnet != a.own.Subnet {
 			cfg.Peers = append(cfg.Peers, l)
 		}
 	}
+	clear(a.changed)
+	a.takenGen = a.needGen
 	return cfg
+}
+
+// change returns the lease changes since the data path last took them in, for backend.Updater, and clears
+// them; ok is false when only the complete state will do: before a first Set, after the own lease changed or
+// the watch listed again, or while a lease that does not fit the config exists (it may overlap others,
+// which DropOverlapping weighs across all leases; leases that fit never overlap each other). A change of
+// a lease with the own lease's key or subnet also takes the complete state.
+func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.own == nil || !a.haveWatch || a.needSet || len(a.misfits) > 0 {
+		return nil, 0, false
+	}
+	ownKey := a.own.Key()
+	ch = &backend.Change{}
+	for k := range a.changed {
+		l, present := a.leases[k]
+		switch {
+		case k == ownKey || (present && l.Subnet == a.own.Subnet):
+			return nil, 0, false
+		case present:
+			ch.Put = append(ch.Put, l)
+		default:
+			ch.Deleted = append(ch.Deleted, k)
+		}
+	}
+	clear(a.changed)
+	peers = len(a.leases)
+	if _, ok := a.leases[ownKey]; ok {
+		peers--
+	}
+	return ch, peers, true
 }
 
 // reconcileLoop is the only caller of the backend's Set: on every change and every reconcile interval.
@@ -324,24 +509,53 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 	lastPeers := -1
 	var overlapLog backend.SkipLog // peer leases dropped for overlapping another, warned about once
 	for {
+		resync := false // a lease change is applied as a change; the tick compares with the kernel
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.kick:
 		case <-t.C:
+			resync = true
 		}
 		a.writeEnv() // retries a failed write
+		if upd, ok := a.be.(backend.Updater); ok && !resync {
+			if ch, peers, ok := a.change(); ok {
+				if len(ch.Put)+len(ch.Deleted) == 0 {
+					continue
+				}
+				a.reconciles.Add(1)
+				err := upd.Update(ch)
+				if err == nil {
+					a.mu.Lock()
+					a.synced = true
+					a.mu.Unlock()
+					a.log.Debug("data path updated", "put", len(ch.Put), "deleted", len(ch.Deleted), "peers", peers)
+					a.health.peers.Store(int64(peers))
+					continue
+				}
+				if !errors.Is(err, backend.ErrNeedSet) {
+					a.reconcileErrors.Add(1)
+					a.log.Error("update kernel state; applying the complete state", "err", err)
+				}
+			}
+		}
 		want := a.desired()
 		if want == nil {
 			continue
 		}
 		var dropped []backend.Skip
+		want.Resync = resync
 		want.Peers, dropped = backend.DropOverlapping(&want.Network, want.Own, want.Peers)
 		overlapLog.Log(a.log, dropped)
 		a.reconciles.Add(1)
 		err := a.be.Set(want)
 		a.mu.Lock()
 		a.synced = err == nil
+		if err != nil {
+			a.needSet = true
+		} else if a.needGen == a.takenGen {
+			a.needSet = false
+		}
 		a.mu.Unlock()
 		if err != nil {
 			a.reconcileErrors.Add(1)
@@ -349,7 +563,11 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 			continue
 		}
 		if len(want.Peers) != lastPeers {
-			a.log.Info("data path in sync", "own", want.Own.Subnet, "peers", len(want.Peers))
+			level := slog.LevelDebug // one line per lease change is not what an operator needs
+			if lastPeers < 0 {
+				level = slog.LevelInfo
+			}
+			a.log.Log(ctx, level, "data path in sync", "own", want.Own.Subnet, "peers", len(want.Peers))
 			lastPeers = len(want.Peers)
 		}
 		a.health.peers.Store(int64(len(want.Peers)))

@@ -16,6 +16,9 @@ const usage = `Usage:
   weft-cluster bench [--time 5] [--reps 3] [--paths veth,host-gw,vxlan,udp]
                               measure container-to-container TCP throughput and round trip over a plain
                               veth pair (the reference) and each backend, one 2-node cluster at a time
+  weft-cluster bench-scale [--peers 100,1000,4000] [--samples 100] [--rest 10s]
+                              one weftd (vxlan) with N simulated peers in a local etcd: time until every
+                              route is in, new lease to route p50/p99, CPU at rest, RSS
   weft-cluster etcd --listen ADDR --data-dir DIR
                               run the embedded etcd server (used inside the cluster's etcd namespace)
 Run "weft-cluster COMMAND --help" for a command's flags.
@@ -38,6 +41,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdDown(args[1:], stdout, stderr)
 	case "bench":
 		err = cmdBench(ctx, args[1:], stdout, stderr)
+	case "bench-scale":
+		err = cmdBenchScale(ctx, args[1:], stdout, stderr)
+	case "bench-scale-node":
+		err = cmdBenchScaleNode(ctx, args[1:], stdout, stderr)
 	case "etcd":
 		err = cmdEtcd(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":

@@ -52,6 +52,7 @@ func (n *Node) AgentArgs() []string {
 		"--etcd-endpoints", n.c.EtcdURL,
 		"--iface", "eth0",
 		"--subnet-file", n.EnvFile,
+		"--node-id", n.NS.Name, // the nodes share the host's machine ID
 		"--healthz-ip", "127.0.0.1",
 		"--healthz-port", strconv.Itoa(o.HealthzPort),
 	}

@@ -52,17 +52,20 @@ func (h *held) done() <-chan struct{} {
 // lease (held false) before acquiring again.
 //
 // Acquisition order: (1) an existing lease whose PublicIP is req.Attrs.PublicIP and that fits the config is
-// re-written with req.Attrs (a reservation stays one; an ordinary lease gets a fresh etcd lease of ours);
+// re-written with req.Attrs (a reservation stays one; an ordinary lease gets a fresh etcd lease of ours),
+// unless another node (another Attrs.NodeID) holds it under a live etcd lease;
 // (2) req.Prev (and req.PrevIPv6), if it fits and no key holds it; (3) a random subnet among the first 100
 // free ones. Claims are transactions guarded by the key's revision or absence; a lost race re-lists.
 //
 // While held, an etcd keepalive renews the etcd lease. If the keepalive ends, or the key is deleted or
-// re-written for another PublicIP, Hold logs a warning and acquires again, preferring the same subnet. If
+// re-written by another holder (another PublicIP, or another etcd lease: a twin), Hold logs a warning and
+// acquires again, preferring the same subnet unless a twin holds it. If
 // etcd is unreachable, or the config is missing or invalid, it logs and retries with backoff.
 //
 // Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
 // its TTL unless the node comes back). It returns an error only when it cannot go on: a *subnet.NetworkFullError,
-// an invalid req, an IPv6-only config, or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+// an invalid req, an IPv6-only config, a stored config that differs from req.Config (subnet.ErrConfigChanged),
+// or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
 	if !req.Attrs.PublicIP.Is4() {
 		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
@@ -78,7 +81,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 	prev, prev6 := req.Prev.Masked(), req.PrevIPv6.Masked()
 	var bo backoff
 	for {
-		h, err := s.acquire(ctx, log, req.Attrs, value, prev, prev6)
+		h, err := s.acquire(ctx, log, req.Config, req.Attrs, value, prev, prev6)
 		if ctx.Err() != nil {
 			if h != nil && h.session != nil {
 				h.session.Orphan()
@@ -87,7 +90,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 		}
 		if err != nil {
 			var full *subnet.NetworkFullError
-			if errors.As(err, &full) || errors.Is(err, errIPv6Only) {
+			if errors.As(err, &full) || errors.Is(err, errIPv6Only) || errors.Is(err, subnet.ErrConfigChanged) {
 				return err
 			}
 			if s.closed() {
@@ -201,10 +204,15 @@ func (s *Store) revokeIfUnused(ctx context.Context, id clientv3.LeaseID) {
 }
 
 // acquire claims a lease once (compat.md §4), retrying lost races.
-func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attrs, value []byte, prev, prev6 netip.Prefix) (*held, error) {
+func (s *Store) acquire(ctx context.Context, log *slog.Logger, want *subnet.Config, attrs subnet.Attrs, value []byte, prev, prev6 netip.Prefix) (*held, error) {
 	cfg, err := s.Config(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if want != nil {
+		if d := want.Diff(cfg); d != "" {
+			return nil, fmt.Errorf("acquire lease: etcd key %s: %w: %s", s.configKey(), subnet.ErrConfigChanged, d)
+		}
 	}
 	if !cfg.EnableIPv4 {
 		return nil, fmt.Errorf("hold lease: %w", errIPv6Only)
@@ -220,7 +228,7 @@ func (s *Store) acquire(ctx context.Context, log *slog.Logger, attrs subnet.Attr
 			return nil, err
 		}
 		// (1) Our own lease from before.
-		if own := findOwn(entries, cfg, attrs.PublicIP, prev); own != nil {
+		if own := findOwn(entries, cfg, attrs, prev); own != nil {
 			var opts []clientv3.OpOption
 			id := clientv3.NoLease
 			if !own.lease.Reservation {
@@ -319,9 +327,12 @@ func (s *Store) lostIPv6Race(ctx context.Context, key string, v6 netip.Prefix, r
 	return false, nil
 }
 
-// findOwn returns the readable lease of publicIP that fits cfg: a reservation first, then the previous
-// subnet, then the first by key. Nil if none.
-func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev netip.Prefix) *entry {
+// findOwn returns the readable lease of attrs' PublicIP that fits cfg: a reservation first, then the previous
+// subnet, then the first by key. Nil if none. A key held under a live etcd lease by another node (a NodeID
+// that differs from attrs.NodeID, both set) is not ours, even with our PublicIP: two nodes behind one NAT
+// address each keep their own. A key without a NodeID (flanneld's, or an older weftd's) is taken by PublicIP.
+func findOwn(entries []entry, cfg *subnet.Config, attrs subnet.Attrs, prev netip.Prefix) *entry {
+	publicIP := attrs.PublicIP
 	var best *entry
 	rank := func(e *entry) int {
 		switch {
@@ -334,7 +345,7 @@ func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev neti
 	}
 	for i := range entries {
 		e := &entries[i]
-		if e.err != nil || e.lease.Attrs.PublicIP != publicIP || !cfg.Fits(e.lease) {
+		if e.err != nil || e.lease.Attrs.PublicIP != publicIP || !cfg.Fits(e.lease) || otherNode(e, attrs.NodeID) {
 			continue
 		}
 		if best == nil || rank(e) > rank(best) {
@@ -344,7 +355,14 @@ func findOwn(entries []entry, cfg *subnet.Config, publicIP netip.Addr, prev neti
 	return best
 }
 
-// choose picks the subnets for a new lease: prev (and prev6) if free and fitting, else random free ones.
+// otherNode reports whether e is held, under a live etcd lease, by a node other than nodeID.
+func otherNode(e *entry, nodeID string) bool {
+	other := e.lease.Attrs.NodeID
+	return e.etcdLease != clientv3.NoLease && nodeID != "" && other != "" && other != nodeID
+}
+
+// choose picks the subnets for a new lease: prev (and prev6) if free (overlapping no key's subnet) and
+// fitting, else random free ones.
 // Keys with unreadable values, and keys whose name starts with a readable IPv4 subnet and "&", still take
 // their subnets.
 func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subnet.Lease, error) {
@@ -353,6 +371,10 @@ func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subn
 	for _, l := range taken {
 		taken4[l.Subnet] = true
 		taken6[l.IPv6Subnet] = true
+	}
+	// free reports whether p overlaps no key's subnet, of any length, as for a fresh pick.
+	free := func(p netip.Prefix, taken map[netip.Prefix]bool) bool {
+		return len(subnet.FreeSubnets(p.Bits(), p.Addr(), p.Addr(), taken, 1)) == 1
 	}
 	pick := func(v6 bool) (netip.Prefix, error) {
 		p, ok := subnet.PickFree(cfg, taken, v6)
@@ -364,11 +386,11 @@ func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subn
 		}
 		return p, nil
 	}
-	if prev.IsValid() && !taken4[prev] {
+	if prev.IsValid() && free(prev, taken4) {
 		l := subnet.Lease{Subnet: prev}
 		if cfg.EnableIPv6 {
 			l.IPv6Subnet = prev6
-			if !prev6.IsValid() || taken6[prev6] || !cfg.Fits(l) {
+			if !prev6.IsValid() || !free(prev6, taken6) || !cfg.Fits(l) {
 				p, err := pick(true)
 				if err != nil {
 					return subnet.Lease{}, err
@@ -406,7 +428,7 @@ func (s *Store) keep(ctx context.Context, log *slog.Logger, h *held, fn subnet.H
 	var wch clientv3.WatchChan
 	var watching <-chan clientv3.WatchChan // delivers wch once the watch is set up; nil otherwise
 	watch := func() {
-		wctx, cancel := context.WithCancel(ctx)
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx)) // see leaseWatch.run
 		stopWatch = cancel
 		started := make(chan clientv3.WatchChan, 1)
 		watching = started
@@ -513,8 +535,10 @@ func (s *Store) ownKeyWritten(ctx context.Context, log *slog.Logger, h *held, kv
 		h.lease.Revision = e.modRev
 		fn(h.lease, true)
 	default:
-		log.Warn("lease key re-written with another etcd lease by a holder with the same public IP; still watching it",
-			"key", h.key, "etcd_lease", fmt.Sprintf("%x", int64(e.etcdLease)))
+		// Somebody else wrote our key under their etcd lease: a twin with our PublicIP. Both would use one
+		// subnet; give it up at once rather than when our keepalive next fails (hours with a long TTL).
+		return fmt.Sprintf("lease key re-written under etcd lease %x by node %q with public IP %s",
+			int64(e.etcdLease), e.lease.Attrs.NodeID, e.lease.Attrs.PublicIP)
 	}
 	h.lease.Revision = e.modRev
 	return ""

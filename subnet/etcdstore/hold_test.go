@@ -481,3 +481,117 @@ func TestLostIPv6Race(t *testing.T) {
 		t.Error("the older key was deleted")
 	}
 }
+
+// TestTwinsOfOnePublicIP checks node identity beyond the PublicIP: a second node with the same PublicIP (two
+// nodes behind one NAT address) never takes over the first's live key, but gets a subnet of its own; the
+// node's own previous run (same NodeID) still gets its key back; and a holder notices at once, through the
+// watch, when its key is rewritten by another node, and then does not take it back.
+func TestTwinsOfOnePublicIP(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	setConfig(t, newStore(t, srv), net16)
+	withNode := func(ip, node string) subnet.AcquireRequest {
+		a := attrs(ip)
+		a.NodeID = node
+		return subnet.AcquireRequest{Attrs: a}
+	}
+	a := startHold(t, newStore(t, srv), withNode("198.51.100.9", "node-a"))
+	la := a.next(t, 10*time.Second)
+	valA, leaseA, _, _ := rawGet(t, cli, keyOf(la))
+	if !strings.Contains(valA, `"WeftNodeID":"node-a"`) {
+		t.Errorf("lease value %s lacks the node ID", valA)
+	}
+
+	b := startHold(t, newStore(t, srv), withNode("198.51.100.9", "node-b"))
+	lb := b.next(t, 10*time.Second)
+	if lb.Subnet == la.Subnet {
+		t.Fatalf("the twin took node-a's live subnet %s", la.Subnet)
+	}
+	select {
+	case l := <-a.lost:
+		t.Fatalf("node-a lost %s to its twin", l.Subnet)
+	case <-time.After(time.Second):
+	}
+	if val, lease, _, _ := rawGet(t, cli, keyOf(la)); val != valA || lease != leaseA {
+		t.Errorf("node-a's key changed to %s (etcd lease %x, was %x)", val, lease, leaseA)
+	}
+
+	// node-a restarts (its old etcd lease still alive): its own key is reused.
+	if err := a.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	a2 := startHold(t, newStore(t, srv), withNode("198.51.100.9", "node-a"))
+	if l := a2.next(t, 10*time.Second); l.Subnet != la.Subnet {
+		t.Fatalf("node-a after a restart got %s, want its own %s back", l.Subnet, la.Subnet)
+	}
+
+	// A third party rewrites node-a's key under its own etcd lease: node-a notices at once.
+	g, err := cli.Grant(testCtx(t, 5*time.Second), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawPut(t, cli, keyOf(la), `{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"vxlan","WeftNodeID":"node-z"}`, clientv3.WithLease(g.ID))
+	select {
+	case <-a2.lost:
+	case <-time.After(3 * time.Second):
+		t.Fatal("node-a did not notice within 3 s that another node rewrote its key")
+	}
+	if l := a2.next(t, 10*time.Second); l.Subnet == la.Subnet || l.Subnet == lb.Subnet {
+		t.Errorf("node-a re-acquired %s; want a free subnet, not node-z's %s nor node-b's %s", l.Subnet, la.Subnet, lb.Subnet)
+	}
+}
+
+// TestPrevSubnetOverlapChecked checks that the subnet of the previous env file is not claimed when a key of
+// another length overlaps it (a /25 inside it, or a /23 around it), as a fresh pick would not.
+func TestPrevSubnetOverlapChecked(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	setConfig(t, newStore(t, srv), net16)
+	rawPut(t, cli, subnetsPrefix+"10.5.31.128-25", leaseValue("198.51.100.60"))
+	rawPut(t, cli, subnetsPrefix+"10.5.40.0-23", leaseValue("198.51.100.61"))
+	for i, prev := range []string{"10.5.31.0/24", "10.5.41.0/24"} {
+		t.Run(prev, func(t *testing.T) {
+			req := subnet.AcquireRequest{Attrs: attrs(fmt.Sprintf("198.51.100.%d", 70+i)), Prev: netip.MustParsePrefix(prev)}
+			h := startHold(t, newStore(t, srv), req)
+			if l := h.next(t, 10*time.Second); l.Subnet.String() == prev || l.Subnet.Overlaps(netip.MustParsePrefix("10.5.31.128/25")) ||
+				l.Subnet.Overlaps(netip.MustParsePrefix("10.5.40.0/23")) {
+				t.Errorf("got %s, which overlaps an existing key", l.Subnet)
+			}
+		})
+	}
+}
+
+// TestHoldRefusesChangedConfig checks that a holder that runs with one network config never acquires a
+// lease under another: after the stored config changes and the lease is lost, Hold returns an error
+// wrapping subnet.ErrConfigChanged, naming what changed, instead of a subnet of the new network (which the
+// agent would pair with the old network in its env file).
+func TestHoldRefusesChangedConfig(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	setConfig(t, st, net16)
+	cfg, err := st.Config(testCtx(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs("198.51.100.80"), Config: cfg})
+	l := h.next(t, 10*time.Second)
+	setConfig(t, st, `{"Network":"10.7.0.0/16","Backend":{"Type":"vxlan"}}`)
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), keyOf(l)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l2 := <-h.leases:
+		t.Fatalf("acquired %s under the changed config", l2.Subnet)
+	case err := <-h.done:
+		if !errors.Is(err, subnet.ErrConfigChanged) || !strings.Contains(err.Error(), "10.7.0.0/16") {
+			t.Errorf("Hold returned %v; want ErrConfigChanged naming the new network", err)
+		}
+		h.done <- err // for the cleanup's stop
+	case <-time.After(15 * time.Second):
+		t.Fatal("Hold neither returned nor acquired within 15 s")
+	}
+}

@@ -49,6 +49,7 @@ var (
 type Store struct {
 	cli        *clientv3.Client
 	log        *slog.Logger
+	endpoints  []string
 	prefix     string
 	ttl        int64 // etcd lease TTL in seconds
 	reqTimeout time.Duration
@@ -97,11 +98,18 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	} // else: plain http, ccfg.TLS stays nil.
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(eps, ","), err)
+		return nil, fmt.Errorf("etcd client for %s: %w: %w", strings.Join(eps, ","), ErrConnect, explain(context.Background(), eps, err))
 	}
+	// The etcd client gives a new lease's keepalive DialTimeout + 1 s for its first answer before it reports
+	// the lease lost; a blip of etcd right after acquiring would then lose a lease that is valid for its
+	// whole TTL. Wait the TTL instead (etcd expires the key then anyway, which Hold sees).
+	first := time.Duration(cfg.leaseTTLSeconds()) * time.Second
+	cli.Lease.Close()
+	cli.Lease = clientv3.NewLeaseFromLeaseClient(clientv3.RetryLeaseClient(cli), cli, max(first, ccfg.DialTimeout+time.Second))
 	return &Store{
 		cli:        cli,
 		log:        log,
+		endpoints:  eps,
 		prefix:     cfg.prefix(),
 		ttl:        cfg.leaseTTLSeconds(),
 		reqTimeout: orDefault(cfg.RequestTimeout, DefaultRequestTimeout),
@@ -209,6 +217,7 @@ func (s *Store) decode(kv *mvccpb.KeyValue) entry {
 	e.lease.Attrs = a
 	e.lease.Reservation = kv.Lease == 0
 	e.lease.Revision = kv.ModRevision
+	e.lease.Created = kv.CreateRevision
 	return e
 }
 

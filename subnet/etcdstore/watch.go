@@ -25,7 +25,37 @@ var errCompacted = errors.New("watch revision compacted")
 // brief disconnects by itself. After a compaction past the watched revision, or if the watch ends for another
 // reason (etcd gone for long), Watch lists again (with backoff while etcd is unreachable), calls fn if the set
 // differs from the last one delivered, and watches from the new revision: no change is missed.
+//
+// Each call costs time in the number of leases; WatchChanges reports changes alone.
 func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
+	cur := map[string]subnet.Lease{}
+	var delivered map[string]subnet.Lease // what fn got last; nil before the first call
+	return s.WatchChanges(ctx, func(c subnet.Changes) {
+		if c.Full {
+			clear(cur)
+		}
+		for _, l := range c.Put {
+			cur[l.Key()] = l
+		}
+		for _, l := range c.Deleted {
+			delete(cur, l.Key())
+		}
+		if delivered != nil && maps.EqualFunc(cur, delivered, sameLease) {
+			return
+		}
+		delivered = maps.Clone(cur)
+		out := slices.Collect(maps.Values(cur))
+		if out == nil {
+			out = []subnet.Lease{}
+		}
+		slices.SortFunc(out, compareLeases)
+		fn(out)
+	})
+}
+
+// WatchChanges implements subnet.ChangeWatcher with Watch's listing and resumption: a Full batch after each
+// listing (sorted by subnet), then the changes of each etcd watch response. It returns as Watch does.
+func (s *Store) WatchChanges(ctx context.Context, fn func(subnet.Changes)) error {
 	w := &leaseWatch{s: s, fn: fn}
 	var bo backoff
 	for {
@@ -48,12 +78,10 @@ func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
 	}
 }
 
-// leaseWatch is the state of one Watch call.
+// leaseWatch is the state of one WatchChanges call.
 type leaseWatch struct {
-	s         *Store
-	fn        func([]subnet.Lease)
-	cur       map[string]subnet.Lease // readable leases by key
-	delivered map[string]subnet.Lease // what fn got last; nil before the first call
+	s  *Store
+	fn func(subnet.Changes)
 }
 
 // run lists, delivers and watches until the watch fails or ctx ends.
@@ -64,18 +92,21 @@ func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 		return err
 	}
 	bo.reset()
-	w.cur = map[string]subnet.Lease{}
+	full := subnet.Changes{Full: true, Put: []subnet.Lease{}}
 	for _, e := range entries {
 		if e.err == nil {
-			w.cur[e.key] = e.lease
+			full.Put = append(full.Put, e.lease)
 		}
 	}
-	w.deliver()
+	slices.SortFunc(full.Put, compareLeases)
+	w.fn(full)
 	if s.testHookBeforeWatch != nil {
 		s.testHookBeforeWatch()
 	}
 
-	wctx, cancel := context.WithCancel(ctx)
+	// Require a leader: a member cut off from quorum ends the watch (ErrNoLeader) instead of keeping it
+	// open and silent, and the listing that follows goes to a member that can answer.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	prefix := s.subnetsPrefix()
 	for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
@@ -85,26 +116,42 @@ func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch %s: %w", prefix, err)
 		}
+		// The last event of a key in the batch wins.
+		last := map[string]entry{}
+		var order []string
 		for _, ev := range wr.Events {
 			key := string(ev.Kv.Key)
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(w.cur, key)
-				s.forgetUnreadable(key)
-				continue
-			}
 			e := s.decode(ev.Kv)
-			if e.err != nil {
+			switch {
+			case ev.Type == clientv3.EventTypeDelete:
+				s.forgetUnreadable(key)
+				e.err = errDeleted
+			case e.err != nil:
 				s.warnUnreadable(e)
-				delete(w.cur, key)
-				continue
+			default:
+				s.forgetUnreadable(key)
 			}
-			s.forgetUnreadable(key)
-			w.cur[key] = e.lease
+			if _, seen := last[key]; !seen {
+				order = append(order, key)
+			}
+			last[key] = e
+		}
+		var c subnet.Changes
+		for _, key := range order {
+			e := last[key]
+			switch {
+			case e.err == nil:
+				c.Put = append(c.Put, e.lease)
+			case e.lease.Subnet.IsValid() || e.lease.IPv6Subnet.IsValid(): // gone, or unreadable now
+				c.Deleted = append(c.Deleted, subnet.Lease{Subnet: e.lease.Subnet, IPv6Subnet: e.lease.IPv6Subnet})
+			}
 		}
 		if n := len(wr.Events); n > 0 {
 			rev = wr.Events[n-1].Kv.ModRevision
 		}
-		w.deliver()
+		if len(c.Put)+len(c.Deleted) > 0 {
+			w.fn(c)
+		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -112,19 +159,8 @@ func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 	return fmt.Errorf("watch %s: channel closed", strings.TrimSuffix(prefix, "/"))
 }
 
-// deliver calls fn with the current set if it differs from the last delivered one (always the first time).
-func (w *leaseWatch) deliver() {
-	if w.delivered != nil && maps.EqualFunc(w.cur, w.delivered, sameLease) {
-		return
-	}
-	w.delivered = maps.Clone(w.cur)
-	out := slices.Collect(maps.Values(w.cur))
-	if out == nil {
-		out = []subnet.Lease{}
-	}
-	slices.SortFunc(out, compareLeases)
-	w.fn(out)
-}
+// errDeleted marks the entry of a deleted key in a watch batch.
+var errDeleted = errors.New("deleted")
 
 // sameLease compares what a watcher can observe of a lease: a new write changes the revision.
 func sameLease(a, b subnet.Lease) bool {

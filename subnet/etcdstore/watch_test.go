@@ -303,3 +303,46 @@ func TestWarnedSetIsBounded(t *testing.T) {
 		t.Errorf("after a list without the deleted key: warned set holds %d keys, want 0", n)
 	}
 }
+
+// TestWatchChangesReportsOnlyChanges checks WatchChanges' batches: a Full listing first, then each write or
+// delete alone (a Put of one lease, a Deleted naming it), so a change costs the same however many leases
+// there are; an unreadable rewrite of a lease is a Deleted.
+func TestWatchChangesReportsOnlyChanges(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	st := newStore(t, srv)
+	for i := range 20 {
+		rawPut(t, cli, fmt.Sprintf("%s10.5.%d.0-24", subnetsPrefix, i+1), leaseValue(fmt.Sprintf("198.51.100.%d", i+1)))
+	}
+	batches := make(chan subnet.Changes, 100)
+	ctx := testCtx(t, time.Minute)
+	go st.WatchChanges(ctx, func(c subnet.Changes) { batches <- c })
+	next := func() subnet.Changes {
+		t.Helper()
+		select {
+		case c := <-batches:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatal("no batch within 10 s")
+		}
+		return subnet.Changes{}
+	}
+	if c := next(); !c.Full || len(c.Put) != 20 || len(c.Deleted) != 0 {
+		t.Fatalf("first batch: full %v, %d put, %d deleted; want a full listing of 20", c.Full, len(c.Put), len(c.Deleted))
+	}
+	rawPut(t, cli, subnetsPrefix+"10.5.99.0-24", leaseValue("198.51.100.99"))
+	if c := next(); c.Full || len(c.Put) != 1 || c.Put[0].Subnet.String() != "10.5.99.0/24" || len(c.Deleted) != 0 {
+		t.Errorf("after one put: %+v; want a Put of 10.5.99.0/24 alone", c)
+	}
+	if _, err := cli.Delete(ctx, subnetsPrefix+"10.5.3.0-24"); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Full || len(c.Put) != 0 || len(c.Deleted) != 1 || c.Deleted[0].Key() != "10.5.3.0-24" {
+		t.Errorf("after one delete: %+v; want a Deleted of 10.5.3.0-24 alone", c)
+	}
+	rawPut(t, cli, subnetsPrefix+"10.5.4.0-24", "garbage")
+	if c := next(); c.Full || len(c.Put) != 0 || len(c.Deleted) != 1 || c.Deleted[0].Key() != "10.5.4.0-24" {
+		t.Errorf("after an unreadable rewrite: %+v; want a Deleted of 10.5.4.0-24", c)
+	}
+}

@@ -31,6 +31,9 @@ type Options struct {
 	PeerAddr string
 	// Name is the member name. Empty: "default".
 	Name string
+	// InitialCluster lists every member of a new multi-member cluster as name=peerURL pairs, comma-separated
+	// (etcd's --initial-cluster), this one included. Empty: a single-member cluster of this member.
+	InitialCluster string
 	// TLS, when non-nil, serves clients over https with TLS.CertFile/KeyFile and requires client
 	// certificates signed by TLS.CAFile. Nil: plain http.
 	TLS *TLSFiles
@@ -107,6 +110,9 @@ func (o Options) embedConfig() (*embed.Config, error) {
 	cfg.ListenPeerUrls = []url.URL{*purl}
 	cfg.AdvertisePeerUrls = []url.URL{*purl}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if o.InitialCluster != "" {
+		cfg.InitialCluster = o.InitialCluster
+	}
 	cfg.LogLevel = o.LogLevel
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "warn"

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/subnet"
+)
+
+// recordingUpdater is a backend.Updater that records its calls; Update answers needSet while set.
+type recordingUpdater struct {
+	mu      sync.Mutex
+	calls   []string // "set N peers" or "update put=[...] deleted=[...]"
+	needSet bool
+}
+
+func (r *recordingUpdater) Up(context.Context) (backend.Local, error) { return backend.Local{}, nil }
+func (r *recordingUpdater) Close() error                              { return nil }
+func (r *recordingUpdater) Set(c *backend.Config) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var keys []string
+	for _, p := range c.Peers {
+		keys = append(keys, p.Key())
+	}
+	slices.Sort(keys)
+	r.calls = append(r.calls, "set "+joinKeys(keys))
+	return nil
+}
+func (r *recordingUpdater) Update(ch *backend.Change) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.needSet {
+		r.calls = append(r.calls, "update refused")
+		return backend.ErrNeedSet
+	}
+	var put []string
+	for _, p := range ch.Put {
+		put = append(put, p.Key())
+	}
+	slices.Sort(put)
+	del := slices.Sorted(slices.Values(ch.Deleted))
+	r.calls = append(r.calls, "update put="+joinKeys(put)+" deleted="+joinKeys(del))
+	return nil
+}
+
+func (r *recordingUpdater) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.calls
+	r.calls = nil
+	return c
+}
+
+func joinKeys(k []string) string { return "[" + strings.Join(k, " ") + "]" }
+
+// TestAgentHandsChangesToUpdater checks which lease changes the agent hands a backend.Updater as changes
+// and which as the complete state: a peer joining or leaving is a change; the first state, a new listing,
+// the own lease changing, a lease that does not fit the config (overlaps are weighed across all leases)
+// and a refused Update take Set.
+func TestAgentHandsChangesToUpdater(t *testing.T) {
+	netCfg, err := subnet.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &recordingUpdater{}
+	a := &agent{
+		cfg: Config{SubnetFile: filepath.Join(t.TempDir(), "subnet.env"), Reconcile: time.Hour},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), net: netCfg, kick: make(chan struct{}, 1), health: newHealth(), be: be,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { a.reconcileLoop(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	lease := func(p string) subnet.Lease {
+		return subnet.Lease{Subnet: netip.MustParsePrefix(p), Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("192.0.2.9")}}
+	}
+	expect := func(what string, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		var got []string
+		for {
+			got = append(got, be.take()...)
+			if slices.Equal(got, want) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: backend calls %q, want %q", what, got, want)
+		}
+	}
+	own := lease("10.5.1.0/24")
+	a.onLease(own, true)
+	a.onChanges(subnet.Changes{Full: true, Put: []subnet.Lease{own, lease("10.5.2.0/24")}})
+	expect("first state", "set [10.5.2.0-24]")
+
+	a.onChanges(subnet.Changes{Put: []subnet.Lease{lease("10.5.3.0/24")}})
+	expect("a peer joins", "update put=[10.5.3.0-24] deleted=[]")
+	a.onChanges(subnet.Changes{Deleted: []subnet.Lease{lease("10.5.2.0/24")}})
+	expect("a peer leaves", "update put=[] deleted=[10.5.2.0-24]")
+
+	a.onChanges(subnet.Changes{Put: []subnet.Lease{lease("10.5.3.128/25")}})
+	expect("a misfit comes: Set, which drops it for overlapping 10.5.3.0/24", "set [10.5.3.0-24]")
+	a.onChanges(subnet.Changes{Deleted: []subnet.Lease{lease("10.5.3.128/25")}})
+	expect("the misfit goes (a key the backend never had)", "update put=[] deleted=[10.5.3.128-25]")
+	a.onChanges(subnet.Changes{Put: []subnet.Lease{lease("10.5.4.0/24")}})
+	expect("misfit gone", "update put=[10.5.4.0-24] deleted=[]")
+
+	be.mu.Lock()
+	be.needSet = true
+	be.mu.Unlock()
+	a.onChanges(subnet.Changes{Put: []subnet.Lease{lease("10.5.5.0/24")}})
+	expect("Update refused", "update refused", "set [10.5.3.0-24 10.5.4.0-24 10.5.5.0-24]")
+	be.mu.Lock()
+	be.needSet = false
+	be.mu.Unlock()
+
+	a.onChanges(subnet.Changes{Full: true, Put: []subnet.Lease{own, lease("10.5.6.0/24")}})
+	expect("a new listing", "set [10.5.6.0-24]")
+	a.onLease(lease("10.5.7.0/24"), true)
+	expect("the own lease changed", "set [10.5.1.0-24 10.5.6.0-24]")
+}
