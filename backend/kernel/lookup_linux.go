@@ -49,3 +49,37 @@ func DefaultRoutes4() ([]Lookup, error) {
 	}
 	return out, nil
 }
+
+// RouteEvent is one route added or deleted in the main or any table, as the kernel announces it.
+type RouteEvent struct {
+	Add  bool         // added (else deleted)
+	Dst  netip.Prefix // invalid for a default route
+	Ours bool         // carries RouteProtocol
+}
+
+// SubscribeRoutes delivers the calling thread's namespace's route events on the returned channel (buffered
+// with room for size events) until done is closed. Events that find the buffer full are dropped by netlink.
+func SubscribeRoutes(size int, done <-chan struct{}) (<-chan RouteEvent, error) {
+	raw := make(chan netlink.RouteUpdate, size)
+	if err := netlink.RouteSubscribe(raw, done); err != nil {
+		return nil, fmt.Errorf("subscribe to route events: %w", err)
+	}
+	out := make(chan RouteEvent, size)
+	go func() { // ends when netlink closes raw, after done is closed
+		defer close(out)
+		for u := range raw {
+			e := RouteEvent{Add: u.Type == unix.RTM_NEWROUTE, Ours: u.Protocol == RouteProtocol}
+			if u.Dst != nil {
+				a, _ := netip.AddrFromSlice(u.Dst.IP)
+				bits, _ := u.Dst.Mask.Size()
+				e.Dst = netip.PrefixFrom(a.Unmap(), bits)
+			}
+			select {
+			case out <- e:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return out, nil
+}

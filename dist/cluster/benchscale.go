@@ -18,10 +18,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
@@ -138,7 +136,9 @@ func tailLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func msText(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+func msText(d time.Duration) string {
+	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+}
 
 func printScale(w io.Writer, rs []scaleResult) {
 	fmt.Fprintln(w, "One weftd (vxlan) with N simulated peers in a local etcd. New lease: written to etcd until its route is in the kernel.")
@@ -222,11 +222,11 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 	}
 
 	// Route events, from before weftd starts.
-	updates := make(chan netlink.RouteUpdate, 65536)
 	done := make(chan struct{})
 	defer close(done)
-	if err := netlink.RouteSubscribe(updates, done); err != nil {
-		return fmt.Errorf("subscribe to route events: %w", err)
+	updates, err := kernel.SubscribeRoutes(65536, done)
+	if err != nil {
+		return err
 	}
 
 	logf, err := os.Create(filepath.Join(*dir, "weftd.log"))
@@ -322,31 +322,17 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 }
 
 // ourNewRoute returns the destination of a new route of ours in an event.
-func ourNewRoute(u netlink.RouteUpdate) (netip.Prefix, bool) {
-	if u.Type != unix.RTM_NEWROUTE || u.Protocol != kernel.RouteProtocol || u.Dst == nil {
-		return netip.Prefix{}, false
-	}
-	a, _ := netip.AddrFromSlice(u.Dst.IP)
-	bits, _ := u.Dst.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), bits), true
+func ourNewRoute(e kernel.RouteEvent) (netip.Prefix, bool) {
+	return e.Dst, e.Add && e.Ours && e.Dst.IsValid()
 }
 
 // waitRoute waits for the route to dst to be added (add true) or deleted.
-func waitRoute(updates <-chan netlink.RouteUpdate, dst netip.Prefix, add bool, timeout time.Duration) error {
+func waitRoute(updates <-chan kernel.RouteEvent, dst netip.Prefix, add bool, timeout time.Duration) error {
 	t := time.After(timeout)
-	want := uint16(unix.RTM_DELROUTE)
-	if add {
-		want = unix.RTM_NEWROUTE
-	}
 	for {
 		select {
-		case u := <-updates:
-			if u.Type != want || u.Dst == nil {
-				continue
-			}
-			a, _ := netip.AddrFromSlice(u.Dst.IP)
-			bits, _ := u.Dst.Mask.Size()
-			if netip.PrefixFrom(a.Unmap(), bits) == dst {
+		case e := <-updates:
+			if e.Add == add && e.Dst == dst {
 				return nil
 			}
 		case <-t:
