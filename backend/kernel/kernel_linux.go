@@ -17,7 +17,7 @@ import (
 // all its calls act on that namespace whichever thread makes them. It is safe for use by one goroutine at a
 // time.
 type Handle struct {
-	NL *netlink.Handle
+	nl *netlink.Handle
 }
 
 // NewHandle opens a netlink handle in the calling thread's network namespace.
@@ -26,11 +26,11 @@ func NewHandle() (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
-	return &Handle{NL: h}, nil
+	return &Handle{nl: h}, nil
 }
 
 // Close releases the handle.
-func (h *Handle) Close() { h.NL.Close() }
+func (h *Handle) Close() { h.nl.Close() }
 
 // NewForwardingHandle opens a handle for a backend that forwards overlay traffic over the link with index
 // link, in the calling thread's network namespace: it checks the link is there (an error wrapping ErrNoLink
@@ -72,7 +72,7 @@ func (h *Handle) OurRoutes(v6 bool) ([]Route, error) {
 	}
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
 	nrs, err := retry(func() ([]netlink.Route, error) {
-		return h.NL.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		return h.nl.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list routes with protocol %d: %w", RouteProtocol, err)
@@ -139,7 +139,7 @@ func IPNet(p netip.Prefix) *net.IPNet {
 
 // ReplaceRoute adds r or replaces the route to the same destination, tagged with RouteProtocol.
 func (h *Handle) ReplaceRoute(r Route) error {
-	if err := h.NL.RouteReplace(toNetlink(r)); err != nil {
+	if err := h.nl.RouteReplace(toNetlink(r)); err != nil {
 		return fmt.Errorf("replace route %s: %w", r, err)
 	}
 	return nil
@@ -147,7 +147,7 @@ func (h *Handle) ReplaceRoute(r Route) error {
 
 // DeleteRoute deletes our route r; a route already gone is not an error.
 func (h *Handle) DeleteRoute(r Route) error {
-	if err := h.NL.RouteDel(toNetlink(r)); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+	if err := h.nl.RouteDel(toNetlink(r)); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("delete route %s: %w", r, err)
 	}
 	return nil
@@ -225,7 +225,7 @@ func (h *Handle) UpdateRoutes(had, want []Route) error {
 
 // addRoute adds r if no route to its destination exists; if one does, it replaces it only if it is ours.
 func (h *Handle) addRoute(r Route) error {
-	err := h.NL.RouteAdd(toNetlink(r))
+	err := h.nl.RouteAdd(toNetlink(r))
 	if err == nil || !errors.Is(err, unix.EEXIST) {
 		if err != nil {
 			return fmt.Errorf("add route %s: %w", r, err)
@@ -250,7 +250,7 @@ func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]int, error) {
 		family = netlink.FAMILY_V6
 	}
 	nrs, err := retry(func() ([]netlink.Route, error) {
-		return h.NL.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		return h.nl.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list main-table routes: %w", err)
@@ -277,14 +277,14 @@ func slicesFilter[T any](s []T, keep func(T) bool) []T {
 	return out
 }
 
-// SetAddrs makes the link's addresses of the family of want exactly want (want must be non-empty; all of
+// setAddrs makes the link's addresses of the family of want exactly want (want must be non-empty; all of
 // one family).
-func (h *Handle) SetAddrs(link netlink.Link, want ...netip.Prefix) error {
+func (h *Handle) setAddrs(link netlink.Link, want ...netip.Prefix) error {
 	family := netlink.FAMILY_V4
 	if want[0].Addr().Is6() {
 		family = netlink.FAMILY_V6
 	}
-	have, err := h.NL.AddrList(link, family)
+	have, err := h.nl.AddrList(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 	}
@@ -301,12 +301,12 @@ func (h *Handle) SetAddrs(link netlink.Link, want ...netip.Prefix) error {
 			delete(wanted, p)
 			continue
 		}
-		if err := h.NL.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		if err := h.nl.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return fmt.Errorf("delete address %s from %s: %w", a.IPNet, link.Attrs().Name, err)
 		}
 	}
 	for p := range wanted {
-		if err := h.NL.AddrAdd(link, &netlink.Addr{IPNet: IPNet(p)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := h.nl.AddrAdd(link, &netlink.Addr{IPNet: IPNet(p)}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add address %s to %s: %w", p, link.Attrs().Name, err)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
@@ -36,16 +35,16 @@ func TestSyncRoutesInNetns(t *testing.T) {
 		t.Errorf("stale route of ours not removed:\n%s", got)
 	}
 
-	// SetAddrs keeps the wanted address and removes a stray one.
+	// SetLinkAddrs keeps the wanted address and removes a stray one.
 	ns.MustIP(t, "addr", "add", "198.51.100.7/24", "dev", "d0")
-	withD0(t, ns, func(h *kernel.Handle, link netlink.Link) {
-		if err := h.SetAddrs(link, netip.MustParsePrefix("192.0.2.1/24")); err != nil {
+	withD0(t, ns, func(h *kernel.Handle, link int) {
+		if err := h.SetLinkAddrs(link, netip.MustParsePrefix("192.0.2.1/24")); err != nil {
 			t.Error(err)
 		}
 	})
 	addrs := ns.MustIP(t, "-4", "-o", "addr", "show", "dev", "d0")
 	if !strings.Contains(addrs, "192.0.2.1/24") || strings.Contains(addrs, "198.51.100.7") {
-		t.Errorf("addresses after SetAddrs(192.0.2.1/24):\n%s", addrs)
+		t.Errorf("addresses after SetLinkAddrs(192.0.2.1/24):\n%s", addrs)
 	}
 }
 
@@ -69,17 +68,17 @@ func routeNS(t *testing.T, plant ...[]string) *kerneltest.NS {
 func syncWanted(t *testing.T, ns *kerneltest.NS) error {
 	t.Helper()
 	var syncErr error
-	withD0(t, ns, func(h *kernel.Handle, link netlink.Link) {
+	withD0(t, ns, func(h *kernel.Handle, link int) {
 		syncErr = h.SyncRoutes(false, []kernel.Route{
-			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link.Attrs().Index},
-			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link.Attrs().Index},
+			{Dst: netip.MustParsePrefix("10.5.1.0/24"), Gw: netip.MustParseAddr("192.0.2.11"), LinkIndex: link},
+			{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: netip.MustParseAddr("192.0.2.12"), LinkIndex: link},
 		}, nil)
 	})
 	return syncErr
 }
 
 // withD0 runs fn inside ns with a handle there and the link d0; not reaching the kernel fails the test.
-func withD0(t *testing.T, ns *kerneltest.NS, fn func(h *kernel.Handle, link netlink.Link)) {
+func withD0(t *testing.T, ns *kerneltest.NS, fn func(h *kernel.Handle, link int)) {
 	t.Helper()
 	err := ns.Do(func() error {
 		h, err := kernel.NewHandle()
@@ -87,11 +86,11 @@ func withD0(t *testing.T, ns *kerneltest.NS, fn func(h *kernel.Handle, link netl
 			return err
 		}
 		defer h.Close()
-		link, err := h.NL.LinkByName("d0")
+		st, err := h.LinkStateByName("d0")
 		if err != nil {
 			return err
 		}
-		fn(h, link)
+		fn(h, st.Index)
 		return nil
 	})
 	if err != nil {
@@ -148,12 +147,12 @@ func TestNewForwardingHandleInNetns(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		u0, err := h.NL.LinkByName("u0")
+		u0, err := h.LinkStateByName("u0")
 		h.Close()
 		if err != nil {
 			return err
 		}
-		fh, err := kernel.NewForwardingHandle(u0.Attrs().Index)
+		fh, err := kernel.NewForwardingHandle(u0.Index)
 		if err != nil {
 			return err
 		}
@@ -178,9 +177,9 @@ func TestUpdateRoutesInNetns(t *testing.T) {
 		[]string{"10.5.5.0/24", "via", "192.0.2.98", "proto", "static"}, // foreign
 	)
 	var err error
-	withD0(t, ns, func(h *kernel.Handle, link netlink.Link) {
+	withD0(t, ns, func(h *kernel.Handle, link int) {
 		r := func(dst, gw string) kernel.Route {
-			return kernel.Route{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), LinkIndex: link.Attrs().Index}
+			return kernel.Route{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), LinkIndex: link}
 		}
 		had := []kernel.Route{r("10.5.1.0/24", "192.0.2.11"), r("10.5.2.0/24", "192.0.2.12"), r("10.5.3.0/24", "192.0.2.13")}
 		want := []kernel.Route{r("10.5.1.0/24", "192.0.2.11"), r("10.5.2.0/24", "192.0.2.22"),

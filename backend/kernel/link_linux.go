@@ -12,7 +12,7 @@ import (
 
 // linkByName looks a link up by name; a missing link is an error wrapping ErrNoLink.
 func (h *Handle) linkByName(name string) (netlink.Link, error) {
-	l, err := h.NL.LinkByName(name)
+	l, err := h.nl.LinkByName(name)
 	if err != nil {
 		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok || errors.Is(err, unix.ENODEV) {
 			return nil, fmt.Errorf("link %s: %w", name, ErrNoLink)
@@ -24,7 +24,7 @@ func (h *Handle) linkByName(name string) (netlink.Link, error) {
 
 // linkByIndex looks a link up by index; a missing link is an error wrapping ErrNoLink.
 func (h *Handle) linkByIndex(index int) (netlink.Link, error) {
-	l, err := h.NL.LinkByIndex(index)
+	l, err := h.nl.LinkByIndex(index)
 	if err != nil {
 		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok || errors.Is(err, unix.ENODEV) {
 			return nil, fmt.Errorf("link #%d: %w", index, ErrNoLink)
@@ -100,7 +100,7 @@ func (h *Handle) AddVXLAN(v VXLAN) (*VXLAN, error) {
 	if v.Local.IsValid() {
 		vx.SrcAddr = v.Local.AsSlice()
 	}
-	if err := h.NL.LinkAdd(vx); err != nil {
+	if err := h.nl.LinkAdd(vx); err != nil {
 		return nil, fmt.Errorf("add vxlan device %s (vni %d, local %s, port %d, mac %s): %w",
 			v.Name, v.VNI, v.Local, v.Port, v.MAC, err)
 	}
@@ -116,7 +116,7 @@ func (h *Handle) DeleteLink(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := h.NL.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+	if err := h.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete link %s: %w", name, err)
 	}
 	return nil
@@ -131,7 +131,7 @@ func (h *Handle) SetLinkUp(index int) error {
 	if l.Attrs().Flags&net.FlagUp != 0 {
 		return nil
 	}
-	if err := h.NL.LinkSetUp(l); err != nil {
+	if err := h.nl.LinkSetUp(l); err != nil {
 		return fmt.Errorf("set link %s up: %w", l.Attrs().Name, err)
 	}
 	return nil
@@ -146,7 +146,7 @@ func (h *Handle) SetLinkMTU(index, mtu int) error {
 	if l.Attrs().MTU == mtu {
 		return nil
 	}
-	if err := h.NL.LinkSetMTU(l, mtu); err != nil {
+	if err := h.nl.LinkSetMTU(l, mtu); err != nil {
 		return fmt.Errorf("set mtu of %s to %d: %w", l.Attrs().Name, mtu, err)
 	}
 	return nil
@@ -161,7 +161,7 @@ func (h *Handle) SetLinkMAC(index int, mac net.HardwareAddr) error {
 	if l.Attrs().HardwareAddr.String() == mac.String() {
 		return nil
 	}
-	if err := h.NL.LinkSetHardwareAddr(l, mac); err != nil {
+	if err := h.nl.LinkSetHardwareAddr(l, mac); err != nil {
 		return fmt.Errorf("set mac of %s to %s: %w", l.Attrs().Name, mac, err)
 	}
 	return nil
@@ -173,13 +173,13 @@ func (h *Handle) SetLinkAddrs(index int, want ...netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	return h.SetAddrs(l, want...)
+	return h.setAddrs(l, want...)
 }
 
 // RouteTo asks the kernel which route it would use to reach dst (`ip route get`). The result's Dst is dst
 // as a host prefix; Gw is zero when dst is directly reachable on LinkIndex.
 func (h *Handle) RouteTo(dst netip.Addr) (Route, error) {
-	nrs, err := h.NL.RouteGet(dst.AsSlice())
+	nrs, err := h.nl.RouteGet(dst.AsSlice())
 	if err != nil {
 		return Route{}, fmt.Errorf("look up route to %s: %w", dst, err)
 	}

@@ -39,16 +39,16 @@ func TestVXLANNeighFDBInNetns(t *testing.T) {
 		} else if te, ok := errors.AsType[*kernel.LinkTypeError](err); !ok || te.Type != "bridge" {
 			t.Errorf("VXLANByName(bridge) = %v, want a LinkTypeError for a bridge", err)
 		}
-		u0, err := h.NL.LinkByName("u0")
+		u0, err := h.LinkStateByName("u0")
 		if err != nil {
 			return err
 		}
-		v, err := h.AddVXLAN(kernel.VXLAN{Name: "vx7", VNI: 7, Local: a("192.0.2.1"), VtepIndex: u0.Attrs().Index,
+		v, err := h.AddVXLAN(kernel.VXLAN{Name: "vx7", VNI: 7, Local: a("192.0.2.1"), VtepIndex: u0.Index,
 			Port: 8472, GBP: true, MTU: 1400, MAC: own})
 		if err != nil {
 			return err
 		}
-		if v.VNI != 7 || v.Local != a("192.0.2.1") || v.VtepIndex != u0.Attrs().Index || v.Port != 8472 ||
+		if v.VNI != 7 || v.Local != a("192.0.2.1") || v.VtepIndex != u0.Index || v.Port != 8472 ||
 			v.Learning || !v.GBP || v.MTU != 1400 || v.MAC.String() != own.String() || v.Up || v.FlowBased || v.HasGroup {
 			t.Errorf("read back %+v", *v)
 		}
@@ -106,7 +106,7 @@ func TestVXLANNeighFDBInNetns(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if r.Gw.IsValid() || r.LinkIndex != u0.Attrs().Index {
+		if r.Gw.IsValid() || r.LinkIndex != u0.Index {
 			t.Errorf("RouteTo(192.0.2.50) = %v, want direct on u0", r)
 		}
 		for range 2 {

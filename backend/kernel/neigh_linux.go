@@ -11,7 +11,7 @@ import (
 
 // Neighs lists the IPv4 neighbour entries of the link, in every state.
 func (h *Handle) Neighs(linkIndex int) ([]Neigh, error) {
-	nns, err := retry(func() ([]netlink.Neigh, error) { return h.NL.NeighList(linkIndex, unix.AF_INET) })
+	nns, err := retry(func() ([]netlink.Neigh, error) { return h.nl.NeighList(linkIndex, unix.AF_INET) })
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours on %s: %w", h.linkLabel(linkIndex), err)
 	}
@@ -33,7 +33,7 @@ func (h *Handle) Neighs(linkIndex int) ([]Neigh, error) {
 
 // ReplaceNeigh adds n as a permanent entry or replaces the entry for the same IP on the link.
 func (h *Handle) ReplaceNeigh(n Neigh) error {
-	err := h.NL.NeighSet(&netlink.Neigh{
+	err := h.nl.NeighSet(&netlink.Neigh{
 		LinkIndex:    n.LinkIndex,
 		Family:       unix.AF_INET,
 		State:        netlink.NUD_PERMANENT,
@@ -49,7 +49,7 @@ func (h *Handle) ReplaceNeigh(n Neigh) error {
 
 // DeleteNeigh deletes the neighbour entry for n's IP on n's link; an entry already gone is not an error.
 func (h *Handle) DeleteNeigh(n Neigh) error {
-	err := h.NL.NeighDel(&netlink.Neigh{LinkIndex: n.LinkIndex, Family: unix.AF_INET, IP: n.IP.AsSlice()})
+	err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: n.LinkIndex, Family: unix.AF_INET, IP: n.IP.AsSlice()})
 	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("delete neighbour %s on %s: %w", n.IP, h.linkLabel(n.LinkIndex), err)
 	}
@@ -58,7 +58,7 @@ func (h *Handle) DeleteNeigh(n Neigh) error {
 
 // FDBs lists the forwarding-database entries of a VXLAN link that have an IPv4 remote (NTF_SELF entries).
 func (h *Handle) FDBs(linkIndex int) ([]FDB, error) {
-	nns, err := retry(func() ([]netlink.Neigh, error) { return h.NL.NeighList(linkIndex, unix.AF_BRIDGE) })
+	nns, err := retry(func() ([]netlink.Neigh, error) { return h.nl.NeighList(linkIndex, unix.AF_BRIDGE) })
 	if err != nil {
 		return nil, fmt.Errorf("list fdb entries on %s: %w", h.linkLabel(linkIndex), err)
 	}
@@ -91,7 +91,7 @@ func fdbToNetlink(f FDB) *netlink.Neigh {
 
 // ReplaceFDB adds f as a permanent entry, or replaces the remote of the existing entry for f's MAC.
 func (h *Handle) ReplaceFDB(f FDB) error {
-	if err := h.NL.NeighSet(fdbToNetlink(f)); err != nil {
+	if err := h.nl.NeighSet(fdbToNetlink(f)); err != nil {
 		return fmt.Errorf("add fdb entry %s -> %s on %s: %w", f.MAC, f.Dst, h.linkLabel(f.LinkIndex), err)
 	}
 	return nil
@@ -99,7 +99,7 @@ func (h *Handle) ReplaceFDB(f FDB) error {
 
 // DeleteFDB deletes the remote f.Dst of the entry for f.MAC; an entry already gone is not an error.
 func (h *Handle) DeleteFDB(f FDB) error {
-	if err := h.NL.NeighDel(fdbToNetlink(f)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+	if err := h.nl.NeighDel(fdbToNetlink(f)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("delete fdb entry %s -> %s on %s: %w", f.MAC, f.Dst, h.linkLabel(f.LinkIndex), err)
 	}
 	return nil
