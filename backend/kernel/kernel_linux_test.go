@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-
 	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
 )
