@@ -99,9 +99,9 @@ func (b *hostGW) Set(cfg *backend.Config) error {
 	b.skips.Log(b.log, skipped)
 	var err error
 	if cfg.Resync || b.applied == nil {
-		err = apply(b.h, slices.Collect(maps.Values(routes)), kernel.Owned(cfg.Network.Network))
+		err = b.h.SyncRoutes(false, slices.Collect(maps.Values(routes)), kernel.Owned(cfg.Network.Network))
 	} else {
-		err = update(b.h, slices.Collect(maps.Values(b.applied)), slices.Collect(maps.Values(routes)))
+		err = b.h.UpdateRoutes(slices.Collect(maps.Values(b.applied)), slices.Collect(maps.Values(routes)))
 	}
 	if err != nil {
 		b.applied = nil
@@ -150,7 +150,7 @@ func (b *hostGW) Update(ch *backend.Change) error {
 		}
 	}
 	b.skips.Change(b.log, keys, skipped)
-	if err := update(b.h, had, want); err != nil {
+	if err := b.h.UpdateRoutes(had, want); err != nil {
 		b.applied = nil
 		return fmt.Errorf("host-gw backend: %w", err)
 	}

@@ -114,7 +114,7 @@ func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
 
 func toNetlink(r Route) *netlink.Route {
 	nr := &netlink.Route{
-		Dst:       IPNet(r.Dst),
+		Dst:       ipNet(r.Dst),
 		LinkIndex: r.LinkIndex,
 		Protocol:  RouteProtocol,
 		Table:     unix.RT_TABLE_MAIN,
@@ -132,8 +132,8 @@ func toNetlink(r Route) *netlink.Route {
 	return nr
 }
 
-// IPNet converts a prefix to the net.IPNet netlink wants.
-func IPNet(p netip.Prefix) *net.IPNet {
+// ipNet converts a prefix to the net.IPNet netlink wants.
+func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
@@ -306,7 +306,7 @@ func (h *Handle) setAddrs(link netlink.Link, want ...netip.Prefix) error {
 		}
 	}
 	for p := range wanted {
-		if err := h.nl.AddrAdd(link, &netlink.Addr{IPNet: IPNet(p)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := h.nl.AddrAdd(link, &netlink.Addr{IPNet: ipNet(p)}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add address %s to %s: %w", p, link.Attrs().Name, err)
 		}
 	}

@@ -39,3 +39,10 @@ type VXLAN struct {
 	FlowBased bool
 	HasGroup  bool
 }
+
+// LinkState is what a backend checks of a device it owns.
+type LinkState struct {
+	Index int
+	Up    bool // administratively up (IFF_UP)
+	MTU   int
+}

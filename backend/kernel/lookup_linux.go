@@ -8,13 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Lookup is where the kernel sends traffic: the outgoing link and the preferred source address (invalid if
-// the route names none).
-type Lookup struct {
-	LinkIndex int
-	Src       netip.Addr
-}
-
 func lookupOf(r netlink.Route) Lookup {
 	l := Lookup{LinkIndex: r.LinkIndex}
 	if src, ok := netip.AddrFromSlice(r.Src); ok {
@@ -48,13 +41,6 @@ func DefaultRoutes4() ([]Lookup, error) {
 		}
 	}
 	return out, nil
-}
-
-// RouteEvent is one route added or deleted in the main or any table, as the kernel announces it.
-type RouteEvent struct {
-	Add  bool         // added (else deleted)
-	Dst  netip.Prefix // invalid for a default route
-	Ours bool         // carries RouteProtocol
 }
 
 // SubscribeRoutes delivers the calling thread's namespace's route events on the returned channel (buffered

@@ -8,13 +8,6 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// LinkState is what a backend checks of a device it owns.
-type LinkState struct {
-	Index int
-	Up    bool // administratively up (IFF_UP)
-	MTU   int
-}
-
 // LinkStateByName reads the named link; a missing link is an error wrapping ErrNoLink.
 func (h *Handle) LinkStateByName(name string) (LinkState, error) {
 	l, err := h.linkByName(name)
