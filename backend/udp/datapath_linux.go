@@ -298,6 +298,9 @@ func deliver(t *table, c *counters, w *tunWriter, payload []byte, from netip.Add
 			c.inc(rxDrop[r])
 			continue
 		}
+		if m < len(d) {
+			c.inc(rxTrailing) // flannel's datagrams are exactly one packet; this one carried more
+		}
 		w.add(d[:m])
 		c.inc(rxPackets)
 		c.add(rxBytes, m)

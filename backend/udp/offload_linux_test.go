@@ -61,6 +61,14 @@ func TestOffloads(t *testing.T) {
 		tcpTransfer(t, n3, n1, 20<<20)  // on → off
 		tcpTransfer(t, n1, n3, 20<<20)  // off → on
 		after1, after2 := n1.b.Stats(), n2.b.Stats()
+		// On the wire every datagram is one inner packet, as flanneld sends and expects: node 3 reads
+		// without GRO, so a datagram carrying more than one packet would show as trailing bytes.
+		if got := n3.b.Stats()["rx_trailing"]; got != 0 {
+			t.Errorf("node 3 (no GRO, as flanneld) got %d datagrams with more than one packet from GSO senders", got)
+		}
+		if got := n3.b.Stats()["rx_packets"]; got < 20<<20/1500 {
+			t.Errorf("node 3 received only %d packets", got)
+		}
 		// The sender read super-packets (many packets per TUN read) and the receiver got GRO runs.
 		if reads, pkts := after2["tun_reads"]-before2["tun_reads"], after2["tx_packets"]-before2["tx_packets"]; pkts < 4*reads {
 			t.Errorf("node 2 sent %d packets in %d TUN reads: want super-packets (≥ 4 per read)", pkts, reads)

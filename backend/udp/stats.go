@@ -35,6 +35,7 @@ const (
 	tunGROFallbacks                    // data paths that gave up coalesced TUN writes at run time
 	tunRecreated                       // TUN devices recreated after being lost
 	socketDrops                        // datagrams dropped by the kernel at our sockets (peer filter, full buffer)
+	rxTrailing                         // accepted datagrams with bytes past the inner packet (ignored)
 	numCounters
 )
 
@@ -64,6 +65,7 @@ var counterNames = [numCounters]string{
 	tunGROFallbacks:     "tun_gro_fallbacks",
 	tunRecreated:        "tun_recreated",
 	socketDrops:         "socket_drops",
+	rxTrailing:          "rx_trailing",
 }
 
 // rxDrop maps a receive verdict to its counter.
