@@ -22,9 +22,26 @@ import (
 // state in place, and an error only for a problem that a restart with the same configuration cannot fix.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting weftd", "version", version, "config", cfg)
-	store, err := openStore(cfg.Etcd, cfg.LeaseTTL, log)
+	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), health: newHealth()}
+	a.health.ready = a.ready
+
+	// The health server comes first, so a liveness probe sees weftd alive while it waits for its store, its
+	// config or its lease (/readyz says 503 until then).
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	hctx, stopHealth := context.WithCancel(ctx)
+	defer stopHealth()
+	if cfg.HealthzPort != 0 {
+		srv, err := a.health.listen(cfg.healthzAddr())
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { a.health.serve(hctx, srv, log) })
+	}
+
+	store, err := openStore(ctx, cfg, log)
 	if err != nil {
-		return err
+		return nilIfDone(ctx, err)
 	}
 	defer store.Close()
 
@@ -45,7 +62,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
 
-	a := &agent{cfg: cfg, log: log, net: netCfg, kick: make(chan struct{}, 1), health: newHealth()}
+	a.net = netCfg
 	if a.be, a.local, err = startBackend(ctx, netCfg, ext, log); err != nil {
 		return err
 	}
@@ -54,7 +71,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("close backend", "err", err)
 		}
 	}()
-	a.health.stats, a.health.ready = a.stats, a.ready
+	a.health.setStats(a.stats)
 	if a.rules, err = newRuleManager(cfg, netCfg, func(ok bool) { a.health.rulesPending.Store(!ok) }, log); err != nil {
 		return err
 	}
@@ -70,24 +87,45 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("ignoring unreadable previous env file", "err", err)
 	}
 
-	var wg sync.WaitGroup
-	if cfg.HealthzPort != 0 {
-		srv, err := a.health.listen(cfg.healthzAddr())
-		if err != nil {
-			return err
-		}
-		wg.Go(func() { a.health.serve(ctx, srv, log) })
-	}
-	wg.Go(func() { a.holdLease(ctx, store, req) })
-	wg.Go(func() { a.watchLeases(ctx, store) })
-	wg.Go(func() { a.reconcileLoop(ctx) })
-	wg.Wait()
+	var agentWG sync.WaitGroup
+	agentWG.Go(func() { a.holdLease(ctx, store, req) })
+	agentWG.Go(func() { a.watchLeases(ctx, store) })
+	agentWG.Go(func() { a.reconcileLoop(ctx) })
+	agentWG.Wait()
 	log.Info("stopped; lease, env file and kernel state left in place")
 	return nil
 }
 
-// openStore connects to etcd.
-func openStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
+// agentStore is the lease store as run uses it: the subnet.Store contract, and Close when weftd stops.
+type agentStore interface {
+	subnet.Store
+	Close() error
+}
+
+// openStore creates the lease store, retrying with backoff (up to storeRetryMax) while it fails, for
+// example while etcd refuses the credentials: weftd stays up, alive and not ready, until ctx ends.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, error) {
+	delay := time.Second
+	for {
+		s, err := newEtcdStore(cfg.Etcd, cfg.LeaseTTL, log)
+		if err == nil {
+			return s, nil
+		}
+		log.Error("cannot open the lease store; retrying", "err", err, "retry", delay)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, storeRetryMax)
+	}
+}
+
+// storeRetryMax is the longest wait between attempts to open the lease store.
+const storeRetryMax = 30 * time.Second
+
+// newEtcdStore connects to etcd.
+func newEtcdStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
 	return etcdstore.New(etcdstore.Config{
 		Endpoints: f.Endpoints, Prefix: f.Prefix,
 		CertFile: f.CertFile, KeyFile: f.KeyFile, CAFile: f.CAFile,
