@@ -61,6 +61,10 @@ type Deps struct {
 	Log      *slog.Logger   // required; already carries a "backend" attribute
 	External External       // required
 	Network  *subnet.Config // required; Network.Backend holds the backend's own keys
+	// PrevData is the BackendData this node published before, when known (kube mode reads it back from the
+	// Node's backend-data annotation), so a backend can keep its identity across a reboot (vxlan: the
+	// VtepMAC). Nil: unknown.
+	PrevData json.RawMessage
 }
 
 // Factory constructs a backend. It validates the backend's config keys but changes nothing in the kernel.

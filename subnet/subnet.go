@@ -6,6 +6,7 @@
 package subnet
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,6 +97,20 @@ type Lease struct {
 	Expires time.Time
 	// Revision is the etcd ModRevision of the key when it was read; zero for a lease not read from etcd.
 	Revision int64
+}
+
+// CompareLeases orders leases by IPv4 subnet, then IPv6 subnet (for slices.SortFunc).
+func CompareLeases(a, b Lease) int {
+	if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()); c != 0 {
+		return c
+	}
+	if c := a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.IPv6Subnet.Bits(), b.IPv6Subnet.Bits())
 }
 
 // Key returns the lease's key name below "<prefix>/subnets/".

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcdstore"
+	"github.com/weft-net/weft/subnet/kubestore"
 )
 
 // run is the agent: it returns nil when ctx ends (SIGTERM), leaving the lease, the env file and the kernel
@@ -45,7 +47,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer store.Close()
 
-	netCfg, err := waitConfig(ctx, store, cfg.Etcd.Prefix, log)
+	netCfg, err := waitConfig(ctx, store, cfg.configWhere(), log)
 	if err != nil {
 		return nilIfDone(ctx, err)
 	}
@@ -56,6 +58,20 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var prevData json.RawMessage // what this node published before, for a backend to keep its identity
+	if ks, ok := store.(*kubestore.Store); ok {
+		info, err := ks.NodeInfo(ctx)
+		if err != nil {
+			log.Warn("cannot read this node's Node; going on without its node-public-ip and previous backend data", "err", err)
+		}
+		if info.PublicIP.IsValid() && !sel.PublicIP.IsValid() {
+			log.Info("using the node's node-public-ip annotation as --public-ip", "public-ip", info.PublicIP)
+			sel.PublicIP = info.PublicIP
+		}
+		if info.BackendType == netCfg.BackendType {
+			prevData = info.BackendData
+		}
+	}
 	ext, err := backend.SelectExternal(sel)
 	if err != nil {
 		return fmt.Errorf("select external interface: %w", err)
@@ -63,7 +79,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
 
 	a.net = netCfg
-	if a.be, a.local, err = startBackend(ctx, netCfg, ext, log); err != nil {
+	if a.be, a.local, err = startBackend(ctx, netCfg, ext, prevData, log); err != nil {
 		return err
 	}
 	defer func() {
@@ -107,7 +123,13 @@ type agentStore interface {
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, error) {
 	delay := time.Second
 	for {
-		s, err := newEtcdStore(cfg.Etcd, cfg.LeaseTTL, log)
+		var s agentStore
+		var err error
+		if cfg.Kube.SubnetMgr {
+			s, err = newKubeStore(ctx, cfg.Kube, log)
+		} else {
+			s, err = newEtcdStore(cfg.Etcd, cfg.LeaseTTL, log)
+		}
 		if err == nil {
 			return s, nil
 		}
@@ -123,6 +145,27 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, e
 
 // storeRetryMax is the longest wait between attempts to open the lease store.
 const storeRetryMax = 30 * time.Second
+
+// newKubeStore creates the kube subnet manager's store.
+func newKubeStore(ctx context.Context, k kubeFlags, log *slog.Logger) (*kubestore.Store, error) {
+	return kubestore.New(ctx, kubestore.Config{
+		APIURL: k.APIURL, Kubeconfig: k.Kubeconfig,
+		NodeName: k.NodeName, PodName: k.PodName, PodNamespace: k.PodNamespace,
+		AnnotationPrefix: k.AnnotationPrefix, NetConfPath: k.NetConfPath,
+		SetNodeNetworkUnavailable: k.SetNodeNetworkUnavailable,
+	}, log)
+}
+
+// configWhere names where the network config lives, for the hints logged while it is missing.
+func (c *Config) configWhere() configSource {
+	if c.Kube.SubnetMgr {
+		return configSource{what: "file", where: c.Kube.NetConfPath, hint: "mount net-conf.json there (the kube-flannel-cfg ConfigMap)"}
+	}
+	return configSource{what: "key", where: c.Etcd.Prefix + "/config", hint: "write it with `weftd config set --network CIDR --backend TYPE`"}
+}
+
+// configSource says where the network config is read from.
+type configSource struct{ what, where, hint string }
 
 // newEtcdStore connects to etcd.
 func newEtcdStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
@@ -143,7 +186,7 @@ func nilIfDone(ctx context.Context, err error) error {
 
 // waitConfig reads the network config, waiting while it is missing or unreadable; an invalid config is
 // also waited on (an operator may fix it), with the validation error logged.
-func waitConfig(ctx context.Context, store subnet.Store, prefix string, log *slog.Logger) (*subnet.Config, error) {
+func waitConfig(ctx context.Context, store subnet.Store, src configSource, log *slog.Logger) (*subnet.Config, error) {
 	const retry = 5 * time.Second
 	for {
 		c, err := store.Config(ctx)
@@ -151,10 +194,9 @@ func waitConfig(ctx context.Context, store subnet.Store, prefix string, log *slo
 			return c, nil
 		}
 		if errors.Is(err, subnet.ErrNoConfig) {
-			log.Warn("network config missing; waiting for it (write it with `weftd config set --network CIDR --backend TYPE`)",
-				"key", prefix+"/config", "retry", retry)
+			log.Warn("network config missing; waiting for it ("+src.hint+")", src.what, src.where, "retry", retry)
 		} else {
-			log.Error("cannot use the network config; waiting for it to be fixed", "key", prefix+"/config", "err", err, "retry", retry)
+			log.Error("cannot use the network config; waiting for it to be fixed", src.what, src.where, "err", err, "retry", retry)
 		}
 		select {
 		case <-ctx.Done():
@@ -181,13 +223,13 @@ func (c *Config) ifaceSelector() (backend.IfaceSelector, error) {
 }
 
 // startBackend constructs the configured backend and brings it up.
-func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, log *slog.Logger) (backend.Backend, backend.Local, error) {
+func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, prev json.RawMessage, log *slog.Logger) (backend.Backend, backend.Local, error) {
 	factory, ok := backends[n.BackendType]
 	if !ok {
 		return nil, backend.Local{}, fmt.Errorf("backend type %q is not supported by this weftd", n.BackendType)
 	}
 	blog := log.With("backend", n.BackendType)
-	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n})
+	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, PrevData: prev})
 	if err != nil {
 		return nil, backend.Local{}, fmt.Errorf("backend %s: %w", n.BackendType, err)
 	}

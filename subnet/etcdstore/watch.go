@@ -122,7 +122,7 @@ func (w *leaseWatch) deliver() {
 	if out == nil {
 		out = []subnet.Lease{}
 	}
-	slices.SortFunc(out, compareLeases)
+	slices.SortFunc(out, subnet.CompareLeases)
 	w.fn(out)
 }
 
