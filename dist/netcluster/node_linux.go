@@ -47,13 +47,16 @@ func (n *Node) SetExtraFlags(flags ...string) {
 // AgentArgs returns the weftd command line StartAgent uses (without `ip netns exec`).
 func (n *Node) AgentArgs() []string {
 	o := n.c.opts
-	argv := []string{o.Weftd,
-		"--etcd-endpoints", n.c.EtcdURL,
+	argv := []string{o.Weftd, "--etcd-endpoints", n.c.EtcdURL}
+	if o.AgentStore != nil {
+		argv = o.AgentStore(n)
+	}
+	argv = append(argv,
 		"--iface", "eth0",
 		"--subnet-file", n.EnvFile,
 		"--healthz-ip", "127.0.0.1",
 		"--healthz-port", strconv.Itoa(o.HealthzPort),
-	}
+	)
 	argv = append(argv, o.ExtraAgentFlags...)
 	n.mu.Lock()
 	argv = append(argv, n.extraFlags...)
