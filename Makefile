@@ -5,6 +5,7 @@
 #   sudo make cluster-down          remove a cluster left by KEEP=1
 #   sudo make bench                 throughput and round trip: veth reference, host-gw, vxlan, udp (~1 min)
 #   sudo make test                  every tier (make test-unit: no root needed)
+#   make kube-bin                   build kube-apiserver and kubectl for the kube tier (once, ~10 min, cached)
 #   make clean
 
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ BACKEND ?= vxlan
 NODES   ?= 3
 KEEP    ?=
 
-.PHONY: build cluster cluster-down bench test test-unit clean
+.PHONY: build cluster cluster-down bench test test-unit kube-bin clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weftd ./cmd/agent
@@ -61,9 +62,15 @@ bench: build
 	fi
 	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd
 
-# Every tier: unit, store (in-process etcd), kernel and end-to-end (netns; root). WEFT_E2E=1 makes a missing
-# prerequisite a failure. Kernel-tier packages run first, the end-to-end suite (./cmd/agent) last and alone.
-test:
+# The kube tier's real kube-apiserver (and kubectl), built from Go modules into a cache folder outside the
+# repo ($$WEFT_KUBE_BIN, default /var/cache/weft/kube-v1.37.2); a no-op once they are there.
+kube-bin:
+	dist/kubetest/build-apiserver.sh
+
+# Every tier: unit, store (in-process etcd), kernel, kube (a real kube-apiserver) and end-to-end (netns;
+# root). WEFT_E2E=1 makes a missing prerequisite a failure. Kernel-tier packages run first, the end-to-end
+# suite (./cmd/agent) last and alone.
+test: kube-bin
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: the kernel and end-to-end tiers need root: sudo make test (or make test-unit)" >&2; exit 1; fi
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -21,10 +21,14 @@ if [ ${#missing[@]} -eq 0 ]; then
 	exit 0
 fi
 
-mkdir -p "$dir/src"
-cd "$dir/src"
+mkdir -p "$dir"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
-if [ ! -f go.mod ]; then
+if [ ! -f "$dir/src/.ready" ]; then
+	# A wrapper module; made in a fresh folder each time until it is complete, so an interrupted run
+	# never leaves a half-made one behind.
+	rm -rf "$dir/src"
+	mkdir -p "$dir/src"
+	cd "$dir/src"
 	go mod init weft.test/kubebin >/dev/null 2>&1
 	# kubernetes' go.mod replaces k8s.io/X => ./staging/src/k8s.io/X; use the published X@v0.N.P instead.
 	gomod=$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
@@ -36,7 +40,9 @@ if [ ! -f go.mod ]; then
 		echo ")"
 	} >>go.mod
 	go get "k8s.io/kubernetes@v$KUBE_VERSION"
+	touch .ready
 fi
+cd "$dir/src"
 
 ver="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
 ver="$ver -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
