@@ -77,6 +77,7 @@ func TestE2EKube(t *testing.T) {
 	t.Run("3-join-later", k.joinLater)
 	t.Run("4-node-deleted", k.nodeDeleted)
 	t.Run("5-node-deleted-while-down", k.deletedWhileDown)
+	t.Run("6-api-server-down-at-start", k.apiServerDownAtStart)
 }
 
 // agentStore is the start of a node's weftd command line in kube mode.
@@ -282,4 +283,52 @@ func (k *kubeE2E) deletedWhileDown(t *testing.T) {
 	})
 	k.pair(t, ctx, n1, n4)
 	k.pair(t, ctx, n4, n1)
+}
+
+// Scenario 6: weftd starts while the API server is down: /healthz answers 200 and /readyz 503 at once and
+// weftd keeps waiting (a liveness probe never kills it); the kernel state it left keeps carrying traffic;
+// once the API server is back weftd becomes ready.
+func (k *kubeE2E) apiServerDownAtStart(t *testing.T) {
+	ctx := k.ctx(t, 3*time.Minute)
+	n1, n4 := k.Node(1), k.Node(4)
+	if err := k.StopService("kube-apiserver"); err != nil {
+		t.Logf("stop kube-apiserver: %v", err) // its graceful shutdown may outlast the grace period
+	}
+	if err := n1.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	probe := func(path string) (int, string) {
+		code, body, err := k.HTTPGet(ctx, n1, path)
+		return code, fmt.Sprintf("%s: %d %q %v", path, code, body, err)
+	}
+	waitFor(t, 10*time.Second, "/healthz 200 soon after start with the API server down", func() (bool, string) {
+		code, d := probe("/healthz")
+		return code == 200, d
+	})
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if code, d := probe("/healthz"); code != 200 {
+			t.Errorf("while the API server is down: %s, want 200", d)
+		}
+		if code, d := probe("/readyz"); code != 503 {
+			t.Errorf("while the API server is down: %s, want 503", d)
+		}
+		if !n1.AgentRunning() {
+			t.Fatalf("weftd exited while the API server is down: %v", n1.AgentExit())
+		}
+	}
+	k.pair(t, ctx, n4, n1)
+	k.pair(t, ctx, n1, n4)
+
+	if err := k.StartService("kube-apiserver", k.Etcd, k.srv.Argv()...); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.srv.WaitReady(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.WaitReady(ctx); err != nil {
+		t.Fatalf("weftd not ready after the API server came back: %v", err)
+	}
 }

@@ -112,7 +112,10 @@ func (s *Server) Client() (*kubernetes.Clientset, error) {
 
 // WriteKubeconfig writes an admin kubeconfig for processes that reach the server by its address (weftd in a
 // node namespace of the same underlay; kubectl run inside the server's namespace).
-func (s *Server) WriteKubeconfig(path string) error {
+func (s *Server) WriteKubeconfig(path string) error { return s.WriteKubeconfigToken(path, s.Token) }
+
+// WriteKubeconfigToken is WriteKubeconfig for another bearer token (a service account's, say).
+func (s *Server) WriteKubeconfigToken(path, token string) error {
 	kc := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -130,7 +133,7 @@ contexts:
     cluster: test
     user: admin
 current-context: test
-`, s.URL, s.Token)
+`, s.URL, token)
 	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
 		return fmt.Errorf("write kubeconfig: %w", err)
 	}

@@ -17,10 +17,13 @@ import (
 	"testing"
 	"time"
 
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
 	"github.com/weft-net/weft/dist/kubetest"
 	"github.com/weft-net/weft/subnet"
@@ -347,4 +350,112 @@ func TestWatchResumesAfterAPIServerRestart(t *testing.T) {
 	if len(ls) != 1 || ls[0].Subnet != netip.MustParsePrefix("10.244.1.0/24") {
 		t.Errorf("set %v, want only n1's 10.244.1.0/24", ls)
 	}
+}
+
+// TestLeastPrivilege runs the store as kube-weft.yml's service account, with exactly that manifest's
+// ClusterRole (pods get, nodes get/list/watch, nodes/status patch) and no NODE_NAME: the node is found from
+// the pod, the lease is announced with the condition set, and the peer set is watched.
+func TestLeastPrivilege(t *testing.T) {
+	k := newKube(t)
+	ctx := t.Context()
+	manifest, err := os.ReadFile("../../dist/kubernetes/kube-weft.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role *rbacv1.ClusterRole
+	for _, doc := range strings.Split(string(manifest), "\n---\n") {
+		if strings.Contains(doc, "\nkind: ClusterRole\n") { // not roleRef's indented kind
+			role = &rbacv1.ClusterRole{}
+			if err := yaml.Unmarshal([]byte(doc), role); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if role == nil || role.Name != "flannel" || len(role.Rules) != 3 {
+		t.Fatalf("no ClusterRole flannel in kube-weft.yml: %+v", role)
+	}
+	const ns = "kube-flannel"
+	core, rbac := k.cli.CoreV1(), k.cli.RbacV1()
+	if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := core.ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "flannel"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "flannel"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "flannel", Namespace: ns}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := core.ServiceAccounts(ns).CreateToken(ctx, "flannel", &authv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A pod bound to n1, as the DaemonSet's would be (no controllers run here, so it is created bound).
+	if _, err := core.ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := core.Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "kube-flannel-ds-x"},
+		Spec:       corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "kube-flannel", Image: "weftd"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	k.createNode(t, "n1", "10.244.1.0/24", nil)
+	k.createNode(t, "n2", "10.244.2.0/24", flannelAnn("192.0.2.12", "82:1f:5e:aa:01:02"))
+
+	kc := filepath.Join(t.TempDir(), "sa-kubeconfig")
+	if err := k.env.WriteKubeconfigToken(kc, tok.Status.Token); err != nil {
+		t.Fatal(err)
+	}
+	// The RBAC authorizer sees a new binding after a moment; weftd retries opening its store the same way.
+	var s *kubestore.Store
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		s, err = kubestore.New(ctx, kubestore.Config{
+			Kubeconfig: kc, PodName: "kube-flannel-ds-x", PodNamespace: ns, NetConfPath: k.netConf,
+			SetNodeNetworkUnavailable: true, Dial: k.env.Dial,
+		}, slog.New(slog.NewTextHandler(t.Output(), nil)))
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("store as the flannel service account: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if s.NodeName() != "n1" {
+		t.Fatalf("node name %q from the pod, want n1", s.NodeName())
+	}
+	if _, err := s.NodeInfo(ctx); err != nil {
+		t.Errorf("NodeInfo as the service account: %v", err)
+	}
+	ev := startHold(t, s, subnet.Attrs{PublicIP: netip.MustParseAddr("192.0.2.11"), BackendType: "host-gw"})
+	if e := waitFor(t, ev, "the lease as the service account"); !e.held || e.lease.Subnet != netip.MustParsePrefix("10.244.1.0/24") {
+		t.Fatalf("hold event %+v, want held 10.244.1.0/24", e)
+	}
+	n := k.getNode(t, "n1")
+	if n.Annotations[pfx+"backend-data"] != "null" || n.Annotations[pfx+"backend-type"] != "host-gw" {
+		t.Errorf("annotations %v, want host-gw with backend-data null", n.Annotations)
+	}
+	if !slicesContainsCondition(n.Status.Conditions) {
+		t.Errorf("no NetworkUnavailable=False condition: %+v", n.Status.Conditions)
+	}
+	sets := startWatch(t, s)
+	if ls := waitFor(t, sets, "the peer set as the service account"); len(ls) != 2 {
+		t.Errorf("peer set %v, want n1 and n2", ls)
+	}
+}
+
+func slicesContainsCondition(cs []corev1.NodeCondition) bool {
+	for _, c := range cs {
+		if c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse && c.Reason == "FlannelIsUp" {
+			return true
+		}
+	}
+	return false
 }
