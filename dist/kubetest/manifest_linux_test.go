@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/dist/kubetest"
 )
 
@@ -87,5 +88,26 @@ func TestManifestsServerDryRun(t *testing.T) {
 			}
 		}
 		t.Logf("%s: %d of %d objects accepted", filepath.Base(f), accepted, len(objs))
+	}
+
+	// The same with kubectl, as an operator would check it: run in the server's namespace.
+	if _, err := os.Stat(kubetest.KubectlBin()); err != nil {
+		if kerneltest.E2E() {
+			t.Fatalf("WEFT_E2E=1 but kubectl is missing (dist/kubetest/build-apiserver.sh builds it): %v", err)
+		}
+		t.Skipf("kubectl is missing: %v", err)
+	}
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.WriteKubeconfig(kc); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		abs, _ := filepath.Abs(f)
+		out, err := env.NS.Exec(kubetest.KubectlBin(), "--kubeconfig", kc, "apply", "--dry-run=server", "--validate=strict", "-f", abs)
+		if err != nil {
+			t.Errorf("kubectl apply --dry-run=server --validate=strict -f %s: %v", filepath.Base(f), err)
+			continue
+		}
+		t.Logf("kubectl: %s", strings.TrimSpace(out))
 	}
 }
