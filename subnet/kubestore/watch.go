@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -49,7 +50,10 @@ func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
 // leases returns the lease of every Node that has a valid one, sorted by subnet.
 func (s *Store) leases(cfg *subnet.Config) []subnet.Lease {
 	out := []subnet.Lease{}
-	for _, n := range s.nodes() {
+	nodes := s.nodes()
+	present := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		present["peer/"+n.Name] = true
 		l, err := s.ann.nodeLease(n, cfg)
 		switch {
 		case err == nil:
@@ -63,6 +67,13 @@ func (s *Store) leases(cfg *subnet.Config) []subnet.Lease {
 			})
 		}
 	}
+	s.mu.Lock()
+	for k := range s.warned { // forget problems of Nodes that are gone
+		if strings.HasPrefix(k, "peer/") && !present[k] {
+			delete(s.warned, k)
+		}
+	}
+	s.mu.Unlock()
 	slices.SortFunc(out, subnet.CompareLeases)
 	return out
 }
