@@ -286,10 +286,14 @@ func (s *Store) start() error {
 			},
 			DeleteFunc: func(any) { s.notify() },
 		})
-		ctx, cancel := context.WithCancel(context.Background())
+		// Under mu, so Close either sees stop or this sees Close's done.
 		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed() {
+			return
+		}
+		ctx, cancel := context.WithCancel(context.Background())
 		s.informer, s.stop = inf, cancel
-		s.mu.Unlock()
 		s.wg.Go(func() {
 			s.log.Debug("node informer started")
 			inf.RunWithContext(ctx)
