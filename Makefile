@@ -1,9 +1,9 @@
 # Weft: build the binaries, run a demo cluster in network namespaces, run the tests.
 #
 #   make build                      bin/weftd, bin/weft-docker-opts, bin/weft-cluster
-#   sudo make cluster [BACKEND=udp|host-gw|vxlan] [NODES=3] [KEEP=1]
+#   sudo make cluster [BACKEND=udp|host-gw|vxlan] [NODES=3] [KEEP=1] [DOCKER=1]
 #   sudo make cluster-down          remove a cluster left by KEEP=1
-#   sudo make bench                 throughput and round trip: veth reference, host-gw, vxlan, udp (~1 min)
+#   sudo make bench [BENCH_FLAGS=]  TCP 1+4 streams, round trip, agent CPU: veth, host-gw, vxlan, udp (~2 min)
 #   sudo make test                  every tier (make test-unit: no root needed)
 #   make kube-bin                   build kube-apiserver and kubectl for the kube tier (once, ~10 min, cached)
 #   make clean
@@ -17,6 +17,7 @@ LDFLAGS := -X main.version=$(VERSION)
 BACKEND ?= vxlan
 NODES   ?= 3
 KEEP    ?=
+DOCKER  ?=
 
 .PHONY: build cluster cluster-down bench test test-unit kube-bin clean
 
@@ -26,27 +27,35 @@ build:
 	$(GO) build -o $(BIN)/weft-cluster ./dist/cluster
 
 # The demo needs root (network namespaces), ip (iproute2), ping (iputils) and iptables (weftd's forward
-# rules); missing tools are installed
-# with apt-get where it exists.
+# rules); DOCKER=1 (a dockerd and a busybox container on each node) also dockerd (docker.io) and a static
+# busybox (busybox-static). Missing tools are installed with apt-get where it exists, without starting
+# their services (dist/apt-install).
 cluster: build
 	@if [ "$$(id -u)" != 0 ]; then echo "make cluster: needs root (network namespaces): sudo make cluster" >&2; exit 1; fi
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
 	command -v iptables >/dev/null 2>&1 || missing="$$missing iptables"; \
+	if [ -n "$(filter 1 yes true,$(DOCKER))" ]; then \
+		command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+		if command -v dpkg >/dev/null 2>&1; then dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
+		else command -v busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; fi; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null 2>&1; then \
-			echo "installing$$missing"; apt-get update -qq && apt-get install -y -qq $$missing || exit 1; \
+			echo "installing$$missing"; dist/apt-install $$missing || exit 1; \
 		else echo "make cluster: please install$$missing" >&2; exit 1; fi; \
 	fi
-	$(BIN)/weft-cluster up --backend $(BACKEND) --nodes $(NODES) --weftd $(BIN)/weftd $(if $(filter 1 yes true,$(KEEP)),--keep)
+	$(BIN)/weft-cluster up --backend $(BACKEND) --nodes $(NODES) --weftd $(BIN)/weftd $(if $(filter 1 yes true,$(KEEP)),--keep) $(if $(filter 1 yes true,$(DOCKER)),--docker)
 
 cluster-down:
 	$(BIN)/weft-cluster down
 
-# The bench tier (docs: testing.md): container-to-container TCP throughput (iperf3) and round trip (ping) over
-# a plain veth pair and each backend, measured in one run. Needs root, ip, ping, iptables and iperf3 (missing
-# ones installed with apt-get where it exists). Never part of `make test` or CI.
+# The bench tier (docs: testing.md): container-to-container TCP throughput (iperf3, 1 and 4 streams), round
+# trip (ping) and the agents' CPU over a plain veth pair and each backend, measured in one run. Needs root, ip,
+# ping, iptables and iperf3 (missing ones installed with apt-get where it exists). Never part of `make test` or
+# CI. BENCH_FLAGS go to weft-cluster bench, e.g. BENCH_FLAGS="--baseline-weftd /tmp/weftd-old --paths vxlan,udp".
+BENCH_FLAGS ?=
 bench: build
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench: needs root (network namespaces): sudo make bench" >&2; exit 1; fi
 	@missing=""; \
@@ -60,7 +69,7 @@ bench: build
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing || exit 1; \
 		else echo "make bench: please install$$missing" >&2; exit 1; fi; \
 	fi
-	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd
+	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd $(BENCH_FLAGS)
 
 # The kube tier's real kube-apiserver (and kubectl), built from Go modules into a cache folder outside the
 # repo ($$WEFT_KUBE_BIN, default /var/cache/weft/kube-v1.37.2); a no-op once they are there.

@@ -61,6 +61,16 @@ type Deps struct {
 	Log      *slog.Logger   // required; already carries a "backend" attribute
 	External External       // required
 	Network  *subnet.Config // required; Network.Backend holds the backend's own keys
+	// Offload says which data-path offloads the udp backend may use (node-local, from weftd's
+	// --udp-offload): "" or "auto" for every one the kernel offers, "off" for none, or a comma list of
+	// "tun" (TUN super-packets), "gso" (UDP_SEGMENT) and "gro" (UDP_GRO). Other backends ignore it.
+	Offload string
+	// Queues is the number of TUN queues (and sockets, and packet loop pairs) of the udp backend (weftd's
+	// --udp-queues); 0 chooses one per CPU, at most 4, and one on nodes with two CPUs or fewer.
+	Queues int
+	// Kick, if set, asks the agent for a reconcile (a call of Set) soon: a backend calls it when it finds
+	// its own kernel state broken outside Set, such as its device deleted. It must not block.
+	Kick func()
 	// PrevData is the BackendData this node published before, when known (kube mode reads it back from the
 	// Node's backend-data annotation), so a backend can keep its identity across a reboot (vxlan: the
 	// VtepMAC). Nil: unknown.

@@ -6,8 +6,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+	"github.com/weft-net/weft/backend/kernel"
 )
 
 // SelectExternal chooses the external interface in the calling thread's network namespace.
@@ -66,17 +65,16 @@ func listIfaces() ([]Iface, error) {
 }
 
 func routeTo(ifaces []Iface, dst netip.Addr, what string) (Iface, netip.Addr, error) {
-	routes, err := netlink.RouteGet(dst.AsSlice())
-	if err != nil || len(routes) == 0 {
+	r, err := kernel.LookupRoute(dst)
+	if err != nil {
 		return Iface{}, netip.Addr{}, fmt.Errorf("%s: no route: %v: %w", what, err, ErrNoIface)
 	}
-	r := routes[0]
 	for _, i := range ifaces {
 		if i.Index != r.LinkIndex {
 			continue
 		}
-		if src, ok := netip.AddrFromSlice(r.Src); ok && src.Unmap().Is4() {
-			return i, src.Unmap(), nil
+		if r.Src.Is4() {
+			return i, r.Src, nil
 		}
 		if len(i.Addrs) > 0 {
 			return i, i.Addrs[0], nil
@@ -87,18 +85,15 @@ func routeTo(ifaces []Iface, dst netip.Addr, what string) (Iface, netip.Addr, er
 }
 
 func defaultRouteIface(ifaces []Iface) (Iface, netip.Addr, error) {
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	routes, err := kernel.DefaultRoutes4()
 	if err != nil {
-		return Iface{}, netip.Addr{}, fmt.Errorf("list routes to find the default route: %w", err)
+		return Iface{}, netip.Addr{}, err
 	}
 	for _, r := range routes {
-		if r.Dst != nil && r.Dst.String() != "0.0.0.0/0" {
-			continue
-		}
 		for _, i := range ifaces {
 			if i.Index == r.LinkIndex && len(i.Addrs) > 0 {
-				if src, ok := netip.AddrFromSlice(r.Src); ok && src.Unmap().Is4() {
-					return i, src.Unmap(), nil
+				if r.Src.Is4() {
+					return i, r.Src, nil
 				}
 				return i, i.Addrs[0], nil
 			}

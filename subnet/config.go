@@ -37,6 +37,10 @@ type Config struct {
 	IPv6SubnetMin netip.Addr   // default IPv6Network's second subnet
 	IPv6SubnetMax netip.Addr   // default IPv6Network's last subnet
 
+	// EnableNFTables selects nftables for the packet filter rules instead of iptables (flannel's key);
+	// default false, and agents also use nftables when the host has no iptables command.
+	EnableNFTables bool
+
 	BackendType string          // Backend.Type; DefaultBackendType when absent
 	Backend     json.RawMessage // the whole Backend object, for the backend to decode its own keys
 
@@ -46,17 +50,18 @@ type Config struct {
 
 // configJSON is the wire form. Go's encoding/json matches field names case-insensitively, as flannel does.
 type configJSON struct {
-	EnableIPv4    *bool           `json:"EnableIPv4,omitempty"`
-	EnableIPv6    *bool           `json:"EnableIPv6,omitempty"`
-	Network       string          `json:"Network,omitempty"`
-	SubnetLen     int             `json:"SubnetLen,omitempty"`
-	SubnetMin     string          `json:"SubnetMin,omitempty"`
-	SubnetMax     string          `json:"SubnetMax,omitempty"`
-	IPv6Network   string          `json:"IPv6Network,omitempty"`
-	IPv6SubnetLen int             `json:"IPv6SubnetLen,omitempty"`
-	IPv6SubnetMin string          `json:"IPv6SubnetMin,omitempty"`
-	IPv6SubnetMax string          `json:"IPv6SubnetMax,omitempty"`
-	Backend       json.RawMessage `json:"Backend,omitempty"`
+	EnableIPv4     *bool           `json:"EnableIPv4,omitempty"`
+	EnableIPv6     *bool           `json:"EnableIPv6,omitempty"`
+	Network        string          `json:"Network,omitempty"`
+	SubnetLen      int             `json:"SubnetLen,omitempty"`
+	SubnetMin      string          `json:"SubnetMin,omitempty"`
+	SubnetMax      string          `json:"SubnetMax,omitempty"`
+	IPv6Network    string          `json:"IPv6Network,omitempty"`
+	IPv6SubnetLen  int             `json:"IPv6SubnetLen,omitempty"`
+	IPv6SubnetMin  string          `json:"IPv6SubnetMin,omitempty"`
+	IPv6SubnetMax  string          `json:"IPv6SubnetMax,omitempty"`
+	EnableNFTables bool            `json:"EnableNFTables,omitempty"`
+	Backend        json.RawMessage `json:"Backend,omitempty"`
 }
 
 // ConfigError is a validation error naming the field, the offending value and the rule.
@@ -113,6 +118,7 @@ func ParseConfig(data []byte) (*Config, error) {
 			return nil, err
 		}
 	}
+	c.EnableNFTables = j.EnableNFTables
 	c.Backend = j.Backend
 	if err := c.parseBackend(); err != nil {
 		return nil, err
@@ -225,7 +231,7 @@ func parseFamily(f familyFields, network string, subnetLen int, minS, maxS strin
 // MarshalJSON encodes the config in flannel's schema, with defaults made explicit.
 func (c *Config) MarshalJSON() ([]byte, error) {
 	t, f := true, false
-	j := configJSON{Backend: c.Backend}
+	j := configJSON{Backend: c.Backend, EnableNFTables: c.EnableNFTables}
 	if c.EnableIPv4 {
 		j.Network, j.SubnetLen = c.Network.String(), c.SubnetLen
 		j.SubnetMin, j.SubnetMax = c.SubnetMin.String(), c.SubnetMax.String()

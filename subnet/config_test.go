@@ -283,6 +283,7 @@ func TestConfigMarshalRoundTrip(t *testing.T) {
 		`{"Network":"10.5.4.0/23","SubnetMin":"10.5.5.0","Backend":{"Type":"udp","Port":8285}}`,
 		`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"host-gw"}}`,
 		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48"}`,
+		`{"Network":"10.5.0.0/16","enableNFTables":true}`,
 	} {
 		c, err := subnet.ParseConfig([]byte(in))
 		if err != nil {
@@ -307,7 +308,8 @@ func TestConfigMarshalRoundTrip(t *testing.T) {
 		if c.EnableIPv4 != c2.EnableIPv4 || c.Network != c2.Network || c.SubnetLen != c2.SubnetLen ||
 			c.SubnetMin != c2.SubnetMin || c.SubnetMax != c2.SubnetMax || c.EnableIPv6 != c2.EnableIPv6 ||
 			c.IPv6Network != c2.IPv6Network || c.IPv6SubnetLen != c2.IPv6SubnetLen ||
-			c.IPv6SubnetMin != c2.IPv6SubnetMin || c.IPv6SubnetMax != c2.IPv6SubnetMax || c.BackendType != c2.BackendType {
+			c.IPv6SubnetMin != c2.IPv6SubnetMin || c.IPv6SubnetMax != c2.IPv6SubnetMax || c.BackendType != c2.BackendType ||
+			c.EnableNFTables != c2.EnableNFTables {
 			t.Errorf("round trip of %s via %s:\n got %+v\nwant %+v", in, out, c2, c)
 		}
 	}
@@ -315,6 +317,10 @@ func TestConfigMarshalRoundTrip(t *testing.T) {
 	out, _ := json.Marshal(c)
 	if want := `{"Network":"10.5.0.0/16","SubnetLen":24,"SubnetMin":"10.5.1.0","SubnetMax":"10.5.255.0","Backend":{"Type":"vxlan"}}`; string(out) != want {
 		t.Errorf("Marshal = %s, want %s", out, want)
+	}
+	c, _ = subnet.ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableNFTables":true}`))
+	if out, _ := json.Marshal(c); !c.EnableNFTables || !strings.Contains(string(out), `"EnableNFTables":true`) {
+		t.Errorf("EnableNFTables: parsed %t, marshalled %s; want true and the key written", c.EnableNFTables, out)
 	}
 }
 

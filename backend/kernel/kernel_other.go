@@ -15,3 +15,6 @@ func NewForwardingHandle(link int) (*Handle, error) { return nil, errors.ErrUnsu
 
 // Close does nothing off Linux.
 func (h *Handle) Close() {}
+
+// Namespace is unavailable off Linux.
+type Namespace struct{}

@@ -13,9 +13,15 @@ import (
 // syncChain runs SyncChain inside ns and returns whether it changed anything.
 func syncChain(t *testing.T, ns *kerneltest.NS, c kernel.Chain) bool {
 	t.Helper()
+	return syncChainFamily(t, ns, false, c)
+}
+
+// syncChainFamily runs SyncChain of iptables (v6: ip6tables) inside ns.
+func syncChainFamily(t *testing.T, ns *kerneltest.NS, v6 bool, c kernel.Chain) bool {
+	t.Helper()
 	var changed bool
 	err := ns.Do(func() error {
-		ipt, err := kernel.NewIPTables(false)
+		ipt, err := kernel.NewIPTables(v6)
 		if err != nil {
 			return err
 		}
@@ -132,4 +138,67 @@ func TestSyncChainAdoptsFlanneldChain(t *testing.T) {
 		t.Error("changed = false")
 	}
 	expectChain(t, ns, masq, masq.Jump.String())
+}
+
+// TestSyncChainIPv6InNetns checks the IPv6 chains through ip6tables in a throwaway namespace: flanneld's
+// chain names and rules with IPv6 prefixes and ff00::/8, as ip6tables-save prints them; a rule deleted
+// behind its back is restored, and a new subnet replaces the old one's rules. The IPv4 tables stay empty.
+func TestSyncChainIPv6InNetns(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	kerneltest.RequireCommand(t, "ip6tables", "ip6tables-save", "iptables-save")
+	ns := kerneltest.NewNS(t, kerneltest.Prefix()+"-k")
+	network := netip.MustParsePrefix("fd00:5::/56")
+	masq := kernel.MasqRules(network, netip.MustParsePrefix("fd00:5:0:7::/64"), false)
+	fwd := kernel.ForwardRules(network)
+	for _, c := range []kernel.Chain{masq, fwd} {
+		if !syncChainFamily(t, ns, true, c) {
+			t.Errorf("first sync of %s: changed = false", c.Name)
+		}
+		if syncChainFamily(t, ns, true, c) {
+			t.Errorf("second sync of %s: changed = true, want a no-op", c.Name)
+		}
+	}
+	save := func() string {
+		var lines []string
+		for _, l := range strings.Split(ns.MustExec(t, "ip6tables-save"), "\n") {
+			if strings.HasPrefix(l, "-A ") || strings.HasPrefix(l, "*") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, "\n")
+	}
+	want := `*filter
+-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+-A FLANNEL-FWD -s fd00:5::/56 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d fd00:5::/56 -m comment --comment "flanneld forward" -j ACCEPT
+*nat
+-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:5:0:7::/64 -d fd00:5::/56 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:5::/56 -d fd00:5:0:7::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s fd00:5::/56 -d fd00:5:0:7::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:5::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE
+-A FLANNEL-POSTRTG ! -s fd00:5::/56 -d fd00:5::/56 -m comment --comment "flanneld masq" -j MASQUERADE`
+	if got := save(); got != want {
+		t.Errorf("ip6tables-save:\n%s\nwant\n%s", got, want)
+	}
+	if got := ns.MustExec(t, "iptables-save"); strings.Contains(got, "FLANNEL") {
+		t.Errorf("IPv4 rules appeared:\n%s", got)
+	}
+
+	ns.MustExec(t, "ip6tables", "-t", "nat", "-D", masq.Name, "5")
+	if !syncChainFamily(t, ns, true, masq) {
+		t.Error("sync after a rule was deleted: changed = false")
+	}
+	if got := save(); got != want {
+		t.Errorf("ip6tables-save after the repair:\n%s\nwant\n%s", got, want)
+	}
+
+	moved := kernel.MasqRules(network, netip.MustParsePrefix("fd00:5:0:9::/64"), false)
+	if !syncChainFamily(t, ns, true, moved) {
+		t.Error("sync with a new subnet: changed = false")
+	}
+	if got := save(); strings.Contains(got, "fd00:5:0:7::/64") || !strings.Contains(got, "fd00:5:0:9::/64") {
+		t.Errorf("ip6tables-save after the subnet moved to fd00:5:0:9::/64:\n%s", got)
+	}
 }

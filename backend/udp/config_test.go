@@ -3,6 +3,7 @@ package udp
 import (
 	"errors"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -72,8 +73,8 @@ func TestNew(t *testing.T) {
 	if got := b.bindCandidates(); len(got) != 1 || got[0] != ext.Addr {
 		t.Errorf("bind candidates %v", got)
 	}
-	if m := b.Stats(); len(m) != int(numCounters) {
-		t.Errorf("Stats has %d keys, want %d", len(m), numCounters)
+	if m := b.Stats(); len(m) != int(numCounters)+len(features) {
+		t.Errorf("Stats has %d keys, want %d counters and %d offloads", len(m), numCounters, len(features))
 	}
 	if err := b.Close(); err != nil { // Close before Up
 		t.Errorf("Close before Up: %v", err)
@@ -104,5 +105,18 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New(deps(func(d *backend.Deps) { d.External.MTU = 96 })); err != nil {
 		t.Errorf("MTU 96 (TUN 68): %v", err)
+	}
+}
+
+func TestQueues(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
+	auto := 1
+	if procs > 2 {
+		auto = min(procs, maxQueues)
+	}
+	for _, c := range []struct{ asked, want int }{{0, auto}, {1, 1}, {3, 3}, {4, 4}, {9, maxQueues}} {
+		if got := queues(c.asked); got != c.want {
+			t.Errorf("queues(%d) with GOMAXPROCS %d = %d, want %d", c.asked, procs, got, c.want)
+		}
 	}
 }

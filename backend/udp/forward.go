@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -141,10 +142,11 @@ func emptyTable() *table { return &table{byOuter: map[uint32]*peer{}} }
 
 // buildTable makes the forwarding table for our subnet own in the overlay network and the peer leases. A
 // lease is skipped (and described in skipped) when its BackendType is neither "udp" nor "" (flannel's udp
-// backend writes none), its subnet or PublicIP is not IPv4, its subnet is not inside network or overlaps
-// our own, or another lease already has its subnet. So an inner source we accept is always an overlay
-// address outside our own subnet: never one of this node's addresses (see accept_local in Up).
-func buildTable(network, own netip.Prefix, leases []subnet.Lease, port uint16) (t *table, skipped []string) {
+// backend writes none; a quiet skip), when backend.CheckPeer refuses it (no IPv4 subnet or unicast IPv4
+// PublicIP, our own subnet or address, outside network, overlapping our subnet), or when another lease
+// already has its subnet. So an inner source we accept is always an overlay address outside our own subnet:
+// never one of this node's addresses (see accept_local in Up).
+func buildTable(network, own netip.Prefix, ext backend.External, leases []subnet.Lease, port uint16) (t *table, skipped []backend.Skip) {
 	t = emptyTable()
 	if own.IsValid() && own.Addr().Is4() {
 		own = own.Masked()
@@ -152,25 +154,18 @@ func buildTable(network, own netip.Prefix, leases []subnet.Lease, port uint16) (
 	}
 	byLen := map[int]map[uint32]*peer{}
 	for _, l := range leases {
-		sn := l.Subnet.Masked()
-		pub := l.Attrs.PublicIP.Unmap()
-		why := ""
-		switch {
-		case l.Attrs.BackendType != "" && l.Attrs.BackendType != subnet.BackendUDP:
-			why = fmt.Sprintf("backend type %q", l.Attrs.BackendType)
-		case !sn.IsValid() || !sn.Addr().Is4():
-			why = "subnet is not IPv4"
-		case !pub.Is4() || pub.IsUnspecified():
-			why = fmt.Sprintf("PublicIP %q is not a usable IPv4 address", l.Attrs.PublicIP)
-		case !network.IsValid() || sn.Bits() < network.Bits() || !network.Contains(sn.Addr()):
-			why = "not inside the network " + network.String()
-		case t.ownOK && sn.Overlaps(own):
-			why = "overlaps our own subnet " + own.String()
-		case byLen[sn.Bits()][netOf(sn).addr] != nil:
+		l.Attrs.PublicIP = l.Attrs.PublicIP.Unmap()
+		sn, pub := l.Subnet.Masked(), l.Attrs.PublicIP
+		if l.Attrs.BackendType != "" && l.Attrs.BackendType != subnet.BackendUDP {
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: fmt.Sprintf("backend type %q", l.Attrs.BackendType), Quiet: true})
+			continue
+		}
+		why := backend.CheckPeer(l, own, ext, network)
+		if why == "" && byLen[sn.Bits()][netOf(sn).addr] != nil {
 			why = "duplicate subnet"
 		}
 		if why != "" {
-			skipped = append(skipped, fmt.Sprintf("%s (PublicIP %s): %s", l.Subnet, l.Attrs.PublicIP, why))
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: why})
 			continue
 		}
 		n := netOf(sn)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -106,6 +107,7 @@ func lease(sn, pub, typ string) subnet.Lease {
 }
 
 var (
+	testExt = backend.External{Name: "eth0", MTU: 1500, Addr: netip.MustParseAddr("192.0.2.11"), PublicIP: netip.MustParseAddr("192.0.2.11")}
 	testNet = netip.MustParsePrefix("10.5.0.0/16")
 	ownNet  = netip.MustParsePrefix("10.5.1.0/24")
 )
@@ -115,7 +117,7 @@ var (
 // 10.5.33.0/24).
 func testTable(t testing.TB) *table {
 	t.Helper()
-	tb, skipped := buildTable(testNet, ownNet, []subnet.Lease{
+	tb, skipped := buildTable(testNet, ownNet, testExt, []subnet.Lease{
 		lease("10.5.2.0/24", "192.0.2.12", "udp"),
 		lease("10.5.3.0/24", "192.0.2.13", ""),
 		lease("10.5.4.0/24", "192.0.2.12", "udp"),
@@ -123,13 +125,13 @@ func testTable(t testing.TB) *table {
 		lease("10.5.33.0/24", "192.0.2.15", "udp"),
 	}, 8285)
 	if len(skipped) != 0 {
-		t.Fatalf("skipped: %q", skipped)
+		t.Fatalf("skipped: %v", skipped)
 	}
 	return tb
 }
 
 func TestBuildTable(t *testing.T) {
-	tb, skipped := buildTable(testNet, ownNet, []subnet.Lease{
+	tb, skipped := buildTable(testNet, ownNet, testExt, []subnet.Lease{
 		lease("10.5.2.0/24", "192.0.2.12", "udp"),
 		lease("10.5.3.0/24", "192.0.2.13", ""),
 		lease("10.5.5.0/24", "192.0.2.15", "vxlan"),
@@ -146,23 +148,33 @@ func TestBuildTable(t *testing.T) {
 		lease("10.5.2.0/24", "192.0.2.23", "udp"),         // duplicate
 		lease("10.5.9.77/24", "192.0.2.24", "udp"),        // unmasked: masked
 		lease("10.5.10.0/24", "::ffff:192.0.2.25", "udp"), // 4in6 PublicIP: unmapped
+		lease("10.5.11.0/24", "192.0.2.11", "udp"),        // our own PublicIP
 	}, 8285)
 	wantSkipped := []string{
-		`10.5.5.0/24 (PublicIP 192.0.2.15): backend type "vxlan"`,
-		`10.5.6.0/24 (PublicIP invalid IP): PublicIP "invalid IP" is not a usable IPv4 address`,
-		`10.5.7.0/24 (PublicIP 0.0.0.0): PublicIP "0.0.0.0" is not a usable IPv4 address`,
-		`10.5.8.0/24 (PublicIP 2001:db8::1): PublicIP "2001:db8::1" is not a usable IPv4 address`,
-		`fd00::/64 (PublicIP 192.0.2.16): subnet is not IPv4`,
-		`invalid Prefix (PublicIP 192.0.2.17): subnet is not IPv4`,
-		`10.5.1.0/24 (PublicIP 192.0.2.18): overlaps our own subnet 10.5.1.0/24`,
-		`10.5.0.0/20 (PublicIP 192.0.2.19): overlaps our own subnet 10.5.1.0/24`,
-		`10.6.1.0/24 (PublicIP 192.0.2.20): not inside the network 10.5.0.0/16`,
-		`10.0.0.0/8 (PublicIP 192.0.2.21): not inside the network 10.5.0.0/16`,
-		`192.0.2.0/24 (PublicIP 192.0.2.22): not inside the network 10.5.0.0/16`,
-		`10.5.2.0/24 (PublicIP 192.0.2.23): duplicate subnet`,
+		`10.5.5.0-24: backend type "vxlan" (quiet)`,
+		`10.5.6.0-24: no IPv4 PublicIP`,
+		`10.5.7.0-24: its PublicIP 0.0.0.0 is not a unicast address`,
+		`10.5.8.0-24: no IPv4 PublicIP`,
+		`fd00::-64: no IPv4 subnet`,
+		`0.0.0.0-0: no IPv4 subnet`,
+		`10.5.1.0-24: it is this node's own subnet`,
+		`10.5.0.0-20: subnet 10.5.0.0/20 overlaps this node's own subnet 10.5.1.0/24`,
+		`10.6.1.0-24: subnet 10.6.1.0/24 is outside the network 10.5.0.0/16`,
+		`10.0.0.0-8: subnet 10.0.0.0/8 is outside the network 10.5.0.0/16`,
+		`192.0.2.0-24: subnet 192.0.2.0/24 is outside the network 10.5.0.0/16`,
+		`10.5.2.0-24: duplicate subnet`,
+		`10.5.11.0-24: its PublicIP 192.0.2.11 is this node's`,
 	}
-	if !slices.Equal(skipped, wantSkipped) {
-		t.Errorf("skipped:\n%s\nwant:\n%s", strings.Join(skipped, "\n"), strings.Join(wantSkipped, "\n"))
+	var got []string
+	for _, sk := range skipped {
+		g := sk.Key + ": " + sk.Reason
+		if sk.Quiet {
+			g += " (quiet)"
+		}
+		got = append(got, g)
+	}
+	if !slices.Equal(got, wantSkipped) {
+		t.Errorf("skipped:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantSkipped, "\n"))
 	}
 	if !tb.ownOK || tb.tunAddr != 0x0a050100 || tb.own != (v4net{0x0a050100, 0xffffff00}) {
 		t.Errorf("own = %+v ok=%v tunAddr=%#x", tb.own, tb.ownOK, tb.tunAddr)
@@ -181,7 +193,7 @@ func TestBuildTable(t *testing.T) {
 	}
 
 	// Before a lease (own invalid): peers are routed but nothing is accepted, and no ICMP source.
-	tb, _ = buildTable(testNet, netip.Prefix{}, []subnet.Lease{lease("10.5.2.0/24", "192.0.2.12", "udp")}, 8285)
+	tb, _ = buildTable(testNet, netip.Prefix{}, testExt, []subnet.Lease{lease("10.5.2.0/24", "192.0.2.12", "udp")}, 8285)
 	if tb.ownOK || tb.tunAddr != 0 || tb.lookup(0x0a050201) == nil {
 		t.Errorf("table without own lease: %+v", tb)
 	}
@@ -298,7 +310,7 @@ func TestAcceptRx(t *testing.T) {
 	if _, r := emptyTable().acceptRx(peer2, good); r != reasonUnknownPeer {
 		t.Errorf("empty table: %v", r)
 	}
-	noOwn, _ := buildTable(testNet, netip.Prefix{}, []subnet.Lease{lease("10.5.2.0/24", "192.0.2.12", "udp")}, 8285)
+	noOwn, _ := buildTable(testNet, netip.Prefix{}, testExt, []subnet.Lease{lease("10.5.2.0/24", "192.0.2.12", "udp")}, 8285)
 	if _, r := noOwn.acceptRx(peer2, good); r != reasonNotOurSubnet {
 		t.Errorf("table without own lease: %v", r)
 	}

@@ -27,6 +27,14 @@ const (
 	tunWriteErrors                     // failed TUN writes
 	udpReadErrors                      // failed socket reads (other than close)
 	udpWriteErrors                     // failed socket sends (e.g. no route to the peer's PublicIP)
+	dropTruncated                      // datagrams longer than the receive buffer
+	tunReads                           // TUN reads (each may carry a super-packet of many packets)
+	sendCalls                          // sendmmsg batches
+	recvCalls                          // recvmmsg batches
+	gsoFallbacks                       // sockets that gave up UDP GSO at run time
+	tunGROFallbacks                    // data paths that gave up coalesced TUN writes at run time
+	tunRecreated                       // TUN devices recreated after being lost
+	socketDrops                        // datagrams dropped by the kernel at our sockets (peer filter, full buffer)
 	numCounters
 )
 
@@ -48,6 +56,14 @@ var counterNames = [numCounters]string{
 	tunWriteErrors:      "tun_write_errors",
 	udpReadErrors:       "udp_read_errors",
 	udpWriteErrors:      "udp_write_errors",
+	dropTruncated:       "drop_truncated",
+	tunReads:            "tun_reads",
+	sendCalls:           "sendmmsg_calls",
+	recvCalls:           "recvmmsg_calls",
+	gsoFallbacks:        "gso_fallbacks",
+	tunGROFallbacks:     "tun_gro_fallbacks",
+	tunRecreated:        "tun_recreated",
+	socketDrops:         "socket_drops",
 }
 
 // rxDrop maps a receive verdict to its counter.

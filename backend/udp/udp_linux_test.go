@@ -34,6 +34,7 @@ type node struct {
 	b     *Backend
 	lease subnet.Lease
 	local backend.Local
+	kicks chan struct{} // Deps.Kick
 }
 
 type cluster struct {
@@ -44,6 +45,12 @@ type cluster struct {
 }
 
 func newCluster(t *testing.T, count int) *cluster {
+	t.Helper()
+	return newClusterOffload(t, count, nil)
+}
+
+// newClusterOffload is newCluster with node i+1's Deps.Offload set to offload[i] (default "auto").
+func newClusterOffload(t *testing.T, count int, offload []string) *cluster {
 	t.Helper()
 	tp := kerneltest.NewTopology(t, count)
 	cfg, err := subnet.ParseConfig([]byte(testNetwork))
@@ -71,7 +78,17 @@ func newCluster(t *testing.T, count int) *cluster {
 		if n.I == 2 {
 			n.lease.Attrs.BackendType = "" // as flanneld's udp backend writes it
 		}
-		n.b = newTestBackend(t, n.NS, n.Underlay, fmt.Sprintf("n%d", n.I), cfg)
+		n.kicks = make(chan struct{}, 1)
+		deps := backend.Deps{Queues: queuesForTest(offload), Kick: func() {
+			select {
+			case n.kicks <- struct{}{}:
+			default:
+			}
+		}}
+		if n.I <= len(offload) {
+			deps.Offload = offload[n.I-1]
+		}
+		n.b = newTestBackendDeps(t, n.Underlay, fmt.Sprintf("n%d", n.I), cfg, deps)
 		n.local = up(t, n.NS, n.b)
 		cl.nodes = append(cl.nodes, n)
 	}
@@ -81,15 +98,28 @@ func newCluster(t *testing.T, count int) *cluster {
 	return cl
 }
 
+// queuesForTest: TestOffloads (offload given) runs two queues per node, so the multi-queue TUN and the
+// SO_REUSEPORT group are exercised whatever the CPU count; the other tests run the automatic count.
+func queuesForTest(offload []string) int {
+	if offload != nil {
+		return 2
+	}
+	return 0
+}
+
 // newTestBackend makes a backend for a node whose underlay is eth0 with addr, logging to t.
 func newTestBackend(t *testing.T, ns *kerneltest.NS, addr netip.Addr, name string, cfg *subnet.Config) *Backend {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
-	be, err := New(backend.Deps{
-		Log:      log,
-		External: backend.External{Name: "eth0", MTU: 1500, Addr: addr, PublicIP: addr},
-		Network:  cfg,
-	})
+	return newTestBackendDeps(t, addr, name, cfg, backend.Deps{})
+}
+
+// newTestBackendDeps is newTestBackend with d's Offload and Kick.
+func newTestBackendDeps(t *testing.T, addr netip.Addr, name string, cfg *subnet.Config, d backend.Deps) *Backend {
+	t.Helper()
+	d.Log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+	d.External = backend.External{Name: "eth0", MTU: 1500, Addr: addr, PublicIP: addr}
+	d.Network = cfg
+	be, err := New(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +268,7 @@ func TestCluster(t *testing.T) {
 			counter string // "" for delivered
 		}{
 			{"real peer, good packet (control)", n2.NS, n2.Underlay, udpPacket(n2.CtrAddr.String(), dst, "hello"), ""},
-			{"no peer", cl.lan, netip.MustParseAddr("192.0.2.99"), udpPacket(n2.CtrAddr.String(), dst, "spoof"), "drop_unknown_peer"},
+			{"no peer", cl.lan, netip.MustParseAddr("192.0.2.99"), udpPacket(n2.CtrAddr.String(), dst, "spoof"), "socket_drops"}, // by the peer filter, in the kernel
 			{"inner source of another peer", n2.NS, n2.Underlay, udpPacket(n3.CtrAddr.String(), dst, "spoof"), "drop_bad_inner_source"},
 			{"inner source in our subnet", n2.NS, n2.Underlay, udpPacket("10.5.1.7", dst, "spoof"), "drop_bad_inner_source"},
 			{"inner destination not ours", n2.NS, n2.Underlay, udpPacket(n2.CtrAddr.String(), netip.AddrPortFrom(n3.CtrAddr, 9999), "relay"), "drop_not_our_subnet"},
@@ -273,12 +303,12 @@ func TestCluster(t *testing.T) {
 		if ok || !strings.Contains(out, "Destination Net Unreachable") {
 			t.Errorf("ping to a removed peer: want net unreachable:\n%s", out)
 		}
-		before := n1.b.Stats()["drop_unknown_peer"]
+		before := n1.b.Stats()["socket_drops"] // the peer filter drops a removed peer's datagrams in the kernel
 		if out, ok := ping(n2, n1.CtrAddr); ok {
 			t.Errorf("ping from a removed peer went through:\n%s", out)
 		}
-		if after := n1.b.Stats()["drop_unknown_peer"]; after < before+2 {
-			t.Errorf("drop_unknown_peer went from %d to %d, want +2", before, after)
+		if after := n1.b.Stats()["socket_drops"]; after < before+2 {
+			t.Errorf("socket_drops went from %d to %d, want +2", before, after)
 		}
 		cl.mustPing(n1, n3.CtrAddr) // others unaffected
 		cl.set(n1, nil)
@@ -310,8 +340,8 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("Close", func(t *testing.T) {
-		if got := loopGoroutines(); got != 2*len(cl.nodes) {
-			t.Errorf("%d packet loops running, want %d", got, 2*len(cl.nodes))
+		if got, want := loopGoroutines(), 2*n1.b.queues*len(cl.nodes); got != want {
+			t.Errorf("%d packet loops running, want %d (2 per queue, %d queues per node)", got, want, n1.b.queues)
 		}
 		for _, n := range cl.nodes {
 			for range 2 { // idempotent

@@ -109,6 +109,8 @@ type Config struct {
 	HealthzIP    string        // --healthz-ip
 	HealthzPort  int           // --healthz-port; 0: no health server
 	Reconcile    time.Duration // --reconcile-interval
+	UDPOffload   string        // --udp-offload
+	UDPQueues    int           // --udp-queues
 	Version      bool          // --version
 }
 
@@ -144,6 +146,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("iptables-resync", c.IPTResync),
 		slog.String("healthz", c.healthzAddr()),
 		slog.Duration("reconcile-interval", c.Reconcile),
+		slog.String("udp-offload", c.UDPOffload),
+		slog.Int("udp-queues", c.UDPQueues),
 	)
 }
 
@@ -164,13 +168,15 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
 	fs.IntVar(&c.RenewMargin, "subnet-lease-renew-margin", 60, "accepted for flanneld compatibility; weftd renews with etcd keepalives")
-	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (nat chain FLANNEL-POSTRTG); written to the env file as FLANNEL_IPMASQ")
-	fs.BoolVar(&c.FwdRules, "iptables-forward-rules", true, "accept forwarding to and from the overlay network (filter chain FLANNEL-FWD)")
+	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (nat chain FLANNEL-POSTRTG, or nftables chain postrtg); written to the env file as FLANNEL_IPMASQ")
+	fs.BoolVar(&c.FwdRules, "iptables-forward-rules", true, "accept forwarding to and from the overlay network (filter chain FLANNEL-FWD, or nftables chain forward)")
 	c.IPTResync = 5 * time.Second
 	fs.Var((*secondsOrDuration)(&c.IPTResync), "iptables-resync", "how often the packet filter rules are checked and restored (a duration, or seconds as flanneld takes it)")
 	fs.StringVar(&c.HealthzIP, "healthz-ip", "0.0.0.0", "address of the health server")
 	fs.IntVar(&c.HealthzPort, "healthz-port", 0, "port of the health server (/healthz, /readyz, /metrics); 0 disables it")
 	fs.DurationVar(&c.Reconcile, "reconcile-interval", 30*time.Second, "how often the kernel state is checked and repaired")
+	fs.StringVar(&c.UDPOffload, "udp-offload", "auto", "udp backend offloads: auto (all the kernel has), off, or a comma list of tun, gso, gro")
+	fs.IntVar(&c.UDPQueues, "udp-queues", 0, "udp backend: TUN queues and packet loops; 0: one per CPU (at most 4), one on nodes with 2 CPUs or fewer")
 	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
 	return fs
 }
@@ -261,6 +267,9 @@ func (c *Config) validate() error {
 	}
 	if c.LeaseTTL < 2*time.Second {
 		return fmt.Errorf("--subnet-lease-ttl %s: must be at least 2s", c.LeaseTTL)
+	}
+	if c.UDPQueues < 0 || c.UDPQueues > 4 {
+		return fmt.Errorf("--udp-queues %d: want 0 (automatic) to 4", c.UDPQueues)
 	}
 	if c.Reconcile < 100*time.Millisecond {
 		return fmt.Errorf("--reconcile-interval %s: must be at least 100ms", c.Reconcile)

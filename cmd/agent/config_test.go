@@ -179,6 +179,7 @@ func TestConfigSetBuild(t *testing.T) {
 		{"backend json merged with type", []string{"--network=10.5.0.0/16", `--backend-json={"VNI":7}`, "--backend=vxlan"},
 			`{"Backend":{"Type":"vxlan","VNI":7},"Network":"10.5.0.0/16"}`, ""},
 		{"dual stack", []string{"--network=10.5.0.0/16", "--ipv6-network=fd00:5::/48"}, `{"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Network":"10.5.0.0/16"}`, ""},
+		{"nftables", []string{"--network=10.5.0.0/16", "--enable-nftables"}, `{"EnableNFTables":true,"Network":"10.5.0.0/16"}`, ""},
 		{"raw json", []string{`--json={"Network":"10.6.0.0/16"}`, "--etcd-prefix=/x"}, `{"Network":"10.6.0.0/16"}`, ""},
 		{"raw json mixed", []string{`--json={"Network":"10.6.0.0/16"}`, "--network=10.5.0.0/16"}, "", "--json cannot be combined"},
 		{"bad backend json", []string{`--backend-json=[1]`}, "", "--backend-json"},

@@ -138,6 +138,8 @@ func testBackend(t *testing.T, backend string) {
 	t.Run("3-agent-restart", e.restart)
 	if backend == "udp" {
 		t.Run("5-udp-drops", e.udpDrops)
+		t.Run("8-udp-offloads-mixed", e.udpOffloadsMixed)
+		t.Run("9-udp-repair", e.udpRepair)
 	}
 	t.Run("2-join-and-delete", e.joinAndDelete)
 	t.Run("6-etcd-outage", e.etcdOutage)
@@ -391,7 +393,8 @@ func (e *e2e) restart(t *testing.T) {
 func (e *e2e) udpDrops(t *testing.T) {
 	ctx := e.ctx(t, 30*time.Second)
 	n1, n2 := e.Node(1), e.Node(2)
-	baseUnknown, err := e.metric(ctx, n1, "drop_unknown_peer")
+	// A stranger's datagrams are dropped by the sockets' peer filter in the kernel (socket_drops).
+	baseUnknown, err := e.metric(ctx, n1, "socket_drops")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,11 +412,84 @@ func (e *e2e) udpDrops(t *testing.T) {
 	// From n2's own address, but with an inner source outside n2's subnet.
 	sendUDP(t, n2.NS, n2.Addr, dst, ipv4Packet(netip.MustParseAddr("10.5.250.7"), n1.ContainerIP()))
 	waitFor(t, 10*time.Second, "drops counted on n1", func() (bool, string) {
-		u, err1 := e.metric(ctx, n1, "drop_unknown_peer")
+		u, err1 := e.metric(ctx, n1, "socket_drops")
 		b, err2 := e.metric(ctx, n1, "drop_bad_inner_source")
 		return err1 == nil && err2 == nil && u >= baseUnknown+1 && b >= baseBad+1,
-			fmt.Sprintf("drop_unknown_peer %v → %v (%v), drop_bad_inner_source %v → %v (%v)", baseUnknown, u, err1, baseBad, b, err2)
+			fmt.Sprintf("socket_drops %v → %v (%v), drop_bad_inner_source %v → %v (%v)", baseUnknown, u, err1, baseBad, b, err2)
 	})
+}
+
+// Scenario 8 (udp): offloads on, then node 3 restarted with --udp-offload=off: every pair still carries ICMP,
+// TCP and DF pings at the MTU (a mixed cluster, as during a rollout or on a kernel without offloads).
+func (e *e2e) udpOffloadsMixed(t *testing.T) {
+	ctx := e.ctx(t, 120*time.Second)
+	offload := func(n *netcluster.Node, f string) float64 {
+		v, err := e.metric(ctx, n, `offload{feature="`+f+`"}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, f := range []string{"tun", "gso", "gro"} {
+		if v := offload(e.Node(1), f); v != 1 {
+			t.Errorf("node 1: offload %s = %v, want 1", f, v)
+		}
+	}
+	n3 := e.Node(3)
+	restart := func(flags ...string) {
+		t.Helper()
+		if err := n3.StopAgent(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		n3.SetExtraFlags(flags...)
+		if err := n3.StartAgent(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := n3.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restart("--udp-offload=off")
+	defer restart()
+	for _, f := range []string{"tun", "gso", "gro"} {
+		if v := offload(n3, f); v != 0 {
+			t.Errorf("node 3 with --udp-offload=off: offload %s = %v, want 0", f, v)
+		}
+	}
+	e.traffic(t)
+	for _, p := range [][2]int{{1, 3}, {3, 1}, {1, 2}} {
+		if err := e.TCP(ctx, e.Node(p[0]), e.Node(p[1]), 16<<20); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// Scenario 9 (udp): flannel0 set down, then deleted, on a running node: the agent repairs it (the deleted
+// TUN at once, through its own reconcile request) and traffic comes back without an operator.
+func (e *e2e) udpRepair(t *testing.T) {
+	ctx := e.ctx(t, 60*time.Second)
+	n1, n2 := e.Node(1), e.Node(2)
+	back := func(what string) {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := e.WaitPing(wctx, n1, n2.ContainerIP()); err != nil {
+			t.Errorf("after %s: no traffic %s → %s: %v", what, n1.Name, n2.Name, err)
+		}
+		if err := e.TCP(ctx, n2, n1, 1<<20); err != nil {
+			t.Errorf("after %s: %v", what, err)
+		}
+	}
+	n2.NS.MustIP(t, "link", "set", "flannel0", "down")
+	back("flannel0 set down")
+	n2.NS.MustIP(t, "link", "del", "flannel0")
+	back("flannel0 deleted")
+	if v, err := e.metric(ctx, n2, "tun_recreated"); err != nil || v < 1 {
+		t.Errorf("node 2: tun_recreated = %v (%v), want ≥ 1", v, err)
+	}
+	if err := n2.WaitReady(ctx); err != nil {
+		t.Errorf("node 2 not ready after the repair: %v", err)
+	}
 }
 
 // sendUDP sends payload three times from a socket opened inside ns (bound to src if valid) to dst.

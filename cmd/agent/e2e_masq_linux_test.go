@@ -7,10 +7,8 @@ package main_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -25,44 +23,12 @@ import (
 func TestE2EMasq(t *testing.T) {
 	requireE2E(t)
 	kerneltest.RequireCommand(t, "iptables")
-	prefix, dir := kerneltest.Prefix(), t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-		}
-	})
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:          prefix,
-		Backend:         "vxlan",
-		Nodes:           2,
-		Weftd:           weftdBin,
-		ClusterBin:      cluBin,
-		Dir:             dir,
-		ExtraAgentFlags: []string{"--ip-masq", "--iptables-resync=1s"},
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start vxlan cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
+	c := startMasqCluster(t, 2)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	n1, n2 := c.Node(1), c.Node(2)
 	network := netip.MustParsePrefix(netcluster.DefaultNetwork)
-	var randomFully bool
-	if err := n1.NS.Do(func() error {
-		ipt, err := kernel.NewIPTables(false)
-		if err == nil {
-			randomFully = ipt.HasRandomFully()
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	randomFully := randomPorts(t, n1, false)
 
 	// Ready, FLANNEL_IPMASQ=true, and exactly the planned chains and jumps in each node's namespace.
 	for _, n := range []*netcluster.Node{n1, n2} {
@@ -76,23 +42,8 @@ func TestE2EMasq(t *testing.T) {
 		expectRules(t, n, kernel.ForwardRules(network))
 	}
 
-	// A container reaching a plain host on the underlay is seen with its node's underlay address.
-	out, err := c.AddHost("out", netip.MustParseAddr("192.0.2.99"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := peerSeen(ctx, n1.Container(), out, netip.MustParseAddr("192.0.2.99")); err != nil {
-		t.Errorf("container of %s → host 192.0.2.99: %v", n1.Name, err)
-	} else if got != n1.Addr {
-		t.Errorf("host 192.0.2.99 sees the container of %s as %s, want %s (masqueraded)", n1.Name, got, n1.Addr)
-	}
-
-	// Container to container across nodes keeps the container's own address.
-	if got, err := peerSeen(ctx, n1.Container(), n2.Container(), n2.ContainerIP()); err != nil {
-		t.Errorf("container of %s → container of %s: %v", n1.Name, n2.Name, err)
-	} else if got != n1.ContainerIP() {
-		t.Errorf("container of %s sees the container of %s as %s, want %s (not masqueraded)", n2.Name, n1.Name, got, n1.ContainerIP())
-	}
+	// A container reaching a plain host on the underlay is masqueraded; container to container is not.
+	expectMasq(t, ctx, addOut(t, c), n1, n2)
 
 	// A rule and a jump deleted behind the agent's back come back within the resync interval.
 	masq1 := kernel.MasqRules(network, n1.Subnet(), randomFully)
@@ -123,9 +74,52 @@ func TestE2EMasq(t *testing.T) {
 	expectRules(t, n2, kernel.ForwardRules(network))
 }
 
+// TestE2EMasqIPv6IPTables: with a dual-stack network config and the iptables engine, the agent keeps
+// flanneld's chains in ip6tables too, for the IPv6 network and its IPv6 subnet, and restores a rule deleted
+// behind its back. (The IPv6 data path is not there yet, so no IPv6 traffic is checked.)
+func TestE2EMasqIPv6IPTables(t *testing.T) {
+	requireE2E(t)
+	kerneltest.RequireCommand(t, "iptables", "ip6tables")
+	c := startMasqCluster(t, 1, "--ipv6-network", "fd00:5::/56")
+	n1 := c.Node(1)
+	env, err := n1.Lease()
+	if err != nil || !env.IPv6Subnet.IsValid() {
+		t.Fatalf("node %s: env file: %+v %v, want an IPv6 subnet", n1.Name, env, err)
+	}
+	network, network6 := netip.MustParsePrefix(netcluster.DefaultNetwork), netip.MustParsePrefix("fd00:5::/56")
+	var rf6 bool
+	if err := n1.NS.Do(func() error {
+		ipt, err := kernel.NewIPTables(true)
+		rf6 = err == nil && ipt.HasRandomFully()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	masq6 := kernel.MasqRules(network6, env.IPv6Subnet, rf6)
+	expectRules(t, n1, kernel.MasqRules(network, n1.Subnet(), randomPorts(t, n1, false)))
+	expectRules(t, n1, kernel.ForwardRules(network))
+	expectRulesOf(t, n1, "ip6tables", masq6)
+	expectRulesOf(t, n1, "ip6tables", kernel.ForwardRules(network6))
+
+	n1.NS.MustExec(t, "ip6tables", "-t", "nat", "-D", kernel.MasqChainName, "5")
+	waitFor(t, 10*time.Second, "ip6tables rules restored on "+n1.Name, func() (bool, string) {
+		got := chainLinesOf(n1, "ip6tables", masq6.Table, masq6.Name)
+		return slices.Equal(got, masq6.Lines()), strings.Join(got, "\n")
+	})
+}
+
+// hasRandomFully reports whether iptables in n's namespace supports --random-fully.
+func hasRandomFully(t *testing.T, n *netcluster.Node) bool { return randomPorts(t, n, false) }
+
 // chainLines returns the -A lines of `iptables -t table -S chain` in n's namespace.
 func chainLines(n *netcluster.Node, table, chain string) []string {
-	out, err := n.NS.Exec("iptables", "-t", table, "-S", chain)
+	return chainLinesOf(n, "iptables", table, chain)
+}
+
+// chainLinesOf returns the -A lines of `<ipt> -t table -S chain` in n's namespace (ipt: iptables or
+// ip6tables).
+func chainLinesOf(n *netcluster.Node, ipt, table, chain string) []string {
+	out, err := n.NS.Exec(ipt, "-t", table, "-S", chain)
 	if err != nil {
 		return []string{err.Error()}
 	}
@@ -141,12 +135,18 @@ func chainLines(n *netcluster.Node, table, chain string) []string {
 // expectRules checks that n's chain holds exactly the plan and that its jump is there once.
 func expectRules(t *testing.T, n *netcluster.Node, want kernel.Chain) {
 	t.Helper()
-	if got := chainLines(n, want.Table, want.Name); !slices.Equal(got, want.Lines()) {
-		t.Errorf("node %s: iptables -t %s -S %s:\n%s\nwant\n%s", n.Name, want.Table, want.Name,
+	expectRulesOf(t, n, "iptables", want)
+}
+
+// expectRulesOf is expectRules with ipt (iptables or ip6tables).
+func expectRulesOf(t *testing.T, n *netcluster.Node, ipt string, want kernel.Chain) {
+	t.Helper()
+	if got := chainLinesOf(n, ipt, want.Table, want.Name); !slices.Equal(got, want.Lines()) {
+		t.Errorf("node %s: %s -t %s -S %s:\n%s\nwant\n%s", n.Name, ipt, want.Table, want.Name,
 			strings.Join(got, "\n"), strings.Join(want.Lines(), "\n"))
 	}
 	jumps := 0
-	for _, l := range chainLines(n, want.Table, want.Jump.Chain) {
+	for _, l := range chainLinesOf(n, ipt, want.Table, want.Jump.Chain) {
 		if l == want.Jump.String() {
 			jumps++
 		}

@@ -138,7 +138,7 @@ type configSetOpts struct {
 	subnetLen                     int
 	ipv6Network                   string
 	ipv6SubnetLen                 int
-	disableIPv4                   bool
+	disableIPv4, nftables         bool
 	backendType, backendJSON      string
 	vni, port, mtu                int
 	directRouting, gbp, learning  bool
@@ -154,6 +154,7 @@ func (o *configSetOpts) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.disableIPv4, "disable-ipv4", false, "IPv6 only")
 	fs.StringVar(&o.ipv6Network, "ipv6-network", "", "IPv6 overlay network (enables IPv6)")
 	fs.IntVar(&o.ipv6SubnetLen, "ipv6-subnet-len", 0, "per-node IPv6 subnet length")
+	fs.BoolVar(&o.nftables, "enable-nftables", false, "packet filter rules with nftables instead of iptables (EnableNFTables)")
 	fs.StringVar(&o.backendType, "backend", "", "backend type: vxlan, udp, host-gw or alloc (default vxlan)")
 	fs.StringVar(&o.backendJSON, "backend-json", "", `the Backend object as JSON, e.g. '{"Type":"vxlan","VNI":4}'`)
 	fs.IntVar(&o.vni, "vni", 0, "vxlan: VNI")
@@ -200,6 +201,9 @@ func (o *configSetOpts) build(fs *pflag.FlagSet) ([]byte, error) {
 	}
 	if o.ipv6SubnetLen != 0 {
 		cfg["IPv6SubnetLen"] = o.ipv6SubnetLen
+	}
+	if o.nftables {
+		cfg["EnableNFTables"] = true
 	}
 	b := map[string]any{}
 	if o.backendJSON != "" {

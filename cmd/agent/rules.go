@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os/exec"
 	"sync"
 	"time"
 
@@ -11,74 +12,168 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// chainSyncer makes one packet filter chain equal to its plan; *kernel.IPTables implements it.
+// chainSyncer makes one iptables chain equal to its plan; *kernel.IPTables implements it.
 type chainSyncer interface {
 	SyncChain(c kernel.Chain) (changed bool, err error)
 }
 
-// ruleManager keeps the packet filter rules of compat.md §8 in place: the forward chain (--iptables-forward-
-// rules) and the masquerade chain (--ip-masq). A pass syncs every wanted chain; with --ip-masq it waits for
-// the own subnet (the first lease, normally milliseconds after start), without it the forward chain is
-// applied at once. It applies
-// them when the subnet changes (replacing the old subnet's rules) and checks them every resync interval,
+// nftSyncer makes one nftables chain equal to its plan; *kernel.NFTables implements it.
+type nftSyncer interface {
+	SyncChain(c kernel.NFTChain) (changed bool, err error)
+}
+
+// ruleEngine applies the plans of compat.md §8 for one address family.
+type ruleEngine interface {
+	SyncForward(network netip.Prefix) (changed bool, err error)
+	SyncMasq(network, own netip.Prefix) (changed bool, err error)
+}
+
+// iptEngine keeps flanneld's iptables (or ip6tables) chains FLANNEL-FWD and FLANNEL-POSTRTG.
+type iptEngine struct {
+	ipt         chainSyncer
+	randomFully bool // MASQUERADE --random-fully
+}
+
+func (e iptEngine) SyncForward(network netip.Prefix) (bool, error) {
+	return e.ipt.SyncChain(kernel.ForwardRules(network))
+}
+
+func (e iptEngine) SyncMasq(network, own netip.Prefix) (bool, error) {
+	return e.ipt.SyncChain(kernel.MasqRules(network, own, e.randomFully))
+}
+
+// nftEngine keeps the chains forward and postrtg of flanneld's nftables table of one family.
+type nftEngine struct {
+	nft         nftSyncer
+	fullyRandom bool // masquerade fully-random
+}
+
+func (e nftEngine) SyncForward(network netip.Prefix) (bool, error) {
+	return e.nft.SyncChain(kernel.NFTForwardRules(network))
+}
+
+func (e nftEngine) SyncMasq(network, own netip.Prefix) (bool, error) {
+	return e.nft.SyncChain(kernel.NFTMasqRules(network, own, e.fullyRandom))
+}
+
+// ruleFamily is one address family's overlay network and the engine that keeps its rules.
+type ruleFamily struct {
+	v6      bool
+	network netip.Prefix
+	engine  ruleEngine
+	name    string // the engine as logged: "iptables", "ip6tables", "nftables ip", "nftables ip6"
+}
+
+// ruleManager keeps the packet filter rules of compat.md §8 in place, for every address family of the
+// network: the forward rules (--iptables-forward-rules) and the masquerade rules (--ip-masq). A pass syncs
+// every wanted chain of every family; with --ip-masq it waits for the own subnets (the first lease,
+// normally milliseconds after start), without it the forward rules are applied at once. It applies them
+// when a subnet changes (replacing the old subnet's rules) and checks them every resync interval,
 // restoring what was changed or deleted behind its back. Rules stay in place when it stops (compat §8); a
 // chain that is not wanted (its flag off) is never touched, whatever it holds.
 //
-// It reports through ready whether every wanted chain is in place for the current subnet: false from the
+// It reports through ready whether every wanted chain is in place for the current subnets: false from the
 // start and after a subnet change until the next pass succeeds, and after a failed pass.
 type ruleManager struct {
-	log         *slog.Logger
-	ipt         chainSyncer
-	network     netip.Prefix
-	masq, fwd   bool
-	randomFully bool
-	resync      time.Duration
-	kick        chan struct{} // capacity 1
-	stop        chan struct{}
-	closeOnce   sync.Once
-	wg          sync.WaitGroup
+	log       *slog.Logger
+	fams      []ruleFamily
+	masq, fwd bool
+	resync    time.Duration
+	kick      chan struct{} // capacity 1
+	stop      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 
-	mu     sync.Mutex // guards the fields below; ready is called with it held, so reports are in order
-	subnet netip.Prefix
-	gen    uint64 // incremented on every subnet change
-	ready  func(bool)
+	mu      sync.Mutex // guards the fields below; ready is called with it held, so reports are in order
+	subnets ownSubnets
+	gen     uint64 // incremented on every subnet change
+	ready   func(bool)
+}
+
+// ownSubnets are this node's subnets of each family (zero: none).
+type ownSubnets struct{ v4, v6 netip.Prefix }
+
+func (o ownSubnets) of(v6 bool) netip.Prefix {
+	if v6 {
+		return o.v6
+	}
+	return o.v4
 }
 
 // ruleOptions configure a ruleManager. Ready is required; the others' zero values mean "off".
 type ruleOptions struct {
-	Network     netip.Prefix  // the overlay network (IPv4)
-	Masq        bool          // --ip-masq: keep the nat chain FLANNEL-POSTRTG
-	Forward     bool          // --iptables-forward-rules: keep the filter chain FLANNEL-FWD
-	RandomFully bool          // MASQUERADE --random-fully
-	Resync      time.Duration // --iptables-resync; must be positive
-	Ready       func(bool)    // readiness of the rules, see ruleManager
+	Families []ruleFamily  // one per address family of the network
+	Masq     bool          // --ip-masq: keep the masquerade chains
+	Forward  bool          // --iptables-forward-rules: keep the forward chains
+	Resync   time.Duration // --iptables-resync; must be positive
+	Ready    func(bool)    // readiness of the rules, see ruleManager
 }
 
 // newRuleManager starts the rule manager for weftd's configuration, or returns nil when no rules are
-// wanted. The rules are IPv4 only: an IPv6-only network gets none (logged).
+// wanted. The engine is nftables when the network config says EnableNFTables or when the host lacks the
+// iptables command of a family the network has, else iptables.
 func newRuleManager(cfg Config, n *subnet.Config, ready func(bool), log *slog.Logger) (*ruleManager, error) {
 	if !cfg.IPMasq && !cfg.FwdRules {
 		return nil, nil
 	}
-	if !n.EnableIPv4 {
-		log.Warn("packet filter rules are IPv4 only; the network has no IPv4 part, so none are installed",
-			"ip-masq", cfg.IPMasq, "iptables-forward-rules", cfg.FwdRules)
-		return nil, nil
+	useNFT, why := chooseEngine(n, exec.LookPath)
+	log = log.With("component", "packet-filter")
+	log.Info("packet filter engine", "nftables", useNFT, "why", why)
+	var fams []ruleFamily
+	for _, f := range []struct {
+		on      bool
+		v6      bool
+		network netip.Prefix
+	}{{n.EnableIPv4, false, n.Network}, {n.EnableIPv6, true, n.IPv6Network}} {
+		if !f.on {
+			continue
+		}
+		fam := ruleFamily{v6: f.v6, network: f.network.Masked()}
+		if useNFT {
+			nft, err := kernel.NewNFTables(f.v6)
+			if err != nil {
+				return nil, fmt.Errorf("packet filter rules (--ip-masq=%t, --iptables-forward-rules=%t) with nftables (%s): %w", cfg.IPMasq, cfg.FwdRules, why, err)
+			}
+			fam.engine, fam.name = nftEngine{nft: nft, fullyRandom: nft.HasFullyRandom()}, "nftables ip"
+			if f.v6 {
+				fam.name += "6"
+			}
+		} else {
+			ipt, err := kernel.NewIPTables(f.v6)
+			if err != nil {
+				return nil, fmt.Errorf("packet filter rules (--ip-masq=%t, --iptables-forward-rules=%t): %w", cfg.IPMasq, cfg.FwdRules, err)
+			}
+			fam.engine, fam.name = iptEngine{ipt: ipt, randomFully: ipt.HasRandomFully()}, "iptables"
+			if f.v6 {
+				fam.name = "ip6tables"
+			}
+		}
+		fams = append(fams, fam)
 	}
-	ipt, err := kernel.NewIPTables(false)
-	if err != nil {
-		return nil, fmt.Errorf("packet filter rules (--ip-masq=%t, --iptables-forward-rules=%t): %w", cfg.IPMasq, cfg.FwdRules, err)
-	}
-	return startRules(ruleOptions{
-		Network: n.Network, Masq: cfg.IPMasq, Forward: cfg.FwdRules, RandomFully: ipt.HasRandomFully(),
-		Resync: cfg.IPTResync, Ready: ready,
-	}, ipt, log.With("component", "iptables")), nil
+	return startRules(ruleOptions{Families: fams, Masq: cfg.IPMasq, Forward: cfg.FwdRules, Resync: cfg.IPTResync, Ready: ready}, log), nil
 }
 
-// startRules starts a manager applying o through ipt. It reports not-ready before it returns.
-func startRules(o ruleOptions, ipt chainSyncer, log *slog.Logger) *ruleManager {
+// chooseEngine decides between iptables (false) and nftables (true) for network n, and says why.
+// lookPath is exec.LookPath.
+func chooseEngine(n *subnet.Config, lookPath func(string) (string, error)) (nft bool, why string) {
+	if n.EnableNFTables {
+		return true, "EnableNFTables in the network config"
+	}
+	for _, c := range []struct {
+		on   bool
+		name string
+	}{{n.EnableIPv4, "iptables"}, {n.EnableIPv6, "ip6tables"}} {
+		if _, err := lookPath(c.name); c.on && err != nil {
+			return true, "no " + c.name + " command"
+		}
+	}
+	return false, "iptables command found and EnableNFTables not set"
+}
+
+// startRules starts a manager applying o. It reports not-ready before it returns.
+func startRules(o ruleOptions, log *slog.Logger) *ruleManager {
 	m := &ruleManager{
-		log: log, ipt: ipt, network: o.Network.Masked(), masq: o.Masq, fwd: o.Forward, randomFully: o.RandomFully,
+		log: log, fams: o.Families, masq: o.Masq, fwd: o.Forward,
 		resync: o.Resync, kick: make(chan struct{}, 1), stop: make(chan struct{}), ready: o.Ready,
 	}
 	m.ready(false)
@@ -87,16 +182,16 @@ func startRules(o ruleOptions, ipt chainSyncer, log *slog.Logger) *ruleManager {
 	return m
 }
 
-// SetSubnet sets the own subnet (the masquerade rules depend on it) and triggers a pass. It is a no-op on
-// a nil manager (no rules wanted).
-func (m *ruleManager) SetSubnet(p netip.Prefix) {
+// SetSubnets sets the own subnets, IPv4 and IPv6 (zero when the lease has none; the masquerade rules
+// depend on them), and triggers a pass. It is a no-op on a nil manager (no rules wanted).
+func (m *ruleManager) SetSubnets(v4, v6 netip.Prefix) {
 	if m == nil {
 		return
 	}
-	p = p.Masked()
+	sn := ownSubnets{v4: v4.Masked(), v6: v6.Masked()}
 	m.mu.Lock()
-	if p != m.subnet {
-		m.subnet = p
+	if sn != m.subnets {
+		m.subnets = sn
 		m.gen++
 		if m.masq {
 			m.ready(false)
@@ -123,8 +218,8 @@ func (m *ruleManager) loop() {
 	defer m.log.Debug("rule manager stopped")
 	t := time.NewTicker(m.resync)
 	defer t.Stop()
-	var applied netip.Prefix // subnet of the last successful pass
-	inPlace := false         // the last pass succeeded
+	var applied ownSubnets // subnets of the last successful pass
+	inPlace := false       // the last pass succeeded
 	for {
 		select {
 		case <-m.stop:
@@ -133,11 +228,11 @@ func (m *ruleManager) loop() {
 		case <-t.C:
 		}
 		m.mu.Lock()
-		sn, gen := m.subnet, m.gen
+		sn, gen := m.subnets, m.gen
 		m.mu.Unlock()
 		if !m.masq {
-			sn = netip.Prefix{} // only the masquerade rules depend on the subnet
-		} else if !sn.IsValid() {
+			sn = ownSubnets{} // only the masquerade rules depend on the subnets
+		} else if !m.haveSubnets(sn) {
 			continue // nothing to do before the first lease; stay not ready
 		}
 		changed, err := m.pass(sn)
@@ -150,10 +245,12 @@ func (m *ruleManager) loop() {
 		case err != nil:
 			m.log.Error("packet filter rules", "err", err)
 		case !inPlace || sn != applied:
-			m.log.Info("packet filter rules in place", "network", m.network, "subnet", sn, "masq", m.masq,
-				"forward", m.fwd, "random-fully", m.randomFully && m.masq, "changed", changed)
+			for _, f := range m.fams {
+				m.log.Info("packet filter rules in place", "engine", f.name, "network", f.network, "subnet", sn.of(f.v6),
+					"masq", m.masq, "forward", m.fwd, "changed", changed)
+			}
 		case changed:
-			m.log.Warn("packet filter rules were changed behind our back; restored", "subnet", sn)
+			m.log.Warn("packet filter rules were changed behind our back; restored", "subnet", sn.v4, "ipv6-subnet", sn.v6)
 		}
 		inPlace = err == nil
 		if inPlace {
@@ -162,20 +259,33 @@ func (m *ruleManager) loop() {
 	}
 }
 
-// pass syncs every wanted chain: forward first (it does not depend on the lease), then masquerade.
-func (m *ruleManager) pass(sn netip.Prefix) (changed bool, err error) {
-	var chains []kernel.Chain
-	if m.fwd {
-		chains = append(chains, kernel.ForwardRules(m.network))
+// haveSubnets reports whether sn has a subnet for every family with rules.
+func (m *ruleManager) haveSubnets(sn ownSubnets) bool {
+	for _, f := range m.fams {
+		if !sn.of(f.v6).IsValid() {
+			return false
+		}
 	}
-	if m.masq {
-		chains = append(chains, kernel.MasqRules(m.network, sn, m.randomFully))
-	}
-	for _, c := range chains {
-		ch, err := m.ipt.SyncChain(c)
-		changed = changed || ch
-		if err != nil {
-			return changed, err
+	return true
+}
+
+// pass syncs every wanted chain of every family: forward first (it does not depend on the lease), then
+// masquerade; IPv4, then IPv6.
+func (m *ruleManager) pass(sn ownSubnets) (changed bool, err error) {
+	for _, f := range m.fams {
+		if m.fwd {
+			ch, err := f.engine.SyncForward(f.network)
+			changed = changed || ch
+			if err != nil {
+				return changed, fmt.Errorf("%s: %w", f.name, err)
+			}
+		}
+		if m.masq {
+			ch, err := f.engine.SyncMasq(f.network, sn.of(f.v6))
+			changed = changed || ch
+			if err != nil {
+				return changed, fmt.Errorf("%s: %w", f.name, err)
+			}
 		}
 	}
 	return changed, nil

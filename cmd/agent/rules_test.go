@@ -4,13 +4,16 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/weft-net/weft/backend/kernel"
+	"github.com/weft-net/weft/subnet"
 )
 
 // fakeSyncer records the chains synced and fails while fail is set.
@@ -65,8 +68,8 @@ func TestRuleManager(t *testing.T) {
 	f := &fakeSyncer{}
 	var ready atomic.Bool
 	ready.Store(true) // the manager must say false before it returns
-	m := startRules(ruleOptions{Network: network, Masq: true, Forward: true, RandomFully: true, Resync: 20 * time.Millisecond,
-		Ready: ready.Store}, f, slog.New(slog.NewTextHandler(t.Output(), nil)))
+	m := startRules(ruleOptions{Families: []ruleFamily{{network: network, engine: iptEngine{ipt: f, randomFully: true}, name: "iptables"}},
+		Masq: true, Forward: true, Resync: 20 * time.Millisecond, Ready: ready.Store}, slog.New(slog.NewTextHandler(t.Output(), nil)))
 	defer m.Close()
 	if ready.Load() {
 		t.Fatal("ready before any rule is in place")
@@ -76,7 +79,7 @@ func TestRuleManager(t *testing.T) {
 		t.Fatalf("without a subnet: %d masquerade syncs, ready %t; want none and not ready", n, ready.Load())
 	}
 
-	m.SetSubnet(netip.MustParsePrefix("10.5.7.1/24")) // as the env file has it: masked by the manager
+	m.SetSubnets(netip.MustParsePrefix("10.5.7.1/24"), netip.Prefix{}) // as the env file has it: masked by the manager
 	eventually(t, "ready with subnet 1", ready.Load)
 	c, _ := f.last(kernel.MasqChainName)
 	if want := kernel.MasqRules(network, sn1, true); !slices.Equal(c.Lines(), want.Lines()) {
@@ -98,7 +101,7 @@ func TestRuleManager(t *testing.T) {
 
 	// A new subnet: not ready at once, then the new subnet's chain.
 	f.setFail(errors.New("hold the pass"))
-	m.SetSubnet(sn2)
+	m.SetSubnets(sn2, netip.Prefix{})
 	if ready.Load() {
 		t.Error("still ready right after the subnet changed")
 	}
@@ -121,11 +124,11 @@ func TestRuleManager(t *testing.T) {
 func TestRuleManagerForwardOnly(t *testing.T) {
 	f := &fakeSyncer{}
 	var ready atomic.Bool
-	m := startRules(ruleOptions{Network: netip.MustParsePrefix("10.5.0.0/16"), Forward: true, Resync: time.Hour, Ready: ready.Store},
-		f, slog.New(slog.DiscardHandler))
+	m := startRules(ruleOptions{Families: []ruleFamily{{network: netip.MustParsePrefix("10.5.0.0/16"), engine: iptEngine{ipt: f}, name: "iptables"}},
+		Forward: true, Resync: time.Hour, Ready: ready.Store}, slog.New(slog.DiscardHandler))
 	defer m.Close()
 	eventually(t, "ready without a lease", ready.Load)
-	m.SetSubnet(netip.MustParsePrefix("10.5.7.0/24"))
+	m.SetSubnets(netip.MustParsePrefix("10.5.7.0/24"), netip.Prefix{})
 	time.Sleep(20 * time.Millisecond)
 	if _, n := f.last(kernel.MasqChainName); n != 0 {
 		t.Errorf("masquerade chain synced %d times with --ip-masq=false", n)
@@ -140,6 +143,96 @@ func TestRuleManagerNil(t *testing.T) {
 	if m != nil || err != nil {
 		t.Fatalf("no rules wanted: manager %v, err %v; want nil, nil", m, err)
 	}
-	m.SetSubnet(netip.MustParsePrefix("10.5.7.0/24")) // no-ops on nil
+	m.SetSubnets(netip.MustParsePrefix("10.5.7.0/24"), netip.Prefix{}) // no-ops on nil
 	m.Close()
+}
+
+// fakeNFT records the nftables chains synced, by family and name.
+type fakeNFT struct {
+	mu     sync.Mutex
+	synced map[string]kernel.NFTChain
+}
+
+func (f *fakeNFT) SyncChain(c kernel.NFTChain) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.synced == nil {
+		f.synced = map[string]kernel.NFTChain{}
+	}
+	f.synced[c.Family+" "+c.Name] = c
+	return true, nil
+}
+
+func (f *fakeNFT) get(key string) (kernel.NFTChain, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.synced[key]
+	return c, ok
+}
+
+// TestRuleManagerDualStack: with both families, the manager waits for both subnets, then keeps each
+// family's chains with its own network and subnet.
+func TestRuleManagerDualStack(t *testing.T) {
+	p := netip.MustParsePrefix
+	v4, v6 := &fakeNFT{}, &fakeNFT{}
+	var ready atomic.Bool
+	m := startRules(ruleOptions{Families: []ruleFamily{
+		{network: p("10.5.0.0/16"), engine: nftEngine{nft: v4, fullyRandom: true}, name: "nftables ip"},
+		{v6: true, network: p("fd00:5::/56"), engine: nftEngine{nft: v6}, name: "nftables ip6"},
+	}, Masq: true, Forward: true, Resync: time.Hour, Ready: ready.Store}, slog.New(slog.NewTextHandler(t.Output(), nil)))
+	defer m.Close()
+	m.SetSubnets(p("10.5.7.1/24"), netip.Prefix{})
+	time.Sleep(30 * time.Millisecond)
+	if _, ok := v4.get("ip postrtg"); ok || ready.Load() {
+		t.Fatalf("without an IPv6 subnet: masquerade synced %t, ready %t; want neither", ok, ready.Load())
+	}
+	m.SetSubnets(p("10.5.7.1/24"), p("fd00:5:0:7::1/64"))
+	eventually(t, "ready with both subnets", ready.Load)
+	for _, tc := range []struct {
+		f    *fakeNFT
+		key  string
+		want kernel.NFTChain
+	}{
+		{v4, "ip postrtg", kernel.NFTMasqRules(p("10.5.0.0/16"), p("10.5.7.0/24"), true)},
+		{v4, "ip forward", kernel.NFTForwardRules(p("10.5.0.0/16"))},
+		{v6, "ip6 postrtg", kernel.NFTMasqRules(p("fd00:5::/56"), p("fd00:5:0:7::/64"), false)},
+		{v6, "ip6 forward", kernel.NFTForwardRules(p("fd00:5::/56"))},
+	} {
+		if got, _ := tc.f.get(tc.key); got.Listing() != tc.want.Listing() {
+			t.Errorf("%s synced:\n%s\nwant\n%s", tc.key, got.Listing(), tc.want.Listing())
+		}
+	}
+}
+
+func TestChooseEngine(t *testing.T) {
+	v4 := &subnet.Config{EnableIPv4: true}
+	dual := &subnet.Config{EnableIPv4: true, EnableIPv6: true}
+	for _, tc := range []struct {
+		name    string
+		net     *subnet.Config
+		have    []string // commands on PATH
+		wantNFT bool
+		why     string
+	}{
+		{"iptables found", v4, []string{"iptables", "nft"}, false, "iptables command found"},
+		{"EnableNFTables", &subnet.Config{EnableIPv4: true, EnableNFTables: true}, []string{"iptables", "nft"}, true, "EnableNFTables"},
+		{"no iptables", v4, []string{"nft"}, true, "no iptables command"},
+		{"no commands at all", v4, nil, true, "no iptables command"},
+		{"dual stack without ip6tables", dual, []string{"iptables"}, true, "no ip6tables command"},
+		{"IPv4 only needs no ip6tables", v4, []string{"iptables"}, false, "iptables command found"},
+		{"IPv6 only needs no iptables", &subnet.Config{EnableIPv6: true}, []string{"ip6tables"}, false, "iptables command found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lookPath := func(name string) (string, error) {
+				if slices.Contains(tc.have, name) {
+					return "/usr/sbin/" + name, nil
+				}
+				return "", exec.ErrNotFound
+			}
+			nft, why := chooseEngine(tc.net, lookPath)
+			if nft != tc.wantNFT || !strings.Contains(why, tc.why) {
+				t.Errorf("chooseEngine = %t, %q; want %t and a reason with %q", nft, why, tc.wantNFT, tc.why)
+			}
+		})
+	}
 }

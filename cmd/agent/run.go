@@ -79,7 +79,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
 
 	a.net = netCfg
-	if a.be, a.local, err = startBackend(ctx, netCfg, ext, prevData, log); err != nil {
+	if a.be, a.local, err = startBackend(ctx, netCfg, ext, cfg, prevData, a.poke, log); err != nil {
 		return err
 	}
 	defer func() {
@@ -222,14 +222,15 @@ func (c *Config) ifaceSelector() (backend.IfaceSelector, error) {
 	return s, nil
 }
 
-// startBackend constructs the configured backend and brings it up.
-func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, prev json.RawMessage, log *slog.Logger) (backend.Backend, backend.Local, error) {
+// startBackend constructs the configured backend and brings it up. prev is the BackendData this node
+// published before (kube mode), kick asks for a reconcile.
+func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, cfg Config, prev json.RawMessage, kick func(), log *slog.Logger) (backend.Backend, backend.Local, error) {
 	factory, ok := backends[n.BackendType]
 	if !ok {
 		return nil, backend.Local{}, fmt.Errorf("backend type %q is not supported by this weftd", n.BackendType)
 	}
 	blog := log.With("backend", n.BackendType)
-	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, PrevData: prev})
+	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, Offload: cfg.UDPOffload, Queues: cfg.UDPQueues, Kick: kick, PrevData: prev})
 	if err != nil {
 		return nil, backend.Local{}, fmt.Errorf("backend %s: %w", n.BackendType, err)
 	}
@@ -323,7 +324,7 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 	a.own, a.lost, a.holdFailed = &l, false, false
 	a.wantEnv = &env
 	a.mu.Unlock()
-	a.rules.SetSubnet(l.Subnet)
+	a.rules.SetSubnets(l.Subnet, l.IPv6Subnet)
 	a.writeEnv()
 	a.poke()
 }

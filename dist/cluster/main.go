@@ -1,15 +1,18 @@
 // Command weft-cluster runs a demo Weft cluster in network namespaces on one Linux host (as root), and the
 // embedded etcd server that cluster uses.
 //
-//	weft-cluster up [--backend vxlan|udp|host-gw] [--nodes 3] [--keep] [--weftd PATH]
+//	weft-cluster up [--backend vxlan|udp|host-gw] [--nodes 3] [--keep] [--docker] [--weftd PATH]
 //	weft-cluster down
-//	weft-cluster bench [--time 5] [--reps 3] [--paths veth,host-gw,vxlan,udp]
+//	weft-cluster bench [--time 3] [--reps 3] [--paths veth,host-gw,vxlan,udp,udp-nooffload] [--baseline-weftd PATH]
 //	weft-cluster etcd --listen ADDR --data-dir DIR
 //
 // up builds the cluster (dist/netcluster), prints the leases, proves container-to-container ICMP and TCP
-// across every ordered pair of nodes and removes everything again, unless --keep; down removes a kept
-// cluster, using the state file up left in /run/weft-cluster; bench measures TCP throughput (iperf3) and
-// round trip (ping) between two containers over a plain veth pair and over each backend, each in its own
+// across every ordered pair of nodes and removes everything again, unless --keep; with --docker every node
+// runs weft-docker-opts and dockerd as dist/systemd does, and the containers are Docker containers; down
+// removes a kept cluster, using the state file up left in /run/weft-cluster; bench measures TCP throughput
+// (iperf3, 1 and 4 streams), round trip (ping) and the agents' CPU between two containers over a plain veth
+// pair and over each backend (udp also with its offloads off, and with a baseline weftd binary if given),
+// each in its own
 // 2-node cluster made and removed in turn, and prints them side by side.
 package main
 

@@ -9,8 +9,9 @@ import (
 )
 
 const usage = `Usage:
-  weft-cluster up [--backend vxlan|udp|host-gw] [--nodes 3] [--keep] [--weftd PATH]
-                              start a demo cluster in network namespaces, prove traffic, clean up
+  weft-cluster up [--backend vxlan|udp|host-gw] [--nodes 3] [--keep] [--docker] [--weftd PATH]
+                              start a demo cluster in network namespaces, prove traffic, clean up;
+                              --docker: a dockerd and a busybox container on each node
   weft-cluster down           remove a cluster left by "up --keep"
   weft-cluster bench [--time 5] [--reps 3] [--paths veth,host-gw,vxlan,udp]
                               measure container-to-container TCP throughput and round trip over a plain

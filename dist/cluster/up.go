@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -34,6 +35,7 @@ type upConfig struct {
 	prefix  string
 	network string
 	verbose bool
+	docker  bool
 }
 
 func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -46,6 +48,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.prefix, "prefix", "weft", "name prefix of the cluster's namespaces")
 	fs.StringVar(&cfg.network, "network", netcluster.DefaultNetwork, "overlay network")
 	fs.BoolVar(&cfg.verbose, "v", false, "log each setup step")
+	fs.BoolVar(&cfg.docker, "docker", false, "make every node a Docker host: weft-docker-opts and dockerd as dist/systemd runs them, a busybox container")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -63,6 +66,17 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	weftd, err := findWeftd(cfg.weftd)
 	if err != nil {
 		return err
+	}
+	var docker *netcluster.DockerOptions
+	if cfg.docker {
+		if err := checkDockerPrereqs(); err != nil {
+			return err
+		}
+		opts, err := findBin("weft-docker-opts", "")
+		if err != nil {
+			return err
+		}
+		docker = &netcluster.DockerOptions{DockerOpts: opts}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -83,7 +97,11 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	fmt.Fprintf(stdout, "Starting a %d-node %s cluster (namespaces %s-*) ...\n", cfg.nodes, cfg.backend, cfg.prefix)
+	what := ""
+	if cfg.docker {
+		what = " (a dockerd on each node)"
+	}
+	fmt.Fprintf(stdout, "Starting a %d-node %s cluster%s (namespaces %s-*) ...\n", cfg.nodes, cfg.backend, what, cfg.prefix)
 	start := time.Now()
 	c, err := netcluster.Start(ctx, netcluster.Options{
 		Prefix:     cfg.prefix,
@@ -96,6 +114,7 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		RemoveDir:  true,
 		Detach:     cfg.keep,
 		StateFile:  stateFile(cfg.prefix),
+		Docker:     docker,
 		Log:        log,
 	})
 	if errors.Is(err, netcluster.ErrExists) {
@@ -123,7 +142,14 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "$ weftd leases\n%s\n", out)
 
-	failed := probeAll(ctx, c, nodes, stdout)
+	probe := containerProbe(c)
+	if cfg.docker {
+		if err := showDocker(ctx, nodes, stdout); err != nil {
+			return err
+		}
+		probe = dockerProbe()
+	}
+	failed := probeAll(ctx, nodes, probe, stdout)
 	if ctx.Err() != nil {
 		keep = false
 		return errors.New("interrupted")
@@ -136,7 +162,18 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%d of %d probes failed", failed, len(nodes)*(len(nodes)-1))
 	}
 	fmt.Fprintln(stdout, "\nAll probes passed.")
-	if cfg.keep {
+	if cfg.keep && cfg.docker {
+		d1 := nodes[0].Dockerd()
+		fmt.Fprintf(stdout, `
+The cluster keeps running. Explore it:
+  docker -H unix://%s ps
+  docker -H unix://%s exec %s ping %s
+  ip -n %s route; ip -n %s addr show docker0
+Logs: %s/n*/weftd.log, %s/n*/docker/dockerd.log
+Remove it: %s down%s
+`, d1.Sock, d1.Sock, netcluster.Container, nodes[len(nodes)-1].ContainerIP(), nodes[0].NS.Name, nodes[0].NS.Name,
+			filepath.Join(stateDir, cfg.prefix), filepath.Join(stateDir, cfg.prefix), self, prefixFlag(cfg.prefix))
+	} else if cfg.keep {
 		n1 := nodes[0]
 		to := nodes[len(nodes)-1].ContainerIP()
 		fmt.Fprintf(stdout, `
@@ -160,21 +197,97 @@ func prefixFlag(p string) string {
 	return " --prefix " + p
 }
 
+// prober checks one node's container against another's: wait until ping answers, ping count times, and a
+// TCP transfer (tcpText says what it is, for the table's header).
+type prober struct {
+	wait    func(ctx context.Context, from, to *netcluster.Node) error
+	ping    func(ctx context.Context, from, to *netcluster.Node, count int) (netcluster.PingResult, error)
+	tcp     func(ctx context.Context, from, to *netcluster.Node) error
+	tcpText string
+}
+
+// containerProbe probes the nodes' container namespaces: iputils ping, and an echo of 256 KiB each way.
+func containerProbe(c *netcluster.Cluster) prober {
+	return prober{
+		wait: func(ctx context.Context, from, to *netcluster.Node) error {
+			return c.WaitPing(ctx, from, to.ContainerIP())
+		},
+		ping: func(ctx context.Context, from, to *netcluster.Node, count int) (netcluster.PingResult, error) {
+			out, err := c.Ping(ctx, from, to.ContainerIP(), "-c", strconv.Itoa(count))
+			r, perr := netcluster.ParsePing(out)
+			if perr != nil {
+				return r, errors.Join(perr, err)
+			}
+			return r, err
+		},
+		tcp:     func(ctx context.Context, from, to *netcluster.Node) error { return c.TCP(ctx, from, to, tcpProbeSize) },
+		tcpText: "TCP (256 KiB each way)",
+	}
+}
+
+// dockerProbe probes the nodes' Docker containers from inside them (docker exec): busybox ping, and wget
+// of the other container's 256 KiB /blob from its httpd, checked by MD5.
+func dockerProbe() prober {
+	return prober{
+		wait: func(ctx context.Context, from, to *netcluster.Node) error {
+			return from.Dockerd().WaitPing(ctx, to.ContainerIP())
+		},
+		ping: func(ctx context.Context, from, to *netcluster.Node, count int) (netcluster.PingResult, error) {
+			return from.Dockerd().Ping(ctx, to.ContainerIP(), count)
+		},
+		tcp: func(ctx context.Context, from, to *netcluster.Node) error {
+			return from.Dockerd().Fetch(ctx, to.ContainerIP())
+		},
+		tcpText: "HTTP (256 KiB, md5 checked)",
+	}
+}
+
+// showDocker prints each node's docker0, its docker options and its container.
+func showDocker(ctx context.Context, nodes []*netcluster.Node, stdout io.Writer) error {
+	for _, n := range nodes {
+		d := n.Dockerd()
+		opts, err := d.Opts()
+		if err != nil {
+			return err
+		}
+		argv, err := d.Command()
+		if err != nil {
+			return err
+		}
+		ps, err := d.Docker(ctx, "ps", "--format", "{{.Names}}  {{.Image}}  {{.Status}}")
+		if err != nil {
+			return err
+		}
+		br, _ := n.NS.IP("-4", "-br", "addr", "show", "dev", "docker0")
+		fmt.Fprintf(stdout, "%s: weft-docker-opts wrote %s\n%s  dockerd %s\n  docker0: %s\n  container: %s  %s\n\n",
+			n.Name, d.OptsFile, indent(opts), strings.Join(argv[1:], " "), strings.TrimSpace(br), n.ContainerIP(), strings.TrimSpace(ps))
+	}
+	return nil
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		fmt.Fprintf(&b, "    %s\n", l)
+	}
+	return b.String()
+}
+
 // probeAll checks ICMP and TCP from every node's container to every other's and prints a table. It
 // returns the number of failed pairs.
-func probeAll(ctx context.Context, c *netcluster.Cluster, nodes []*netcluster.Node, stdout io.Writer) int {
+func probeAll(ctx context.Context, nodes []*netcluster.Node, p prober, stdout io.Writer) int {
 	// Peers learn about each other through etcd watches: give the routes a moment to converge.
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	for _, from := range nodes {
 		for _, to := range nodes {
 			if from != to {
-				c.WaitPing(wctx, from, to.ContainerIP())
+				p.wait(wctx, from, to)
 			}
 		}
 	}
 	cancel()
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM\tTO\tPING (5 echoes)\tTCP (256 KiB each way)")
+	fmt.Fprintf(tw, "FROM\tTO\tPING (5 echoes)\t%s\n", p.tcpText)
 	failed := 0
 	for _, from := range nodes {
 		for _, to := range nodes {
@@ -183,8 +296,8 @@ func probeAll(ctx context.Context, c *netcluster.Cluster, nodes []*netcluster.No
 			}
 			ok := true
 			pingCol := ""
-			out, perr := c.Ping(ctx, from, to.ContainerIP(), "-c", "5")
-			if r, err := netcluster.ParsePing(out); err != nil {
+			r, perr := p.ping(ctx, from, to, 5)
+			if r.Transmitted == 0 {
 				pingCol, ok = "FAIL: "+firstLine(perr), false
 			} else {
 				loss := 100 * r.Lost() / max(r.Transmitted, 1)
@@ -194,7 +307,7 @@ func probeAll(ctx context.Context, c *netcluster.Cluster, nodes []*netcluster.No
 				}
 			}
 			tcpCol := "ok"
-			if err := c.TCP(ctx, from, to, tcpProbeSize); err != nil {
+			if err := p.tcp(ctx, from, to); err != nil {
 				tcpCol, ok = "FAIL: "+err.Error(), false
 			}
 			if ctx.Err() != nil {
@@ -239,22 +352,39 @@ func checkPrereqs() error {
 	return nil
 }
 
+// checkDockerPrereqs requires what --docker runs: dockerd and docker (docker.io), docker-init (docker.io's
+// tini, for docker run --init), a static busybox (busybox-static), nsenter and unshare (util-linux).
+func checkDockerPrereqs() error {
+	for _, c := range []struct{ cmd, pkg string }{
+		{"dockerd", "docker.io"}, {"docker", "docker.io"}, {"docker-init", "docker.io"},
+		{"busybox", "busybox-static"}, {"nsenter", "util-linux"}, {"unshare", "util-linux"},
+	} {
+		if _, err := exec.LookPath(c.cmd); err != nil {
+			return fmt.Errorf("--docker needs the %s command: install %s (apt-get install %s)", c.cmd, c.pkg, c.pkg)
+		}
+	}
+	return nil
+}
+
 // findWeftd returns the weftd binary to run: flag, else next to this executable, else on PATH.
-func findWeftd(flagValue string) (string, error) {
+func findWeftd(flagValue string) (string, error) { return findBin("weftd", flagValue) }
+
+// findBin returns the binary name to run: flagValue if set, else name next to this executable, else on PATH.
+func findBin(name, flagValue string) (string, error) {
 	if flagValue != "" {
 		if _, err := os.Stat(flagValue); err != nil {
-			return "", fmt.Errorf("--weftd: %w", err)
+			return "", fmt.Errorf("--%s: %w", name, err)
 		}
 		return filepath.Abs(flagValue)
 	}
 	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), "weftd")
+		p := filepath.Join(filepath.Dir(self), name)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 	}
-	if p, err := exec.LookPath("weftd"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return filepath.Abs(p)
 	}
-	return "", errors.New("no weftd binary: build it (make build) or pass --weftd PATH")
+	return "", fmt.Errorf("no %s binary: build it (make build) or pass --%s PATH", name, name)
 }

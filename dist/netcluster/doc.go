@@ -15,6 +15,9 @@
 // the working directory. Close is idempotent and safe after a partial setup; Start calls it itself when it
 // fails.
 //
+// With Options.Docker every node is a Docker host instead: weft-docker-opts and a real dockerd, started as
+// the units in dist/systemd start them, and a busybox container (see DockerOptions).
+//
 // Kube mode (the kube tier's end-to-end tests): Options.Setup replaces writing the network config to etcd
 // (it starts kube-apiserver in the etcd namespace with StartService and creates the Node objects), and
 // Options.AgentStore replaces the agents' --etcd-endpoints with the kube flags. Services are stopped after

@@ -91,6 +91,10 @@ type Options struct {
 	// StateFile, when set, is kept up to date with what the cluster created (see State), so Teardown can
 	// remove it from another process; Close removes it. Empty: no state file.
 	StateFile string
+	// Docker, when set, makes every node a Docker host: weft-docker-opts and dockerd as the units in
+	// dist/systemd run them, and a busybox container instead of the container namespace (see
+	// DockerOptions). Nil: no Docker.
+	Docker *DockerOptions
 	// Log receives progress messages. Nil: discarded.
 	Log *slog.Logger
 }
@@ -133,7 +137,14 @@ func (o *Options) setDefaults() error {
 	if o.Dir, err = filepath.Abs(o.Dir); err != nil {
 		return fmt.Errorf("cluster options: Dir: %w", err)
 	}
-	for _, p := range []*string{&o.Weftd, &o.ClusterBin} {
+	bins := []*string{&o.Weftd, &o.ClusterBin}
+	if o.Docker != nil {
+		if o.Docker.DockerOpts == "" {
+			return errors.New("cluster options: Docker.DockerOpts is required")
+		}
+		bins = append(bins, &o.Docker.DockerOpts)
+	}
+	for _, p := range bins {
 		if *p, err = filepath.Abs(*p); err != nil {
 			return fmt.Errorf("cluster options: %w", err)
 		}
@@ -163,6 +174,10 @@ type Cluster struct {
 	// cmds are short-lived commands running now (ping, weftd CLI calls), killed by Close.
 	cmds   map[*exec.Cmd]struct{}
 	closed bool
+
+	imageOnce sync.Once // builds image (the busybox image tar, Options.Docker) once
+	image     []byte
+	imageErr  error
 }
 
 // Start creates the cluster described by o: the underlay, etcd, the network config (written with
@@ -401,6 +416,14 @@ func (c *Cluster) run(ctx context.Context, ns *kerneltest.NS, argv ...string) (s
 func (c *Cluster) runTo(ctx context.Context, ns *kerneltest.NS, stdout, stderr io.Writer, argv ...string) error {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if err := c.runCmd(cmd); err != nil {
+		return fmt.Errorf("in netns %s: %s: %w", ns.Name, strings.Join(argv, " "), err)
+	}
+	return nil
+}
+
+// runCmd runs cmd (in its own process group) to completion. Close kills it if it still runs.
+func (c *Cluster) runCmd(cmd *exec.Cmd) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 5 * time.Second
 	c.mu.Lock()
@@ -419,10 +442,7 @@ func (c *Cluster) runTo(ctx context.Context, ns *kerneltest.NS, stdout, stderr i
 		delete(c.cmds, cmd)
 		c.mu.Unlock()
 	}
-	if err != nil {
-		return fmt.Errorf("in netns %s: %s: %w", ns.Name, strings.Join(argv, " "), err)
-	}
-	return nil
+	return err
 }
 
 // StartEtcd starts etcd (again) in the etcd namespace with the same data directory and address, and waits
@@ -575,9 +595,29 @@ func (c *Cluster) procsLocked() []*proc {
 		if n.agent != nil {
 			ps = append(ps, n.agent)
 		}
+		if n.docker != nil {
+			n.docker.mu.Lock()
+			if n.docker.proc != nil {
+				ps = append(ps, n.docker.proc)
+			}
+			n.docker.mu.Unlock()
+		}
 		n.mu.Unlock()
 	}
 	return ps
+}
+
+// dockerdsLocked returns the nodes' Docker daemons (Options.Docker).
+func (c *Cluster) dockerdsLocked() []*Dockerd {
+	var ds []*Dockerd
+	for _, n := range c.nodes {
+		n.mu.Lock()
+		if n.docker != nil {
+			ds = append(ds, n.docker)
+		}
+		n.mu.Unlock()
+	}
+	return ds
 }
 
 func (c *Cluster) saveStateLocked() {
@@ -593,12 +633,21 @@ func (c *Cluster) saveStateLocked() {
 			s.Procs = append(s.Procs, ProcState{Name: p.name, PID: p.pid(), Start: p.start, Argv: p.argv})
 		}
 	}
+	for _, d := range c.dockerdsLocked() {
+		s.Cgroups = append(s.Cgroups, d.CgroupParent)
+		d.mu.Lock()
+		if d.inner.PID > 0 && d.proc != nil && d.proc.running() {
+			s.Procs = append(s.Procs, d.inner) // SIGTERM reaches dockerd itself, not only its unshare
+		}
+		d.mu.Unlock()
+	}
 	if err := writeState(c.opts.StateFile, s); err != nil {
 		c.log.Warn("cannot save cluster state", "err", err)
 	}
 }
 
-// Close removes everything the cluster created: it stops the agents and etcd (SIGTERM, then SIGKILL; only
+// Close removes everything the cluster created: it stops the Docker daemons (Options.Docker; see
+// Dockerd.Stop) and removes their cgroups, then the agents and etcd (SIGTERM, then SIGKILL; only
 // the PIDs it started) and waits for them, kills running helper commands, deletes the namespaces (last
 // created first), the state file and, with Options.RemoveDir, the directory. It is idempotent.
 func (c *Cluster) Close() error {
@@ -608,7 +657,7 @@ func (c *Cluster) Close() error {
 		return nil
 	}
 	c.closed = true
-	procs := c.procsLocked()
+	dockerds := c.dockerdsLocked()
 	var cmds []*exec.Cmd
 	for cmd := range c.cmds {
 		cmds = append(cmds, cmd)
@@ -620,10 +669,24 @@ func (c *Cluster) Close() error {
 	for _, cmd := range cmds {
 		cmd.Process.Signal(syscall.SIGKILL)
 	}
-	// Agents first (in parallel), then services, then etcd, so the agents never see their store vanish
-	// before they stop, nor a service its etcd.
+	// Docker daemons first (in parallel): they stop their containers.
 	var wg sync.WaitGroup
 	var emu sync.Mutex
+	for _, d := range dockerds {
+		wg.Go(func() {
+			if err := d.close(); err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	c.mu.Lock()
+	procs := c.procsLocked()
+	c.mu.Unlock()
+	// Agents next (in parallel), then services, then etcd, so the agents never see their store vanish
+	// before they stop, nor a service its etcd.
 	isService := func(p *proc) bool {
 		for _, s := range c.services {
 			if s == p {

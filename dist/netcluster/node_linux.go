@@ -33,6 +33,7 @@ type Node struct {
 	extraFlags []string
 	agent      *proc
 	container  *kerneltest.NS // nil until attached
+	docker     *Dockerd       // with Options.Docker, from attach on
 	env        subnet.Env     // the env file read when the container was attached
 }
 
@@ -230,6 +231,15 @@ func (n *Node) attach(ctx context.Context) error {
 		return fmt.Errorf("node %s: env file %s: FLANNEL_MTU=%d", n.Name, n.EnvFile, env.MTU)
 	}
 	n.c.log.Info("lease", "node", n.Name, "subnet", env.Subnet.Masked(), "mtu", env.MTU)
+	if n.c.opts.Docker != nil {
+		if err := n.attachDocker(ctx); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		n.env = env
+		n.mu.Unlock()
+		return n.WaitReady(ctx)
+	}
 	mtu := strconv.Itoa(env.MTU)
 	if err := n.NS.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)

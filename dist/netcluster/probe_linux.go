@@ -122,10 +122,10 @@ func (r PingResult) String() string {
 
 var (
 	pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (?:packets )?received(?:, \+(\d+) errors)?`)
-	pingRTT     = regexp.MustCompile(`rtt min/avg/max/mdev = [\d.]+/([\d.]+)/`)
+	pingRTT     = regexp.MustCompile(`(?:rtt min/avg/max/mdev|round-trip min/avg/max) = [\d.]+/([\d.]+)/`)
 )
 
-// ParsePing parses the summary of iputils ping's output.
+// ParsePing parses the summary of iputils ping's output (or busybox ping's, inside Docker containers).
 func ParsePing(out string) (PingResult, error) {
 	r := PingResult{Output: out}
 	m := pingSummary.FindStringSubmatch(out)

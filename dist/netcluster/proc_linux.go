@@ -108,20 +108,38 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) error {
 	return fmt.Errorf("%s (pid %d) did not exit within %s of %s; killed", p.name, p.pid(), grace, sig)
 }
 
-// procStat returns the state (field 3) and start time (field 22, clock ticks since boot) of /proc/PID/stat.
-func procStat(pid int) (state string, start uint64, err error) {
+// statFields returns the fields of /proc/PID/stat after the command name (field 3, the state, first).
+func statFields(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return "", 0, err
+		return nil, err
 	}
 	// The command name (field 2) may contain spaces; the fields after it follow the last ')'.
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	if len(f) < 20 {
-		return "", 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return nil, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	return f, nil
+}
+
+// procStat returns the state (field 3) and start time (field 22, clock ticks since boot) of /proc/PID/stat.
+func procStat(pid int) (state string, start uint64, err error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return "", 0, err
 	}
 	start, err = strconv.ParseUint(f[19], 10, 64)
 	return f[0], start, err
+}
+
+// procParent returns the parent PID (field 4) of /proc/PID/stat.
+func procParent(pid int) (int, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(f[1])
 }
 
 // procStartTime returns the process's start time, which tells it from a later process with a reused PID.

@@ -21,6 +21,8 @@ type State struct {
 	OwnDir     bool        `json:"own_dir"`    // Teardown removes Dir
 	Namespaces []string    `json:"namespaces"` // in creation order; Teardown deletes them in reverse
 	Procs      []ProcState `json:"procs"`
+	// Cgroups are the parent cgroups of Docker containers (Options.Docker); Teardown removes them.
+	Cgroups []string `json:"cgroups,omitempty"`
 }
 
 // ProcState identifies one started process. Start (from /proc/PID/stat) guards against a recycled PID.
@@ -93,6 +95,11 @@ func Teardown(path string) error {
 			for i := 0; i < 100 && procAlive(p.PID, p.Start); i++ {
 				time.Sleep(20 * time.Millisecond)
 			}
+		}
+	}
+	for _, cg := range s.Cgroups {
+		if err := RemoveCgroup(cg); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for i := len(s.Namespaces) - 1; i >= 0; i-- {

@@ -77,10 +77,18 @@ type holder struct {
 
 // startHold runs st.Hold(req) until the test ends or stop is called.
 func startHold(t testing.TB, st *Store, req subnet.AcquireRequest) *holder {
+	return startHoldFn(t, st, req, nil)
+}
+
+// startHoldFn is startHold with a hook that Hold's callback runs first, on Hold's goroutine; nil: none.
+func startHoldFn(t testing.TB, st *Store, req subnet.AcquireRequest, hook subnet.HoldFunc) *holder {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &holder{leases: make(chan subnet.Lease, 100), lost: make(chan subnet.Lease, 100), done: make(chan error, 1), cancel: cancel}
 	go func() {
 		h.done <- st.Hold(ctx, req, func(l subnet.Lease, held bool) {
+			if hook != nil {
+				hook(l, held)
+			}
 			if held {
 				h.leases <- l
 			} else {

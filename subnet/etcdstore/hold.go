@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -395,19 +396,30 @@ func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subn
 // keep watches the held key and the keepalive until the lease is lost or ctx ends. It returns why the lease
 // was lost, or "" when ctx ended. Either way h's keepalive is stopped when it returns.
 func (s *Store) keep(ctx context.Context, log *slog.Logger, h *held, fn subnet.HoldFunc) string {
+	// clientv3's Watch returns only once etcd has confirmed the watch, which takes as long as etcd is
+	// unreachable. It runs on its own goroutine, so that the keepalive ending meanwhile is seen at once;
+	// stopWatch ends it.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	stopWatch := func() {}
 	defer func() { stopWatch() }()
 	var wch clientv3.WatchChan
+	var watching <-chan clientv3.WatchChan // delivers wch once the watch is set up; nil otherwise
 	watch := func() {
 		wctx, cancel := context.WithCancel(ctx)
 		stopWatch = cancel
-		wch = s.cli.Watch(wctx, h.key, clientv3.WithRev(h.rev+1))
+		started := make(chan clientv3.WatchChan, 1)
+		watching = started
+		rev := h.rev + 1
+		wg.Go(func() { started <- s.cli.Watch(wctx, h.key, clientv3.WithRev(rev)) })
 	}
 	watch()
 	var reread <-chan time.Time
 	var bo backoff
 	for {
 		select {
+		case wch = <-watching:
+			watching = nil
 		case <-ctx.Done():
 			if h.session != nil {
 				h.session.Orphan() // no revoke: the lease stays until its TTL runs out

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -329,6 +330,39 @@ func TestLeaseTTL(t *testing.T) {
 			t.Errorf("the other node's key was overwritten: %s", val)
 		}
 	})
+}
+
+// TestLossReportedDuringOutage checks that Hold reports its lease lost while etcd is still unreachable, also
+// when etcd goes away between taking the lease and watching its key. clientv3's Watch waits for etcd to
+// confirm a new watch; Hold used to wait with it, blind to its keepalive ending, until etcd came back. If
+// etcd came back before the client gave up the keepalive, the lease was never reported lost.
+func TestLossReportedDuringOutage(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv, withTTL(2*time.Second))
+	setConfig(t, st, net16)
+	var once sync.Once
+	// Hold's callback runs after the lease is taken and before Hold starts keeping it.
+	h := startHoldFn(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.1")}, func(_ subnet.Lease, held bool) {
+		if held {
+			once.Do(srv.Stop)
+		}
+	})
+	held := h.next(t, 10*time.Second)
+	stopped := time.Now()
+	// The client gives up a keepalive 2 s (the TTL) after its last response, or 6 s (its dial timeout + 1 s)
+	// after it started if no response came, checking once a second.
+	select {
+	case l := <-h.lost:
+		if l.Subnet != held.Subnet {
+			t.Errorf("Hold reported %s lost, want %s", l.Subnet, held.Subnet)
+		}
+		t.Logf("lease reported lost %s after etcd stopped", time.Since(stopped).Round(time.Millisecond))
+	case err := <-h.done:
+		t.Fatalf("Hold returned %v during the etcd outage", err)
+	case <-time.After(15 * time.Second):
+		t.Fatalf("Hold did not report lease %s lost within 15 s of etcd stopping (lease TTL 2 s)", held.Subnet)
+	}
 }
 
 func TestHoldWaitsForConfig(t *testing.T) {

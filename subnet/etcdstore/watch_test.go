@@ -142,12 +142,22 @@ func TestEtcdRestart(t *testing.T) {
 	want := fmt.Sprintf("%s=198.51.100.1", held.Subnet)
 	w.waitFor(t, want)
 
-	// etcd is gone for longer than the lease TTL: the holder's keepalive gives up and Hold retries until etcd
-	// is back, then takes its lease again (etcd restores leases' TTLs on restart).
+	// etcd is gone until the holder's keepalive gives up (2 s, the TTL, after its last response; the client
+	// checks once a second): Hold reports the lease lost and retries until etcd is back, then takes its lease
+	// again (etcd restores leases' TTLs on restart). A fixed outage would race the client: if it reconnects
+	// before giving up, the lease survives and is rightly not taken again.
 	t.Logf("%s etcd stopping", time.Now().Format("05.000"))
 	srv.Stop()
 	t.Logf("%s etcd stopped", time.Now().Format("05.000"))
-	time.Sleep(3 * time.Second)
+	select {
+	case l := <-h.lost:
+		if l.Subnet != held.Subnet {
+			t.Errorf("Hold reported %s lost, want %s", l.Subnet, held.Subnet)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("Hold did not report lease %s lost within 15 s of etcd stopping (lease TTL 2 s)", held.Subnet)
+	}
+	t.Logf("%s lease reported lost", time.Now().Format("05.000"))
 	srv.Restart()
 	t.Logf("%s etcd restarted", time.Now().Format("05.000"))
 	if l := h.next(t, 15*time.Second); l.Subnet != held.Subnet {

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -18,6 +17,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 )
 
 // Server is a single-member etcd running in the test process. Its methods may be called from the test's
@@ -27,9 +28,19 @@ type Server struct {
 	opts Options
 
 	streams streamKiller
+	ports   *ports // the client and peer ports, held until the test ends
 
 	mu sync.Mutex // guards e
 	e  *embed.Etcd
+}
+
+// ports are TCP ports of 127.0.0.1 from reservePorts. release frees them.
+type ports struct {
+	nums []int
+	// shared: the ports are held (on Linux) by sockets with SO_REUSEPORT; a listener must set it too to bind
+	// them (Options.reusePort).
+	shared bool
+	fds    []int // the holding sockets
 }
 
 type settings struct {
@@ -45,7 +56,8 @@ type Option func(*settings)
 func WithClientCertAuth() Option { return func(s *settings) { s.tls = true } }
 
 // Start runs an etcd server on random free ports of 127.0.0.1 with its data in t.TempDir(), waits until it
-// serves clients and registers t.Cleanup to stop it. etcd's own log goes to a file in the temporary
+// serves clients and registers t.Cleanup to stop it. The ports stay reserved for the server until the test
+// ends, also while it is stopped (on Linux; see reservePorts). etcd's own log goes to a file in the temporary
 // directory; its last lines are logged if the test fails.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
@@ -69,18 +81,20 @@ func Start(t testing.TB, opts ...Option) *Server {
 		s.opts.TLS = files
 	}
 	var err error
+	// Unreserved ports (not Linux) may be taken before etcd binds them: then try others.
 	for attempt := 0; attempt < 5; attempt++ {
-		var ports []int
-		if ports, err = freePorts(2); err != nil {
+		if s.ports, err = reservePorts(2); err != nil {
 			t.Fatal(err)
 		}
-		s.opts.ClientAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-		s.opts.PeerAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+		s.opts.ClientAddr = fmt.Sprintf("127.0.0.1:%d", s.ports.nums[0])
+		s.opts.PeerAddr = fmt.Sprintf("127.0.0.1:%d", s.ports.nums[1])
+		s.opts.reusePort = s.ports.shared
 		var e *embed.Etcd
 		if e, err = startEmbed(s.opts, s.streams.serverOption()); err == nil {
 			s.e = e
 			break
 		}
+		s.ports.release()
 		os.RemoveAll(s.opts.Dir)
 		if !errors.Is(err, syscall.EADDRINUSE) {
 			break
@@ -92,31 +106,12 @@ func Start(t testing.TB, opts ...Option) *Server {
 	}
 	t.Cleanup(func() {
 		s.Stop()
+		s.ports.release()
 		if t.Failed() {
 			s.dumpLog()
 		}
 	})
 	return s
-}
-
-// freePorts returns n distinct ports that were free on 127.0.0.1 a moment ago.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func (s *Server) dumpLog() {
@@ -148,13 +143,18 @@ func (s *Server) TLS() *TLSFiles { return s.opts.TLS }
 // Dir returns the data directory.
 func (s *Server) Dir() string { return s.opts.Dir }
 
-// ClientConfig returns a client config for the server: its endpoints, a 2 s dial timeout, no client log and,
-// with WithClientCertAuth, the client certificate.
+// ClientConfig returns a client config for the server: its endpoints, a 2 s dial timeout, reconnect attempts
+// at most 1 s apart (gRPC's default backoff grows to 2 minutes, longer than a test waits for a restarted
+// server), no client log and, with WithClientCertAuth, the client certificate.
 func (s *Server) ClientConfig() clientv3.Config {
 	cfg := clientv3.Config{
 		Endpoints:   s.Endpoints(),
 		DialTimeout: 2 * time.Second,
 		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	}
 	if f := s.opts.TLS; f != nil {
 		cert, err := tls.LoadX509KeyPair(f.ClientCertFile, f.ClientKeyFile)
@@ -183,8 +183,8 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// Stop stops the server, keeping its data and ports for Restart. Open watch and keepalive streams end at
-// once with codes.Unavailable, as if the server had crashed. Stopping a stopped server does nothing.
+// Stop stops the server, keeping its data and (reserved) ports for Restart. Open watch and keepalive streams
+// end at once with codes.Unavailable, as if the server had crashed. Stopping a stopped server does nothing.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -203,7 +203,7 @@ func (s *Server) Restart() {
 	defer s.mu.Unlock()
 	s.streams.start()
 	var err error
-	// The ports were ours a moment ago; give the kernel a few tries if a lingering socket still holds one.
+	// Unreserved ports (not Linux) may have been taken meanwhile; give their holders a little time.
 	for attempt := 0; attempt < 20; attempt++ {
 		var e *embed.Etcd
 		if e, err = startEmbed(s.opts, s.streams.serverOption()); err == nil {

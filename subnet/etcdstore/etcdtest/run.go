@@ -45,6 +45,9 @@ type Options struct {
 	Fast bool
 	// ReadyTimeout bounds the wait for the server to become ready. Zero: 30 s.
 	ReadyTimeout time.Duration
+
+	// reusePort sets SO_REUSEPORT on etcd's listeners, to bind ports that reservePorts holds. False: not set.
+	reusePort bool
 }
 
 // ClientURL returns the client URL for o: http or, with TLS, https.
@@ -112,6 +115,7 @@ func (o Options) embedConfig() (*embed.Config, error) {
 		cfg.LogOutputs = []string{o.LogFile}
 	}
 	cfg.UnsafeNoFsync = o.UnsafeNoFsync
+	cfg.SocketOpts.ReusePort = o.reusePort
 	if o.Fast {
 		cfg.TickMs, cfg.ElectionMs = 10, 100
 	}

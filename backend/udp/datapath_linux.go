@@ -1,0 +1,383 @@
+package udp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weft-net/weft/backend/kernel"
+)
+
+// datapath is one generation of the data path: the TUN queues, one socket per queue, and a send and a receive
+// loop per queue, each running to completion on its own buffers (no channel or lock per packet). Set replaces
+// it when the TUN is lost (deleted under us); Close stops it.
+type datapath struct {
+	devs   []wgtun.Device
+	socks  []*sock
+	off    offloads    // what was negotiated at open
+	tunGRO atomic.Bool // coalesce TCP segments on TUN writes; cleared on EINVAL from a coalesced write
+	lost   atomic.Bool // a TUN queue reported the device gone
+	stop   chan struct{}
+	closed atomic.Bool
+	wg     sync.WaitGroup
+}
+
+// txBatch is the number of packet buffers of a send loop: a TUN super-packet of 64 KB split at the smallest
+// MSS the MTU allows must fit, and at least 128 for batching.
+func txBatch(mtu int) int { return max(128, maxPacket/max(1, mtu-40)+1) }
+
+// rxWriteBatch is the number of inner packets a receive loop writes into the TUN per batch.
+const rxWriteBatch = 64
+
+// vnetHdrLen is the virtio-net header wireguard-go's Write puts in front of each packet: packets handed to it
+// start this far into their buffers.
+const vnetHdrLen = 10
+
+// openDatapath opens the TUN and the sockets and starts the loops, in the calling thread's network namespace.
+func (b *Backend) openDatapath(ctx context.Context, h *kernel.Handle) (_ *datapath, err error) {
+	devs, vnet, stepped := openTUNWithFallback(TUNName, b.queues, b.want)
+	if devs == nil {
+		return nil, fmt.Errorf("udp backend: %w", errors.Join(stepped...))
+	}
+	if len(stepped) > 0 {
+		b.log.Warn("TUN offloads or queues unavailable; stepped down", "err", errors.Join(stepped...), "queues", len(devs), "virtio-header", vnet)
+	}
+	dp := &datapath{devs: devs, stop: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			dp.close()
+		}
+	}()
+	if vnet {
+		dp.off |= offTUN
+		if b.want&offTUNGRO != 0 {
+			dp.off |= offTUNGRO
+			dp.tunGRO.Store(true)
+		}
+		// wireguard-go asked for USO too; ask again to learn whether the kernel took it (idempotent).
+		all := unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_USO4 | unix.TUN_F_USO6
+		if fd := int(devs[0].File().Fd()); b.want&offUSO != 0 && unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, all) == nil {
+			dp.off |= offUSO
+		}
+	}
+	// The ICMP errors we write into the TUN come from the TUN's own address; without accept_local the
+	// kernel drops them as martians (a received packet with a local source). Peers cannot use this: an
+	// inner source we accept lies in another node's subnet, never on this node (see buildTable).
+	if err := kernel.WriteSysctl("net.ipv4.conf."+TUNName+".accept_local", "1"); err != nil {
+		return nil, err
+	}
+	st, err := h.LinkStateByName(TUNName)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.SetLinkMTU(st.Index, b.mtu); err != nil {
+		return nil, err
+	}
+	if err := h.SetLinkUp(st.Index); err != nil {
+		return nil, err
+	}
+	addr, err := b.bindAddr(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for range devs {
+		s, err := listen(ctx, addr, b.port, b.want)
+		if err != nil {
+			return nil, err
+		}
+		dp.socks = append(dp.socks, s)
+	}
+	if dp.socks[0].gso.Load() {
+		dp.off |= offGSO
+	}
+	if dp.socks[0].gro {
+		dp.off |= offGRO
+	}
+	for q := range devs {
+		dp.wg.Go(func() { b.routineTx(dp, q) })
+		dp.wg.Go(func() { b.routineRx(dp, q) })
+	}
+	return dp, nil
+}
+
+// bindAddr returns the first bindable candidate address (see bindCandidates), probing with a plain socket.
+func (b *Backend) bindAddr(ctx context.Context) (netip.Addr, error) {
+	var first error
+	for _, a := range b.bindCandidates() {
+		addr := netip.AddrPortFrom(a, 0).String()
+		pc, err := (&net.ListenConfig{}).ListenPacket(ctx, "udp4", addr)
+		if err == nil {
+			pc.Close()
+			return a, nil
+		}
+		err = fmt.Errorf("listen on udp %s: %w", addr, err)
+		if first == nil {
+			first = err
+		}
+		if !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return netip.Addr{}, err
+		}
+	}
+	return netip.Addr{}, first
+}
+
+// close stops the loops by closing the TUN queues and the sockets, and waits for them. Idempotent.
+func (dp *datapath) close() error {
+	if dp.closed.Swap(true) {
+		return nil
+	}
+	close(dp.stop)
+	var errs []error
+	for _, d := range dp.devs {
+		errs = append(errs, d.Close())
+	}
+	for _, s := range dp.socks {
+		errs = append(errs, s.conn.Close())
+	}
+	dp.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// gone reports the TUN lost (unless we are closing it) and asks the agent for a reconcile, which recreates it.
+func (b *Backend) gone(dp *datapath, err error) {
+	if dp.closed.Load() || dp.lost.Swap(true) {
+		return
+	}
+	b.log.Error("TUN device lost; it is recreated by the next reconcile", "device", TUNName, "err", err)
+	b.kick()
+}
+
+// routineTx moves packets from TUN queue q to peers until the queue is closed: one read (a super-packet split
+// into up to 64 KB of packets), one route lookup per packet, one sendmmsg for the lot.
+func (b *Backend) routineTx(dp *datapath, q int) {
+	b.log.Debug("routine: TUN reader started", "queue", q)
+	defer b.log.Debug("routine: TUN reader stopped", "queue", q)
+	dev, c := dp.devs[q], &b.tx[q]
+	batch := txBatch(b.mtu)
+	bufs, sizes := make([][]byte, batch), make([]int, batch)
+	for i := range bufs {
+		n := max(b.mtu, 2048)
+		if i == 0 {
+			n = maxPacket // a packet read without the virtio header lands here whole
+		}
+		bufs[i] = make([]byte, n)
+	}
+	sd := newSender(dp.socks[q], batch)
+	icmp := [][]byte{make([]byte, vnetHdrLen+icmpMaxLen)}
+	limit := tokenBucket{rate: icmpRate, burst: icmpBurst}
+	var failing int
+	for {
+		n, err := dev.Read(bufs, sizes, 0)
+		if err != nil {
+			switch {
+			case errors.Is(err, wgtun.ErrTooManySegments) && n > 0:
+				c.inc(dropTxMalformed) // the rest of an oversized super-packet
+			case errTUNClosed(err):
+				b.gone(dp, err)
+				return
+			default:
+				// A bad virtio header or GSO type: drop that read, and back off if it persists.
+				if !b.backOff(dp.stop, &failing, tunReadErrors, c, "read from TUN", err) {
+					return
+				}
+				continue
+			}
+		}
+		failing = 0
+		c.inc(tunReads)
+		t := b.table.Load()
+		for i := range n {
+			if sizes[i] > len(bufs[i]) {
+				c.inc(dropTxMalformed)
+				continue
+			}
+			pkt := bufs[i][:sizes[i]]
+			p, h, r := t.routeTx(pkt)
+			switch r {
+			case reasonOK:
+				sd.add(p.outer, pkt[:h.totalLen])
+				c.add(txBytes, h.totalLen)
+			case reasonNoRoute:
+				c.inc(dropNoRoute)
+				m := buildUnreachable(icmp[0][vnetHdrLen:], pkt, h, t.tunAddr)
+				if m == 0 {
+					continue
+				}
+				if !limit.allow(time.Now()) {
+					c.inc(dropICMPRateLimited)
+					continue
+				}
+				icmp[0] = icmp[0][:vnetHdrLen+m]
+				_, err := dev.Write(icmp, vnetHdrLen)
+				icmp[0] = icmp[0][:cap(icmp[0])]
+				if err != nil {
+					c.inc(tunWriteErrors)
+					continue
+				}
+				c.inc(txNoRouteICMP)
+			case reasonNotIPv4:
+				c.inc(dropTxNotIPv4)
+			default:
+				c.inc(dropTxMalformed)
+			}
+		}
+		sent, failed, gsoOff, err := sd.flush()
+		c.add(txPackets, sent)
+		c.add(udpWriteErrors, failed)
+		if failed > 0 && sd.lastErr != nil {
+			b.log.Debug("udp send failed", "queue", q, "err", sd.lastErr)
+			sd.lastErr = nil
+		}
+		c.inc(sendCalls)
+		if gsoOff {
+			b.ctl.inc(gsoFallbacks)
+			b.log.Warn("UDP GSO failed; sending without it on this socket", "queue", q, "err", err)
+			b.refreshActive(dp)
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+// routineRx moves datagrams from socket q into TUN queue q until the socket is closed: one recvmmsg (with GRO,
+// each slot holds a run of datagrams), every inner packet checked on its own, the accepted ones written into
+// the TUN in batches that wireguard-go coalesces into super-packets.
+func (b *Backend) routineRx(dp *datapath, q int) {
+	b.log.Debug("routine: UDP reader started", "queue", q)
+	defer b.log.Debug("routine: UDP reader stopped", "queue", q)
+	dev, c := dp.devs[q], &b.rx[q]
+	rcv := newReceiver(dp.socks[q], maxPacket)
+	w := newTUNWriter(b, dp, dev, c)
+	var failing int
+	for {
+		n, err := rcv.recv()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || !b.backOff(dp.stop, &failing, udpReadErrors, c, "read from UDP socket", err) {
+				return
+			}
+			continue
+		}
+		failing = 0
+		c.inc(recvCalls)
+		t := b.table.Load()
+		for i := range n {
+			payload, from, seg, truncated := rcv.datagram(i)
+			switch {
+			case truncated:
+				c.inc(dropTruncated)
+				continue
+			case len(payload) == 0:
+				c.inc(dropMalformed)
+				continue
+			}
+			deliver(t, c, w, payload, from, seg)
+		}
+		w.flush()
+	}
+}
+
+// deliver splits a received payload into its datagrams (seg bytes each, the last may be shorter; seg 0: one
+// datagram), checks each inner packet on its own and queues the accepted ones on w.
+func deliver(t *table, c *counters, w *tunWriter, payload []byte, from netip.Addr, seg int) {
+	if seg <= 0 || seg > len(payload) {
+		seg = len(payload)
+	}
+	for off := 0; off < len(payload); off += seg {
+		d := payload[off:min(off+seg, len(payload))]
+		m, r := t.acceptRx(from, d)
+		if r != reasonOK {
+			c.inc(rxDrop[r])
+			continue
+		}
+		w.add(d[:m])
+		c.inc(rxPackets)
+		c.add(rxBytes, m)
+	}
+}
+
+// tunWriter collects a receive loop's accepted packets, each in its own buffer with room for the virtio
+// header in front and for coalescing behind, and writes them into the TUN.
+type tunWriter struct {
+	b    *Backend
+	dp   *datapath
+	dev  wgtun.Device
+	c    *counters
+	bufs [][]byte // backing buffers, vnetHdrLen + maxPacket each
+	out  [][]byte // the batch: out[i] is bufs[i][:vnetHdrLen+len(packet)]
+	one  [][]byte // a batch of one
+}
+
+func newTUNWriter(b *Backend, dp *datapath, dev wgtun.Device, c *counters) *tunWriter {
+	w := &tunWriter{b: b, dp: dp, dev: dev, c: c, bufs: make([][]byte, rxWriteBatch), out: make([][]byte, 0, rxWriteBatch), one: make([][]byte, 1)}
+	for i := range w.bufs {
+		w.bufs[i] = make([]byte, vnetHdrLen+maxPacket)
+	}
+	return w
+}
+
+// add copies pkt into the batch. Inner UDP packets are written at once, alone: coalescing inner UDP breaks
+// tunnels inside the overlay (two VXLAN frames in one datagram, tailscale #11026), so it stays off.
+func (w *tunWriter) add(pkt []byte) {
+	k := len(w.out)
+	p := w.bufs[k][:vnetHdrLen+len(pkt)]
+	copy(p[vnetHdrLen:], pkt)
+	if pkt[9] == unix.IPPROTO_UDP || !w.dp.tunGRO.Load() {
+		w.one[0] = p
+		w.write(w.one)
+		return
+	}
+	w.out = append(w.out, p)
+	if len(w.out) == cap(w.out) {
+		w.flush()
+	}
+}
+
+func (w *tunWriter) flush() {
+	if len(w.out) == 0 {
+		return
+	}
+	w.write(w.out)
+	w.out = w.out[:0]
+}
+
+func (w *tunWriter) write(batch [][]byte) {
+	_, err := w.dev.Write(batch, vnetHdrLen)
+	if err == nil {
+		return
+	}
+	switch {
+	case errTUNClosed(err):
+		w.b.gone(w.dp, err)
+	case len(batch) > 1 && errors.Is(err, unix.EINVAL) && w.dp.tunGRO.Swap(false):
+		// Some kernels refuse coalesced writes (6.6.44-era virtio_net_hdr validation): write one by one.
+		w.b.ctl.inc(tunGROFallbacks)
+		w.b.log.Warn("coalesced TUN write failed; writing packets one by one from now on", "err", err)
+		w.b.refreshActive(w.dp)
+	}
+	w.c.inc(tunWriteErrors)
+}
+
+// refreshActive publishes which offloads the data path uses now.
+func (b *Backend) refreshActive(dp *datapath) {
+	on := dp.off
+	if !dp.tunGRO.Load() {
+		on &^= offTUNGRO
+	}
+	gso := true // in use only while every socket has it
+	for _, s := range dp.socks {
+		gso = gso && s.gso.Load()
+	}
+	if !gso {
+		on &^= offGSO
+	}
+	b.active.Store(uint32(on))
+}
