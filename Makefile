@@ -79,8 +79,9 @@ kube-bin:
 # Every tier: unit, store (in-process etcd), kernel, kube (a real kube-apiserver) and end-to-end (netns;
 # root). WEFT_E2E=1 makes a missing prerequisite a failure. Kernel-tier packages run first, the end-to-end
 # suite (./cmd/agent) last and alone.
-test: kube-bin
+test:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: the kernel and end-to-end tiers need root: sudo make test (or make test-unit)" >&2; exit 1; fi
+	@$(MAKE) --no-print-directory kube-bin
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
