@@ -5,7 +5,7 @@
 #   sudo make cluster-down          remove a cluster left by KEEP=1
 #   sudo make bench [BENCH_FLAGS=]  TCP 1+4 streams, round trip, agent CPU: veth, host-gw, vxlan, udp (~2 min)
 #   sudo make test                  every tier (make test-unit: no root needed)
-#   make kube-bin                   build kube-apiserver and kubectl for the kube tier (once, ~10 min, cached)
+#   make kube-bin                   build kube-apiserver, kubectl, flanneld for the kube tier (once, ~10 min, cached)
 #   make clean
 
 SHELL := /bin/bash
@@ -71,10 +71,11 @@ bench: build
 	fi
 	$(BIN)/weft-cluster bench --weftd $(BIN)/weftd $(BENCH_FLAGS)
 
-# The kube tier's real kube-apiserver (and kubectl), built from Go modules into a cache folder outside the
-# repo ($$WEFT_KUBE_BIN, default /var/cache/weft/kube-v1.37.2); a no-op once they are there.
+# The kube tier's real kube-apiserver, kubectl and flannel's flanneld, built from Go modules into a cache
+# folder outside the repo ($$WEFT_KUBE_BIN, default /var/cache/weft/kube-v1.37.2); a no-op once they are there.
 kube-bin:
 	dist/kubetest/build-apiserver.sh
+	dist/kubetest/build-flanneld.sh
 
 # Every tier: unit, store (in-process etcd), kernel, kube (a real kube-apiserver) and end-to-end (netns;
 # root). WEFT_E2E=1 makes a missing prerequisite a failure. Kernel-tier packages run first, the end-to-end

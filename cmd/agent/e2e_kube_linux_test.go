@@ -29,6 +29,7 @@ import (
 // kubeE2E is the kube-mode cluster under test.
 type kubeE2E struct {
 	*netcluster.Cluster
+	flanneld   map[string]bool // nodes that run flannel's flanneld instead of weftd
 	dir        string
 	kubeconfig string
 	netConf    string
@@ -40,7 +41,7 @@ func TestE2EKube(t *testing.T) {
 	requireE2E(t)
 	kubetest.Require(t)
 	dir := t.TempDir()
-	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json")}
+	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
 			dumpLogs(t, dir)
@@ -50,18 +51,18 @@ func TestE2EKube(t *testing.T) {
 		}
 	})
 	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:          kerneltest.Prefix(),
-		Backend:         "vxlan",
-		Network:         "10.244.0.0/16",
-		Nodes:           3,
-		Weftd:           weftdBin,
-		ClusterBin:      cluBin,
-		Dir:             dir,
-		ExtraAgentFlags: []string{"--reconcile-interval=2s"},
-		AgentStore:      k.agentStore,
-		Setup:           k.setup,
-		Timeout:         90 * time.Second,
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Prefix:     kerneltest.Prefix(),
+		Backend:    "vxlan",
+		Network:    "10.244.0.0/16",
+		Nodes:      3,
+		Weftd:      weftdBin,
+		ClusterBin: cluBin,
+		Dir:        dir,
+		AgentStore: k.agentStore,
+		ReadyPath:  k.readyPath,
+		Setup:      k.setup,
+		Timeout:    90 * time.Second,
+		Log:        slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
 	if err != nil {
 		t.Fatalf("start kube-mode cluster: %v", err)
@@ -78,11 +79,25 @@ func TestE2EKube(t *testing.T) {
 	t.Run("4-node-deleted", k.nodeDeleted)
 	t.Run("5-node-deleted-while-down", k.deletedWhileDown)
 	t.Run("6-api-server-down-at-start", k.apiServerDownAtStart)
+	t.Run("7-flanneld-node", k.flanneldNode)
 }
 
-// agentStore is the start of a node's weftd command line in kube mode.
+// agentStore is the start of a node's agent command line in kube mode: weftd, or flannel's flanneld with
+// the same flags (they share their names).
 func (k *kubeE2E) agentStore(n *netcluster.Node) []string {
-	return []string{"env", "NODE_NAME=" + n.Name, weftdBin, "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+	bin := weftdBin
+	if k.flanneld[n.Name] {
+		bin = kubetest.FlanneldBin()
+	}
+	return []string{"env", "NODE_NAME=" + n.Name, bin, "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+}
+
+// readyPath is /readyz for weftd; flanneld serves only /healthz.
+func (k *kubeE2E) readyPath(n *netcluster.Node) string {
+	if k.flanneld[n.Name] {
+		return "/healthz"
+	}
+	return "/readyz"
 }
 
 // setup starts kube-apiserver in the etcd namespace, writes the kubeconfig and net-conf.json, and creates a
@@ -111,17 +126,17 @@ func (k *kubeE2E) setup(ctx context.Context, c *netcluster.Cluster, nodes []*net
 		return err
 	}
 	for _, n := range nodes {
-		if err := k.createNode(ctx, n.Name, n.Index); err != nil {
+		if err := k.createNode(ctx, n.Name, n.Index, nil); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (k *kubeE2E) createNode(ctx context.Context, name string, i int) error {
+func (k *kubeE2E) createNode(ctx context.Context, name string, i int, ann map[string]string) error {
 	cidr := fmt.Sprintf("10.244.%d.0/24", i)
 	_, err := k.cli.CoreV1().Nodes().Create(ctx, &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
 		Spec:       corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -214,7 +229,7 @@ func deviceMAC(t *testing.T, ns *kerneltest.NS, dev string) string {
 func (k *kubeE2E) joinLater(t *testing.T) {
 	ctx := k.ctx(t, 3*time.Minute)
 	i := len(k.Nodes()) + 1
-	if err := k.createNode(ctx, fmt.Sprintf("n%d", i), i); err != nil {
+	if err := k.createNode(ctx, fmt.Sprintf("n%d", i), i, nil); err != nil {
 		t.Fatal(err)
 	}
 	n, err := k.AddNode(ctx)
@@ -330,5 +345,46 @@ func (k *kubeE2E) apiServerDownAtStart(t *testing.T) {
 	}
 	if err := n1.WaitReady(ctx); err != nil {
 		t.Fatalf("weftd not ready after the API server came back: %v", err)
+	}
+}
+
+// Scenario 7: a node running flannel's own flanneld (v0.28.10, --kube-subnet-mgr, vxlan) joins the weftd
+// nodes: each side reads the other's annotations, and containers exchange ICMP and TCP both ways.
+func (k *kubeE2E) flanneldNode(t *testing.T) {
+	if _, err := os.Stat(kubetest.FlanneldBin()); err != nil {
+		if kerneltest.E2E() {
+			t.Fatalf("WEFT_E2E=1 but flanneld is missing (dist/kubetest/build-flanneld.sh): %v", err)
+		}
+		t.Skipf("flanneld is missing (dist/kubetest/build-flanneld.sh): %v", err)
+	}
+	ctx := k.ctx(t, 3*time.Minute)
+	i := len(k.Nodes()) + 1
+	name := fmt.Sprintf("n%d", i)
+	k.flanneld[name] = true
+	// A kubelet-registered Node always has annotations; flanneld v0.28.10 panics on a Node without any.
+	if err := k.createNode(ctx, name, i, map[string]string{"node.alpha.kubernetes.io/ttl": "0"}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := k.AddNode(ctx)
+	if err != nil {
+		t.Fatalf("add the flanneld node: %v", err)
+	}
+	node, err := k.cli.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"node.alpha.kubernetes.io/ttl":                 "0",
+		"flannel.alpha.coreos.com/kube-subnet-manager": "true",
+		"flannel.alpha.coreos.com/backend-type":        "vxlan",
+		"flannel.alpha.coreos.com/backend-data":        `{"VNI":1,"VtepMAC":"` + deviceMAC(t, f.NS, "flannel.1") + `"}`,
+		"flannel.alpha.coreos.com/public-ip":           f.Addr.String(),
+	}
+	if !maps.Equal(node.Annotations, want) {
+		t.Errorf("flanneld's annotations differ from weftd's form:\n got %v\nwant %v", node.Annotations, want)
+	}
+	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
+		k.pair(t, ctx, w, f)
+		k.pair(t, ctx, f, w)
 	}
 }

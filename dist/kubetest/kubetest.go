@@ -35,6 +35,9 @@ func BinDir() string {
 // APIServerBin is the path of the kube-apiserver binary.
 func APIServerBin() string { return filepath.Join(BinDir(), "kube-apiserver") }
 
+// FlanneldBin is the path of flannel's flanneld (build-flanneld.sh), for mixed weftd/flanneld clusters.
+func FlanneldBin() string { return filepath.Join(BinDir(), "flanneld") }
+
 // KubectlBin is the path of the kubectl binary.
 func KubectlBin() string { return filepath.Join(BinDir(), "kubectl") }
 

@@ -77,6 +77,9 @@ type Options struct {
 	// that select its store, in place of [Weftd --etcd-endpoints <EtcdURL>]. Kube mode returns
 	// [env NODE_NAME=n1 <Weftd> --kube-subnet-mgr --kubeconfig-file ... --net-config-path ...]. Nil: etcd.
 	AgentStore func(n *Node) []string
+	// ReadyPath, when set, returns the health path that says node n's agent is ready, in place of "/readyz"
+	// (flanneld, run as a node's agent in kube mode, serves only /healthz).
+	ReadyPath func(n *Node) string
 	// Setup, when set, runs once etcd serves and every node's namespace exists, before any agent starts, in
 	// place of writing the network config to etcd (kube mode starts the API server as a service and creates
 	// the Node objects there). Nil: `weftd config set`.

@@ -173,7 +173,11 @@ func (n *Node) WaitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, n.c.opts.Timeout)
 	defer cancel()
 	for {
-		status, _, err := n.c.HTTPGet(ctx, n, "/readyz")
+		path := "/readyz"
+		if n.c.opts.ReadyPath != nil {
+			path = n.c.opts.ReadyPath(n)
+		}
+		status, _, err := n.c.HTTPGet(ctx, n, path)
 		if err == nil && status == 200 {
 			return nil
 		}
