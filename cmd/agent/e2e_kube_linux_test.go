@@ -80,6 +80,7 @@ func TestE2EKube(t *testing.T) {
 	t.Run("5-node-deleted-while-down", k.deletedWhileDown)
 	t.Run("6-api-server-down-at-start", k.apiServerDownAtStart)
 	t.Run("7-flanneld-node", k.flanneldNode)
+	t.Run("8-flanneld-replaced-by-weftd", k.migrate)
 }
 
 // agentStore is the start of a node's agent command line in kube mode: weftd, or flannel's flanneld with
@@ -382,6 +383,54 @@ func (k *kubeE2E) flanneldNode(t *testing.T) {
 	}
 	if !maps.Equal(node.Annotations, want) {
 		t.Errorf("flanneld's annotations differ from weftd's form:\n got %v\nwant %v", node.Annotations, want)
+	}
+	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
+		k.pair(t, ctx, w, f)
+		k.pair(t, ctx, f, w)
+	}
+}
+
+// Scenario 8: the migration step of a rolling update: the flanneld node's agent is replaced by weftd. weftd
+// keeps the subnet, the vxlan device and its VtepMAC, so the annotations stay byte for byte as flanneld left
+// them, and containers keep exchanging traffic with the other nodes.
+func (k *kubeE2E) migrate(t *testing.T) {
+	ctx := k.ctx(t, 3*time.Minute)
+	var f *netcluster.Node
+	for _, n := range k.Nodes() {
+		if k.flanneld[n.Name] {
+			f = n
+		}
+	}
+	if f == nil {
+		t.Skip("no flanneld node (scenario 7 skipped)")
+	}
+	before, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := deviceMAC(t, f.NS, "flannel.1")
+	if err := f.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	k.flanneld[f.Name] = false
+	if err := f.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != f.Subnet() {
+		t.Errorf("env file after the switch: %+v, %v; want subnet %s", env, err, f.Subnet())
+	}
+	if got := deviceMAC(t, f.NS, "flannel.1"); got != mac {
+		t.Errorf("VtepMAC %s after the switch to weftd, want flanneld's %s kept", got, mac)
+	}
+	after, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(after.Annotations, before.Annotations) {
+		t.Errorf("annotations changed by the switch:\nflanneld %v\n   weftd %v", before.Annotations, after.Annotations)
 	}
 	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
 		k.pair(t, ctx, w, f)
