@@ -6,6 +6,7 @@
 #   sudo make bench [BENCH_FLAGS=]  TCP 1+4 streams, round trip, agent CPU: veth, host-gw, vxlan, udp (~2 min)
 #   sudo make bench-scale           one weftd with 100 to 4,000 simulated peers: change latency, CPU, RSS
 #   sudo make test                  every tier (make test-unit: no root needed)
+#   make kube-bin                   build kube-apiserver, kubectl, flanneld for the kube tier (once, ~10 min, cached)
 #   make clean
 
 SHELL := /bin/bash
@@ -19,7 +20,7 @@ NODES   ?= 3
 KEEP    ?=
 DOCKER  ?=
 
-.PHONY: build cluster cluster-down bench bench-scale test test-unit clean
+.PHONY: build cluster cluster-down bench bench-scale test test-unit kube-bin clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weftd ./cmd/agent
@@ -77,10 +78,18 @@ bench-scale: build
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench-scale: needs root (network namespaces)" >&2; exit 1; fi
 	$(BIN)/weft-cluster bench-scale --weftd $(BIN)/weftd
 
-# Every tier: unit, store (in-process etcd), kernel and end-to-end (netns; root). WEFT_E2E=1 makes a missing
-# prerequisite a failure. Kernel-tier packages run first, the end-to-end suite (./cmd/agent) last and alone.
+# The kube tier's real kube-apiserver, kubectl and flannel's flanneld, built from Go modules into a cache
+# folder outside the repo ($$WEFT_KUBE_BIN, default /var/cache/weft/kube-v1.37.2); a no-op once they are there.
+kube-bin:
+	dist/kubetest/build-apiserver.sh
+	dist/kubetest/build-flanneld.sh
+
+# Every tier: unit, store (in-process etcd), kernel, kube (a real kube-apiserver) and end-to-end (netns;
+# root). WEFT_E2E=1 makes a missing prerequisite a failure. Kernel-tier packages run first, the end-to-end
+# suite (./cmd/agent) last and alone.
 test:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: the kernel and end-to-end tiers need root: sudo make test (or make test-unit)" >&2; exit 1; fi
+	@$(MAKE) --no-print-directory kube-bin
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi

@@ -100,6 +100,10 @@ type Deps struct {
 	// Kick, if set, asks the agent for a reconcile (a call of Set) soon: a backend calls it when it finds
 	// its own kernel state broken outside Set, such as its device deleted. It must not block.
 	Kick func()
+	// PrevData is the BackendData this node published before, when known (kube mode reads it back from the
+	// Node's backend-data annotation), so a backend can keep its identity across a reboot (vxlan: the
+	// VtepMAC). Nil: unknown.
+	PrevData json.RawMessage
 }
 
 // Factory constructs a backend. It validates the backend's config keys but changes nothing in the kernel.

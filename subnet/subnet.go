@@ -6,6 +6,7 @@
 package subnet
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -106,6 +107,20 @@ type Lease struct {
 	// Created is the etcd CreateRevision of the key: which of two leases came first (a holder re-writing its
 	// key keeps it). Zero for a lease not read from etcd.
 	Created int64
+}
+
+// CompareLeases orders leases by IPv4 subnet, then IPv6 subnet (for slices.SortFunc).
+func CompareLeases(a, b Lease) int {
+	if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()); c != 0 {
+		return c
+	}
+	if c := a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.IPv6Subnet.Bits(), b.IPv6Subnet.Bits())
 }
 
 // Key returns the lease's key name below "<prefix>/subnets/".

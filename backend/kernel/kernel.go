@@ -4,9 +4,11 @@
 // packet filter chain (masquerade, forward) equal to its plan.
 //
 // Ownership: every route Weft installs carries RouteProtocol, and route sync removes only routes with that
-// protocol, so routes created by anyone else are never touched. Among Weft's own routes a backend owns only
-// those of its network or on its own devices (Owned), so several weftd instances for different networks
-// (different --etcd-prefix) share a node without deleting each other's routes.
+// protocol, so routes created by anyone else are never removed or changed; the one exception is a foreign
+// unicast route identical to a wanted one (flanneld's, on a node weftd takes over), which is retagged. Among
+// Weft's own routes a backend owns only those of its network or on its own devices (Owned), so several weftd
+// instances for different networks (different --etcd-prefix) share a node without deleting each other's
+// routes.
 package kernel
 
 import (
@@ -42,7 +44,8 @@ func (r Route) String() string {
 }
 
 // ForeignRouteError means a route Weft wants to install has the destination of a route that another
-// protocol (an operator, another daemon) installed; Weft leaves such a route alone.
+// protocol (an operator, another daemon) installed, and differs from it; Weft leaves such a route alone.
+// (A foreign unicast route identical to the wanted one, as flanneld leaves them, is adopted instead.)
 type ForeignRouteError struct {
 	Dst      netip.Prefix
 	Protocol int

@@ -172,13 +172,15 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 			return err
 		}
 		for _, r := range put {
-			if proto, ok := foreign[r.Dst]; ok {
+			if f, ok := foreign[r.Dst]; ok && !(f.unicast && f.route == r) {
 				// Replacing would take over a route somebody else made: leave it and say so.
 				if first == nil {
-					first = &ForeignRouteError{Dst: r.Dst, Protocol: proto}
+					first = &ForeignRouteError{Dst: r.Dst, Protocol: f.protocol}
 				}
 				continue
 			}
+			// A foreign unicast route identical to the wanted one (what flanneld leaves behind, with the
+			// default protocol, when weftd replaces it on a node) is adopted: retagging it changes no path.
 			if err := h.ReplaceRoute(r); err != nil && first == nil {
 				first = err
 			}
@@ -236,15 +238,22 @@ func (h *Handle) addRoute(r Route) error {
 	if err != nil {
 		return err
 	}
-	if proto, ok := foreign[r.Dst]; ok {
-		return &ForeignRouteError{Dst: r.Dst, Protocol: proto}
+	if f, ok := foreign[r.Dst]; ok && !(f.unicast && f.route == r) {
+		return &ForeignRouteError{Dst: r.Dst, Protocol: f.protocol}
 	}
-	return h.ReplaceRoute(r)
+	return h.ReplaceRoute(r) // ours, or a foreign route identical to r (adopted, as SyncRoutes does)
+}
+
+// foreignRoute is a main-table route that is not ours.
+type foreignRoute struct {
+	protocol int
+	unicast  bool
+	route    Route // valid when unicast
 }
 
 // foreignRoutes returns the main-table destinations held by routes that are not ours (another protocol, or
-// a type other than unicast, such as an operator's blackhole or unreachable route), with their protocol.
-func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]int, error) {
+// a type other than unicast, such as an operator's blackhole or unreachable route).
+func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]foreignRoute, error) {
 	family := netlink.FAMILY_V4
 	if v6 {
 		family = netlink.FAMILY_V6
@@ -255,14 +264,18 @@ func (h *Handle) foreignRoutes(v6 bool) (map[netip.Prefix]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list main-table routes: %w", err)
 	}
-	out := map[netip.Prefix]int{}
+	out := map[netip.Prefix]foreignRoute{}
 	for _, nr := range nrs {
 		if nr.Dst == nil || (nr.Protocol == RouteProtocol && nr.Type == unix.RTN_UNICAST) {
 			continue
 		}
-		if dst, ok := prefixFromIPNet(nr.Dst); ok {
-			out[dst] = int(nr.Protocol)
+		r, ok := fromNetlink(nr)
+		if !ok {
+			continue
 		}
+		// A multipath route reads as a single path here: never treat it as identical.
+		unicast := nr.Type == unix.RTN_UNICAST && len(nr.MultiPath) == 0
+		out[r.Dst] = foreignRoute{protocol: int(nr.Protocol), unicast: unicast, route: r}
 	}
 	return out, nil
 }

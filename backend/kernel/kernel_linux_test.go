@@ -126,6 +126,21 @@ func TestSyncRoutesLeavesForeignRoutes(t *testing.T) {
 	}
 }
 
+// TestSyncRoutesAdoptsIdenticalForeignRoute checks that a foreign unicast route identical to a wanted one
+// (as flanneld leaves it, with the default protocol, when weftd takes over a node) is retagged as ours
+// without an error, while a foreign route to the other destination that differs is still left alone.
+func TestSyncRoutesAdoptsIdenticalForeignRoute(t *testing.T) {
+	ns := routeNS(t, []string{"10.5.1.0/24", "via", "192.0.2.11"}, []string{"10.5.2.0/24", "via", "192.0.2.99"})
+	syncErr := syncWanted(t, ns)
+	var fe *kernel.ForeignRouteError
+	if !errors.As(syncErr, &fe) || fe.Dst.String() != "10.5.2.0/24" {
+		t.Errorf("SyncRoutes err = %v, want a ForeignRouteError for 10.5.2.0/24 only", syncErr)
+	}
+	kerneltest.Expect(t, "routes after sync", ns.MustIP(t, "route", "show", "root", "10.5.0.0/16"), `
+		10.5.1.0/24 via 192.0.2.11 dev d0 proto 87
+		10.5.2.0/24 via 192.0.2.99 dev d0`)
+}
+
 // TestNewForwardingHandleInNetns checks that NewForwardingHandle refuses a missing link (with ErrNoLink)
 // and, for a link that is there, enables IPv4 forwarding in the namespace.
 func TestNewForwardingHandleInNetns(t *testing.T) {

@@ -152,10 +152,17 @@ func New(d backend.Deps) (backend.Backend, error) {
 	if port == 0 {
 		port = DefaultPort
 	}
+	var prevMAC net.HardwareAddr
+	if len(d.PrevData) > 0 {
+		if prev, mac, err := parseLeaseData(d.PrevData); err == nil && prev.VNI == cfg.VNI {
+			prevMAC = mac
+		}
+	}
 	return &vxlan{
-		log: d.Log,
-		ext: ext,
-		cfg: cfg,
+		log:     d.Log,
+		ext:     ext,
+		cfg:     cfg,
+		prevMAC: prevMAC,
 		want: kernel.VXLAN{
 			Name:      DeviceName(cfg.VNI),
 			VNI:       cfg.VNI,
@@ -174,6 +181,8 @@ type vxlan struct {
 	ext  backend.External
 	cfg  Config
 	want kernel.VXLAN // the device we want; MAC is set by Up
+	// prevMAC is the VtepMAC this node published before (Deps.PrevData); nil: unknown.
+	prevMAC net.HardwareAddr
 
 	mu     sync.Mutex
 	h      *kernel.Handle // set by Up; nil after Close
@@ -225,12 +234,14 @@ func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
 }
 
 // ensure makes the device exist as wanted and up, and records its index. The first time (from Up), a
-// compatible leftover device's MAC is kept, else a random one is generated; afterwards the published MAC
-// is enforced. The caller holds b.mu.
+// compatible leftover device's MAC is kept, else the MAC published before (Deps.PrevData), else a random
+// one is generated; afterwards the published MAC is enforced. The caller holds b.mu.
 func (b *vxlan) ensure(inUp bool) (*kernel.VXLAN, error) {
 	if b.want.MAC == nil {
 		if b.want.MAC = existingMAC(b.h, b.want); b.want.MAC == nil {
-			b.want.MAC = randomMAC()
+			if b.want.MAC = b.prevMAC; b.want.MAC == nil {
+				b.want.MAC = randomMAC()
+			}
 		}
 	}
 	dev, act, err := ensureDevice(b.h, b.want)

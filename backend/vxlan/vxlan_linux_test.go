@@ -455,3 +455,39 @@ func TestVXLANChange(t *testing.T) {
 		t.Errorf("Update of a lease with a contested MAC: %v, want ErrNeedSet", err)
 	}
 }
+
+// TestVXLANPreviousMAC checks that a backend whose device is gone (a reboot) takes the VtepMAC it published
+// before (Deps.PrevData; kube mode reads it back from the Node), unless that data is for another VNI or
+// holds no unicast MAC.
+func TestVXLANPreviousMAC(t *testing.T) {
+	_, nodes := backendtest.NewCluster(t, 1)
+	n := nodes[0]
+	for _, tc := range []struct{ name, prev, want string }{
+		{"same VNI", `{"VNI":1,"VtepMAC":"82:1f:5e:aa:01:02"}`, "82:1f:5e:aa:01:02"},
+		{"another VNI", `{"VNI":2,"VtepMAC":"82:1f:5e:aa:01:03"}`, ""},
+		{"multicast MAC", `{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n.NS.IP("link", "del", "flannel.1") // gone, as after a reboot (absent the first time)
+			d := n.Deps(t, &subnet.Config{Network: kerneltest.TopologyNetwork, BackendType: Type, Backend: json.RawMessage(`{"Type":"vxlan"}`)})
+			d.PrevData = json.RawMessage(tc.prev)
+			be, err := New(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.Be = be
+			defer be.Close()
+			n.Up(t)
+			mac, _ := devMAC(t, n)
+			if vtepMAC(t, n) != mac {
+				t.Errorf("published MAC %s, device MAC %s", vtepMAC(t, n), mac)
+			}
+			if tc.want != "" && mac != tc.want {
+				t.Errorf("device MAC %s, want the previous %s", mac, tc.want)
+			}
+			if tc.want == "" && strings.Contains(tc.prev, mac) {
+				t.Errorf("device MAC %s taken from unusable previous data %s", mac, tc.prev)
+			}
+		})
+	}
+}

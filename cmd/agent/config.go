@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/kubestore"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -39,6 +40,28 @@ func (e *etcdFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&e.CAFile, "etcd-cafile", "", "TLS CA file to verify etcd's certificate")
 	fs.StringVar(&e.Username, "etcd-username", "", "etcd username")
 	fs.StringVar(&e.Password, "etcd-password", "", "etcd password (prefer the WEFTD_ETCD_PASSWORD environment variable)")
+}
+
+// kubeFlags select the kube subnet manager (flanneld's flags of the same names) instead of etcd.
+type kubeFlags struct {
+	SubnetMgr                 bool   // --kube-subnet-mgr
+	APIURL                    string // --kube-api-url; empty: from the kubeconfig, or in-cluster
+	Kubeconfig                string // --kubeconfig-file; empty: in-cluster config
+	AnnotationPrefix          string // --kube-annotation-prefix
+	NetConfPath               string // --net-config-path
+	SetNodeNetworkUnavailable bool   // --set-node-network-unavailable
+
+	// From the environment, as flanneld reads them: NODE_NAME, else the pod's spec.nodeName.
+	NodeName, PodName, PodNamespace string
+}
+
+func (k *kubeFlags) register(fs *pflag.FlagSet) {
+	fs.BoolVar(&k.SubnetMgr, "kube-subnet-mgr", false, "take the subnet from this node's Kubernetes Node (spec.podCIDR) and announce the lease in its annotations, instead of etcd")
+	fs.StringVar(&k.APIURL, "kube-api-url", "", "Kubernetes API server URL (default: from --kubeconfig-file, or the in-cluster config)")
+	fs.StringVar(&k.Kubeconfig, "kubeconfig-file", "", "kubeconfig file (default: the in-cluster config of the pod's service account)")
+	fs.StringVar(&k.AnnotationPrefix, "kube-annotation-prefix", kubestore.DefaultAnnotationPrefix, "prefix of the Node annotations")
+	fs.StringVar(&k.NetConfPath, "net-config-path", kubestore.DefaultNetConfPath, "network config file (net-conf.json) in kube mode")
+	fs.BoolVar(&k.SetNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the Node condition NetworkUnavailable=False once the lease is announced (kube mode)")
 }
 
 // logFlags select the log format and level.
@@ -70,6 +93,7 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 // Config is weftd's agent configuration, from flags and the environment.
 type Config struct {
 	Etcd etcdFlags
+	Kube kubeFlags
 	Log  logFlags
 
 	Ifaces       []string      // --iface: names or IPv4 addresses; empty: see IfaceRegexes
@@ -107,6 +131,11 @@ func (c Config) LogValue() slog.Value {
 		slog.String("etcd-cafile", c.Etcd.CAFile),
 		slog.String("etcd-username", c.Etcd.Username),
 		slog.String("etcd-password", redact(c.Etcd.Password)),
+		slog.Bool("kube-subnet-mgr", c.Kube.SubnetMgr),
+		slog.String("kube-api-url", c.Kube.APIURL),
+		slog.String("kubeconfig-file", c.Kube.Kubeconfig),
+		slog.String("kube-annotation-prefix", c.Kube.AnnotationPrefix),
+		slog.String("net-config-path", c.Kube.NetConfPath),
 		slog.Any("iface", c.Ifaces),
 		slog.Any("iface-regex", c.IfaceRegexes),
 		slog.String("iface-can-reach", c.CanReach),
@@ -132,6 +161,7 @@ func (c Config) healthzAddr() string {
 func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("weftd", pflag.ContinueOnError)
 	c.Etcd.register(fs)
+	c.Kube.register(fs)
 	c.Log.register(fs)
 	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or IPv4 address for inter-node traffic (repeatable; the first that exists wins)")
 	fs.StringSliceVar(&c.IfaceRegexes, "iface-regex", nil, "regular expression matched against interface names and addresses (repeatable)")
@@ -250,6 +280,7 @@ func agentConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (commands: config, leases, reserve, unreserve, version)", fs.Arg(0))
 	}
+	c.Kube.NodeName, c.Kube.PodName, c.Kube.PodNamespace = getenv("NODE_NAME"), getenv("POD_NAME"), getenv("POD_NAMESPACE")
 	return c, c.validate()
 }
 
@@ -281,6 +312,17 @@ func (c *Config) validate() error {
 	}
 	if c.HealthzPort < 0 || c.HealthzPort > 65535 {
 		return fmt.Errorf("--healthz-port %d: want 0 (off) to 65535", c.HealthzPort)
+	}
+	if c.Kube.SubnetMgr {
+		if _, err := kubestore.NewAnnotations(c.Kube.AnnotationPrefix); err != nil {
+			return fmt.Errorf("--kube-annotation-prefix: %w", err)
+		}
+		if c.Kube.NodeName == "" && (c.Kube.PodName == "" || c.Kube.PodNamespace == "") {
+			return errors.New("--kube-subnet-mgr: set NODE_NAME, or POD_NAME and POD_NAMESPACE, to name this node")
+		}
+		if c.Kube.NetConfPath == "" {
+			return errors.New("--net-config-path: must not be empty")
+		}
 	}
 	if len(c.Etcd.Endpoints) == 0 {
 		return errors.New("--etcd-endpoints: at least one endpoint is required")

@@ -76,6 +76,21 @@ func TestAgentConfigFlagsAndEnv(t *testing.T) {
 				t.Errorf("prefix = %q, want /w", c.Etcd.Prefix)
 			}
 		}},
+		{"kube mode as kube-flannel.yml runs flanneld", []string{"--ip-masq", "--kube-subnet-mgr"},
+			map[string]string{"POD_NAME": "kube-flannel-ds-x", "POD_NAMESPACE": "kube-flannel"}, func(t *testing.T, c Config) {
+				k := c.Kube
+				if !k.SubnetMgr || k.AnnotationPrefix != "flannel.alpha.coreos.com" || k.NetConfPath != "/etc/kube-flannel/net-conf.json" ||
+					!k.SetNodeNetworkUnavailable || k.APIURL != "" || k.Kubeconfig != "" || k.PodName != "kube-flannel-ds-x" || k.PodNamespace != "kube-flannel" {
+					t.Errorf("kube flags: %+v", k)
+				}
+			}},
+		{"kube flags from FLANNELD_ environment", nil, map[string]string{"FLANNELD_KUBE_SUBNET_MGR": "true", "NODE_NAME": "n1",
+			"FLANNELD_KUBECONFIG_FILE": "/k", "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE": "false", "FLANNELD_KUBE_ANNOTATION_PREFIX": "example.com/weft"}, func(t *testing.T, c Config) {
+			k := c.Kube
+			if !k.SubnetMgr || k.NodeName != "n1" || k.Kubeconfig != "/k" || k.SetNodeNetworkUnavailable || k.AnnotationPrefix != "example.com/weft" {
+				t.Errorf("kube flags: %+v", k)
+			}
+		}},
 		{"command line wins over environment", []string{"--etcd-prefix=/cli"}, map[string]string{"WEFTD_ETCD_PREFIX": "/w"}, func(t *testing.T, c Config) {
 			if c.Etcd.Prefix != "/cli" {
 				t.Errorf("prefix = %q, want /cli", c.Etcd.Prefix)
@@ -111,6 +126,8 @@ func TestAgentConfigErrors(t *testing.T) {
 		{[]string{"--iptables-resync=0"}, nil, "--iptables-resync 0s: must be at least 100ms"},
 		{[]string{"--iptables-resync=often"}, nil, "want a duration (5s) or a number of seconds (5)"},
 		{nil, map[string]string{"WEFTD_SUBNET_LEASE_TTL": "soon"}, `environment WEFTD_SUBNET_LEASE_TTL="soon"`},
+		{[]string{"--kube-subnet-mgr"}, map[string]string{"POD_NAME": "p"}, "--kube-subnet-mgr: set NODE_NAME, or POD_NAME and POD_NAMESPACE"},
+		{[]string{"--kube-subnet-mgr", "--kube-annotation-prefix=a/b/c"}, map[string]string{"NODE_NAME": "n1"}, `--kube-annotation-prefix: annotation prefix "a/b/c": at most one slash`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -20,17 +20,20 @@ type metric struct {
 // health serves /healthz (200 while running), /readyz (200 once the env file is written, the data path
 // is in sync and the packet filter rules are in place) and /metrics (Prometheus text format).
 type health struct {
-	ready        func() bool     // lease held, env file written, data path in sync; set before serving
-	rulesPending atomic.Bool     // packet filter rules wanted but not (yet) in place
-	peers        atomic.Int64    // peers in the last applied state
-	stats        func() []metric // set before serving
+	ready        func() bool                     // lease held, env file written, data path in sync; set before serving
+	rulesPending atomic.Bool                     // packet filter rules wanted but not (yet) in place
+	peers        atomic.Int64                    // peers in the last applied state
+	stats        atomic.Pointer[func() []metric] // set once the backend is up (the server starts before); nil: none
 }
+
+// setStats makes /metrics show f's counters (the health server may already be serving).
+func (h *health) setStats(f func() []metric) { h.stats.Store(&f) }
 
 // isReady is what /readyz and weft_ready report.
 func (h *health) isReady() bool { return h.ready() && !h.rulesPending.Load() }
 
 func newHealth() *health {
-	return &health{ready: func() bool { return false }, stats: func() []metric { return nil }}
+	return &health{ready: func() bool { return false }}
 }
 
 func (h *health) handler() http.Handler {
@@ -50,8 +53,10 @@ func (h *health) handler() http.Handler {
 			ready = 1
 		}
 		fmt.Fprintf(w, "weft_ready %d\nweft_peers %d\n", ready, h.peers.Load())
-		for _, m := range h.stats() {
-			fmt.Fprintf(w, "%s %d\n", m.name, m.value)
+		if stats := h.stats.Load(); stats != nil {
+			for _, m := range (*stats)() {
+				fmt.Fprintf(w, "%s %d\n", m.name, m.value)
+			}
 		}
 	})
 	return mux

@@ -1,6 +1,7 @@
-// Command weftd is Weft's node agent: it leases a subnet for this node from etcd, writes the subnet env file
-// and programs the data path to every other node. It also carries the operator commands (config, leases,
-// reserve, unreserve). See the README for the flags.
+// Command weftd is Weft's node agent: it leases a subnet for this node from etcd (or, with --kube-subnet-mgr,
+// takes its Kubernetes Node's pod CIDR), writes the subnet env file and programs the data path to every other
+// node. It also carries the operator commands (config, leases, reserve, unreserve). See the README for the
+// flags.
 package main
 
 import (

@@ -64,7 +64,7 @@ func opFlags(name, usage string, args []string, getenv func(string) string, extr
 // warnings (an unreadable lease key, say) go to stderr.
 func withStore(ctx context.Context, env cmdEnv, ef *etcdFlags, do func(context.Context, *etcdstore.Store) error) error {
 	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	store, err := openStore(*ef, 24*time.Hour, log)
+	store, err := newEtcdStore(*ef, 24*time.Hour, log)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcdstore"
+	"github.com/weft-net/weft/subnet/kubestore"
 )
 
 // run is the agent: it returns nil when ctx ends (SIGTERM), leaving the lease, the env file and the kernel
@@ -25,16 +27,33 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("starting weftd", "version", version, "config", cfg)
 	unlock, err := subnet.LockEnvFile(cfg.SubnetFile)
 	if err != nil {
-		return err
+		return nilIfDone(ctx, err)
 	}
 	defer unlock()
-	store, err := etcdstore.Connect(ctx, storeConfig(cfg.Etcd, cfg.LeaseTTL), log)
+	a := &agent{cfg: cfg, log: log, kick: make(chan struct{}, 1), health: newHealth()}
+	a.health.ready = a.ready
+
+	// The health server comes first, so a liveness probe sees weftd alive while it waits for its store, its
+	// config or its lease (/readyz says 503 until then).
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	hctx, stopHealth := context.WithCancel(ctx)
+	defer stopHealth()
+	if cfg.HealthzPort != 0 {
+		srv, err := a.health.listen(cfg.healthzAddr())
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { a.health.serve(hctx, srv, log) })
+	}
+
+	store, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return nilIfDone(ctx, err)
 	}
 	defer store.Close()
 
-	netCfg, err := waitConfig(ctx, store, cfg.Etcd.Prefix, log)
+	netCfg, err := waitConfig(ctx, store, cfg.configWhere(), log)
 	if err != nil {
 		return nilIfDone(ctx, err)
 	}
@@ -45,14 +64,28 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var prevData json.RawMessage // what this node published before, for a backend to keep its identity
+	if ks, ok := store.(*kubestore.Store); ok {
+		info, err := ks.NodeInfo(ctx)
+		if err != nil {
+			log.Warn("cannot read this node's Node; going on without its node-public-ip and previous backend data", "err", err)
+		}
+		if info.PublicIP.IsValid() && !sel.PublicIP.IsValid() {
+			log.Info("using the node's node-public-ip annotation as --public-ip", "public-ip", info.PublicIP)
+			sel.PublicIP = info.PublicIP
+		}
+		if info.BackendType == netCfg.BackendType {
+			prevData = info.BackendData
+		}
+	}
 	ext, err := backend.SelectExternal(sel)
 	if err != nil {
 		return fmt.Errorf("select external interface: %w", err)
 	}
 	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
 
-	a := &agent{cfg: cfg, log: log, net: netCfg, kick: make(chan struct{}, 1), health: newHealth()}
-	if a.be, a.local, err = startBackend(ctx, netCfg, ext, cfg, a.poke, log); err != nil {
+	a.net = netCfg
+	if a.be, a.local, err = startBackend(ctx, netCfg, ext, cfg, prevData, a.poke, log); err != nil {
 		return err
 	}
 	defer func() {
@@ -60,7 +93,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("close backend", "err", err)
 		}
 	}()
-	a.health.stats, a.health.ready = a.stats, a.ready
+	a.health.setStats(a.stats)
 	if a.rules, err = newRuleManager(cfg, netCfg, func(ok bool) { a.health.rulesPending.Store(!ok) }, log); err != nil {
 		return err
 	}
@@ -87,20 +120,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	a.stop = stop
-	var wg sync.WaitGroup
-	if cfg.HealthzPort != 0 {
-		srv, err := a.health.listen(cfg.healthzAddr())
-		if err != nil {
-			return err
-		}
-		wg.Go(func() { a.health.serve(ctx, srv, log) })
-	}
-	wg.Go(func() { a.holdLease(ctx, store, req) })
-	wg.Go(func() { a.watchLeases(ctx, store) })
-	wg.Go(func() { a.reconcileLoop(ctx) })
-	wg.Go(func() { a.watchConfig(ctx, store) })
-	wg.Go(func() { a.watchUnderlay(ctx, sel, ext) })
-	wg.Wait()
+	var agentWG sync.WaitGroup
+	agentWG.Go(func() { a.holdLease(ctx, store, req) })
+	agentWG.Go(func() { a.watchLeases(ctx, store) })
+	agentWG.Go(func() { a.reconcileLoop(ctx) })
+	agentWG.Go(func() { a.watchConfig(ctx, store) })
+	agentWG.Go(func() { a.watchUnderlay(ctx, sel, ext) })
+	agentWG.Wait()
 	if cause := context.Cause(ctx); outer.Err() == nil && errors.Is(cause, errRestart) {
 		if errors.Is(cause, subnet.ErrConfigChanged) {
 			a.removePeers()
@@ -118,7 +144,7 @@ var errRestart = errors.New("restart needed")
 // watchConfig compares the stored network config with the one weftd runs with, every reconcile interval.
 // A change of what shapes leases or the data path (subnet.Config.Diff) is not applied live: weftd stops
 // (errRestart), so that it starts again with the new config rather than mix the old and the new.
-func (a *agent) watchConfig(ctx context.Context, store *etcdstore.Store) {
+func (a *agent) watchConfig(ctx context.Context, store subnet.Store) {
 	t := time.NewTicker(a.cfg.Reconcile)
 	defer t.Stop()
 	for {
@@ -135,7 +161,8 @@ func (a *agent) watchConfig(ctx context.Context, store *etcdstore.Store) {
 			continue
 		}
 		if d := a.net.Diff(c); d != "" {
-			a.stop(fmt.Errorf("%w: etcd key %s/config: %w: %s", errRestart, a.cfg.Etcd.Prefix, subnet.ErrConfigChanged, d))
+			src := a.cfg.configWhere()
+			a.stop(fmt.Errorf("%w: %s %s: %w: %s", errRestart, src.what, src.where, subnet.ErrConfigChanged, d))
 			return
 		}
 	}
@@ -190,8 +217,65 @@ func (a *agent) removePeers() {
 	}
 }
 
-// openStore connects to etcd, without waiting for it (see etcdstore.New).
-func openStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
+// agentStore is the lease store as run uses it: the subnet.Store contract, and Close when weftd stops.
+type agentStore interface {
+	subnet.Store
+	Close() error
+}
+
+// openStore creates the lease store, waiting and retrying with backoff while it cannot: etcd's Connect
+// waits for etcd itself (naming the endpoint and the cause); the kube store is retried here (up to
+// storeRetryMax apart). weftd stays up, alive and not ready, until ctx ends.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, error) {
+	if !cfg.Kube.SubnetMgr {
+		s, err := etcdstore.Connect(ctx, storeConfig(cfg.Etcd, cfg.LeaseTTL), log)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+	delay := time.Second
+	for {
+		s, err := newKubeStore(ctx, cfg.Kube, log)
+		if err == nil {
+			return s, nil
+		}
+		log.Error("cannot open the lease store; retrying", "err", err, "retry", delay)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, storeRetryMax)
+	}
+}
+
+// storeRetryMax is the longest wait between attempts to open the lease store.
+const storeRetryMax = 30 * time.Second
+
+// newKubeStore creates the kube subnet manager's store.
+func newKubeStore(ctx context.Context, k kubeFlags, log *slog.Logger) (*kubestore.Store, error) {
+	return kubestore.New(ctx, kubestore.Config{
+		APIURL: k.APIURL, Kubeconfig: k.Kubeconfig,
+		NodeName: k.NodeName, PodName: k.PodName, PodNamespace: k.PodNamespace,
+		AnnotationPrefix: k.AnnotationPrefix, NetConfPath: k.NetConfPath,
+		SetNodeNetworkUnavailable: k.SetNodeNetworkUnavailable,
+	}, log)
+}
+
+// configWhere names where the network config lives, for the hints logged while it is missing.
+func (c *Config) configWhere() configSource {
+	if c.Kube.SubnetMgr {
+		return configSource{what: "file", where: c.Kube.NetConfPath, hint: "mount net-conf.json there (the kube-flannel-cfg ConfigMap)"}
+	}
+	return configSource{what: "key", where: c.Etcd.Prefix + "/config", hint: "write it with `weftd config set --network CIDR --backend TYPE`"}
+}
+
+// configSource says where the network config is read from.
+type configSource struct{ what, where, hint string }
+
+// newEtcdStore connects to etcd, without waiting for it (see etcdstore.New): for the operator commands.
+func newEtcdStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
 	return etcdstore.New(storeConfig(f, ttl), log)
 }
 
@@ -213,7 +297,7 @@ func nilIfDone(ctx context.Context, err error) error {
 
 // waitConfig reads the network config, waiting while it is missing or unreadable; an invalid config is
 // also waited on (an operator may fix it), with the validation error logged.
-func waitConfig(ctx context.Context, store *etcdstore.Store, prefix string, log *slog.Logger) (*subnet.Config, error) {
+func waitConfig(ctx context.Context, store subnet.Store, src configSource, log *slog.Logger) (*subnet.Config, error) {
 	const retry = 5 * time.Second
 	for {
 		c, err := store.Config(ctx)
@@ -221,10 +305,14 @@ func waitConfig(ctx context.Context, store *etcdstore.Store, prefix string, log 
 			return c, nil
 		}
 		if errors.Is(err, subnet.ErrNoConfig) {
-			log.Warn("network config missing; waiting for it (write it with `weftd config set --network CIDR --backend TYPE`)",
-				"key", prefix+"/config", "retry", retry)
+			log.Warn("network config missing; waiting for it ("+src.hint+")", src.what, src.where, "retry", retry)
 		} else {
-			log.Error("cannot use the network config; waiting for it to be fixed", "key", prefix+"/config", "err", store.Explain(ctx, err), "retry", retry)
+			if e, ok := store.(interface {
+				Explain(context.Context, error) error
+			}); ok {
+				err = e.Explain(ctx, err) // etcd: names an unreachable endpoint and the cause
+			}
+			log.Error("cannot use the network config; waiting for it to be fixed", src.what, src.where, "err", err, "retry", retry)
 		}
 		select {
 		case <-ctx.Done():
@@ -250,14 +338,15 @@ func (c *Config) ifaceSelector() (backend.IfaceSelector, error) {
 	return s, nil
 }
 
-// startBackend constructs the configured backend and brings it up. kick asks for a reconcile.
-func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, cfg Config, kick func(), log *slog.Logger) (backend.Backend, backend.Local, error) {
+// startBackend constructs the configured backend and brings it up. prev is the BackendData this node
+// published before (kube mode), kick asks for a reconcile.
+func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, cfg Config, prev json.RawMessage, kick func(), log *slog.Logger) (backend.Backend, backend.Local, error) {
 	factory, ok := backends[n.BackendType]
 	if !ok {
 		return nil, backend.Local{}, fmt.Errorf("backend type %q is not supported by this weftd", n.BackendType)
 	}
 	blog := log.With("backend", n.BackendType)
-	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, Offload: cfg.UDPOffload, Queues: cfg.UDPQueues, Kick: kick})
+	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, Offload: cfg.UDPOffload, Queues: cfg.UDPQueues, Kick: kick, PrevData: prev})
 	if err != nil {
 		return nil, backend.Local{}, fmt.Errorf("backend %s: %w", n.BackendType, err)
 	}

@@ -18,5 +18,10 @@
 // With Options.Docker every node is a Docker host instead: weft-docker-opts and a real dockerd, started as
 // the units in dist/systemd start them, and a busybox container (see DockerOptions).
 //
+// Kube mode (the kube tier's end-to-end tests): Options.Setup replaces writing the network config to etcd
+// (it starts kube-apiserver in the etcd namespace with StartService and creates the Node objects), and
+// Options.AgentStore replaces the agents' --etcd-endpoints with the kube flags. Services are stopped after
+// the agents and before etcd.
+//
 // The API returns errors and takes no testing.TB, so the demo command can use it too; tests wrap it.
 package netcluster

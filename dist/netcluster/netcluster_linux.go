@@ -73,6 +73,17 @@ type Options struct {
 	RemoveDir bool
 	// ExtraAgentFlags are appended to every weftd's command line (e.g. --subnet-lease-ttl=5s). Nil: none.
 	ExtraAgentFlags []string
+	// AgentStore, when set, returns the start of node n's weftd command line, up to and including the flags
+	// that select its store, in place of [Weftd --etcd-endpoints <EtcdURL>]. Kube mode returns
+	// [env NODE_NAME=n1 <Weftd> --kube-subnet-mgr --kubeconfig-file ... --net-config-path ...]. Nil: etcd.
+	AgentStore func(n *Node) []string
+	// ReadyPath, when set, returns the health path that says node n's agent is ready, in place of "/readyz"
+	// (flanneld, run as a node's agent in kube mode, serves only /healthz).
+	ReadyPath func(n *Node) string
+	// Setup, when set, runs once etcd serves and every node's namespace exists, before any agent starts, in
+	// place of writing the network config to etcd (kube mode starts the API server as a service and creates
+	// the Node objects there). Nil: `weftd config set`.
+	Setup func(ctx context.Context, c *Cluster, nodes []*Node) error
 	// HealthzPort is the agents' health port on 127.0.0.1 in each node namespace. Zero: DefaultHealthzPort.
 	HealthzPort int
 	// Timeout bounds each wait (etcd ready, an env file, an agent ready). Zero: 30 s.
@@ -159,9 +170,10 @@ type Cluster struct {
 
 	mu sync.Mutex // guards all following fields
 	// nss are the namespaces created, in creation order.
-	nss   []*kerneltest.NS
-	nodes []*Node
-	etcd  *proc
+	nss      []*kerneltest.NS
+	nodes    []*Node
+	etcd     *proc
+	services map[string]*proc // by name, see StartService
 	// cmds are short-lived commands running now (ping, weftd CLI calls), killed by Close.
 	cmds   map[*exec.Cmd]struct{}
 	closed bool
@@ -228,7 +240,11 @@ func (c *Cluster) start(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := c.setConfig(ctx, nodes[0].NS); err != nil {
+	if o.Setup != nil {
+		if err := o.Setup(ctx, c, nodes); err != nil {
+			return err
+		}
+	} else if err := c.setConfig(ctx, nodes[0].NS); err != nil {
 		return err
 	}
 	for _, n := range nodes {
@@ -479,6 +495,53 @@ func (c *Cluster) StartEtcd(ctx context.Context) error {
 	}
 }
 
+// StartService starts argv inside ns (ip netns exec) as the service name, with its output in
+// <Dir>/<name>.log. Close stops services after the agents and before etcd. It is an error if a service of
+// that name is running.
+func (c *Cluster) StartService(name string, ns *kerneltest.NS, argv ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("cluster is closed")
+	}
+	if p := c.services[name]; p != nil && p.running() {
+		return fmt.Errorf("service %s is already running (pid %d)", name, p.pid())
+	}
+	full := append([]string{"ip", "netns", "exec", ns.Name}, argv...)
+	p, err := startProc(name, full, filepath.Join(c.opts.Dir, name+".log"), c.opts.Detach)
+	if err != nil {
+		return err
+	}
+	if c.services == nil {
+		c.services = map[string]*proc{}
+	}
+	c.services[name] = p
+	c.saveStateLocked()
+	c.log.Info("started service", "name", name, "pid", p.pid())
+	return nil
+}
+
+// StopService stops the service name with SIGTERM (SIGKILL after 10 s) and waits for it. Stopping a service
+// that is not running is not an error.
+func (c *Cluster) StopService(name string) error {
+	c.mu.Lock()
+	p := c.services[name]
+	c.mu.Unlock()
+	return c.stopProc(p, 10*time.Second)
+}
+
+// stopProc stops p (nil: nothing) with SIGTERM, then SIGKILL after grace, and records the new state.
+func (c *Cluster) stopProc(p *proc, grace time.Duration) error {
+	if p == nil {
+		return nil
+	}
+	err := p.stop(syscall.SIGTERM, grace)
+	c.mu.Lock()
+	c.saveStateLocked()
+	c.mu.Unlock()
+	return err
+}
+
 // StopEtcd stops etcd with SIGTERM (SIGKILL after 10 s) and waits for it.
 func (c *Cluster) StopEtcd() error {
 	c.mu.Lock()
@@ -487,10 +550,7 @@ func (c *Cluster) StopEtcd() error {
 	if p == nil {
 		return nil
 	}
-	err := p.stop(syscall.SIGTERM, 10*time.Second)
-	c.mu.Lock()
-	c.saveStateLocked()
-	c.mu.Unlock()
+	err := c.stopProc(p, 10*time.Second)
 	c.log.Info("stopped etcd")
 	return err
 }
@@ -529,6 +589,9 @@ func (c *Cluster) procsLocked() []*proc {
 	var ps []*proc
 	if c.etcd != nil {
 		ps = append(ps, c.etcd)
+	}
+	for _, p := range c.services {
+		ps = append(ps, p)
 	}
 	for _, n := range c.nodes {
 		n.mu.Lock()
@@ -625,9 +688,18 @@ func (c *Cluster) Close() error {
 	c.mu.Lock()
 	procs := c.procsLocked()
 	c.mu.Unlock()
-	// Agents next (in parallel), then etcd, so the agents never see etcd vanish before they stop.
+	// Agents next (in parallel), then services, then etcd, so the agents never see their store vanish
+	// before they stop, nor a service its etcd.
+	isService := func(p *proc) bool {
+		for _, s := range c.services {
+			if s == p {
+				return true
+			}
+		}
+		return false
+	}
 	for _, p := range procs {
-		if p == c.etcd {
+		if p == c.etcd || isService(p) {
 			continue
 		}
 		wg.Go(func() {
@@ -639,6 +711,13 @@ func (c *Cluster) Close() error {
 		})
 	}
 	wg.Wait()
+	for _, p := range procs {
+		if isService(p) {
+			if err := p.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if c.etcd != nil {
 		if err := c.etcd.stop(syscall.SIGTERM, 5*time.Second); err != nil {
 			errs = append(errs, err)

@@ -48,14 +48,17 @@ func (n *Node) SetExtraFlags(flags ...string) {
 // AgentArgs returns the weftd command line StartAgent uses (without `ip netns exec`).
 func (n *Node) AgentArgs() []string {
 	o := n.c.opts
-	argv := []string{o.Weftd,
-		"--etcd-endpoints", n.c.EtcdURL,
+	argv := []string{o.Weftd, "--etcd-endpoints", n.c.EtcdURL}
+	if o.AgentStore != nil {
+		argv = o.AgentStore(n)
+	}
+	argv = append(argv,
 		"--iface", "eth0",
 		"--subnet-file", n.EnvFile,
 		"--node-id", n.NS.Name, // the nodes share the host's machine ID
 		"--healthz-ip", "127.0.0.1",
 		"--healthz-port", strconv.Itoa(o.HealthzPort),
-	}
+	)
 	argv = append(argv, o.ExtraAgentFlags...)
 	n.mu.Lock()
 	argv = append(argv, n.extraFlags...)
@@ -171,7 +174,11 @@ func (n *Node) WaitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, n.c.opts.Timeout)
 	defer cancel()
 	for {
-		status, _, err := n.c.HTTPGet(ctx, n, "/readyz")
+		path := "/readyz"
+		if n.c.opts.ReadyPath != nil {
+			path = n.c.opts.ReadyPath(n)
+		}
+		status, _, err := n.c.HTTPGet(ctx, n, path)
 		if err == nil && status == 200 {
 			return nil
 		}

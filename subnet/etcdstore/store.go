@@ -13,7 +13,6 @@
 package etcdstore
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -275,20 +274,6 @@ func (s *Store) list(ctx context.Context) ([]entry, int64, error) {
 	return out, resp.Header.Revision, nil
 }
 
-// compareLeases orders leases by IPv4 subnet, then IPv6 subnet.
-func compareLeases(a, b subnet.Lease) int {
-	if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()); c != 0 {
-		return c
-	}
-	if c := a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.IPv6Subnet.Bits(), b.IPv6Subnet.Bits())
-}
-
 // Leases returns every readable lease, sorted by subnet, with Expires set from the remaining TTL of its etcd
 // lease (zero for reservations).
 func (s *Store) Leases(ctx context.Context) ([]subnet.Lease, error) {
@@ -319,7 +304,7 @@ func (s *Store) Leases(ctx context.Context) ([]subnet.Lease, error) {
 		}
 		out = append(out, l)
 	}
-	slices.SortFunc(out, compareLeases)
+	slices.SortFunc(out, subnet.CompareLeases)
 	return out, nil
 }
 

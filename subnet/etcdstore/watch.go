@@ -48,7 +48,7 @@ func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
 		if out == nil {
 			out = []subnet.Lease{}
 		}
-		slices.SortFunc(out, compareLeases)
+		slices.SortFunc(out, subnet.CompareLeases)
 		fn(out)
 	})
 }
@@ -98,7 +98,7 @@ func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 			full.Put = append(full.Put, e.lease)
 		}
 	}
-	slices.SortFunc(full.Put, compareLeases)
+	slices.SortFunc(full.Put, subnet.CompareLeases)
 	w.fn(full)
 	if s.testHookBeforeWatch != nil {
 		s.testHookBeforeWatch()

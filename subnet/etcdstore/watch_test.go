@@ -46,7 +46,7 @@ func (w *watcher) waitFor(t testing.TB, want string) []subnet.Lease {
 	for {
 		select {
 		case ls := <-w.sets:
-			if !slices.IsSortedFunc(ls, compareLeases) {
+			if !slices.IsSortedFunc(ls, subnet.CompareLeases) {
 				t.Errorf("delivered set not sorted: %s", summary(ls))
 			}
 			if last = summary(ls); last == want {

@@ -1,0 +1,439 @@
+package main_test
+
+// The kube-mode end-to-end scenarios: real weftd binaries with --kube-subnet-mgr in a netns cluster against a
+// real kube-apiserver (dist/kubetest) that runs in the cluster's etcd namespace (192.0.2.2:6443) on the
+// cluster's etcd. Gate: as the e2e tier, plus the built apiserver (kubetest.Require).
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/dist/kubetest"
+	"github.com/weft-net/weft/dist/netcluster"
+)
+
+// kubeE2E is the kube-mode cluster under test.
+type kubeE2E struct {
+	*netcluster.Cluster
+	flanneld   map[string]bool // nodes that run flannel's flanneld instead of weftd
+	dir        string
+	kubeconfig string
+	netConf    string
+	srv        *kubetest.Server
+	cli        *kubernetes.Clientset
+}
+
+func TestE2EKube(t *testing.T) {
+	requireE2E(t)
+	kubetest.Require(t)
+	dir := t.TempDir()
+	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
+			dumpLogs(t, dir)
+			b, _ := os.ReadFile(filepath.Join(dir, "kube-apiserver.log"))
+			lines := strings.Split(string(b), "\n")
+			t.Logf("===== kube-apiserver.log (last 40 lines) =====\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
+	c, err := netcluster.Start(t.Context(), netcluster.Options{
+		Prefix:     kerneltest.Prefix(),
+		Backend:    "vxlan",
+		Network:    "10.244.0.0/16",
+		Nodes:      3,
+		Weftd:      weftdBin,
+		ClusterBin: cluBin,
+		Dir:        dir,
+		AgentStore: k.agentStore,
+		ReadyPath:  k.readyPath,
+		Setup:      k.setup,
+		Timeout:    90 * time.Second,
+		Log:        slog.New(slog.NewTextHandler(t.Output(), nil)),
+	})
+	if err != nil {
+		t.Fatalf("start kube-mode cluster: %v", err)
+	}
+	k.Cluster = c
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+	})
+	t.Run("1-traffic", k.traffic)
+	t.Run("2-annotations", k.annotations)
+	t.Run("3-join-later", k.joinLater)
+	t.Run("4-node-deleted", k.nodeDeleted)
+	t.Run("5-node-deleted-while-down", k.deletedWhileDown)
+	t.Run("6-api-server-down-at-start", k.apiServerDownAtStart)
+	t.Run("7-flanneld-node", k.flanneldNode)
+	t.Run("8-flanneld-replaced-by-weftd", k.migrate)
+}
+
+// agentStore is the start of a node's agent command line in kube mode: weftd, or flannel's flanneld with
+// the same flags (they share their names).
+func (k *kubeE2E) agentStore(n *netcluster.Node) []string {
+	bin := weftdBin
+	if k.flanneld[n.Name] {
+		bin = kubetest.FlanneldBin()
+	}
+	return []string{"env", "NODE_NAME=" + n.Name, bin, "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+}
+
+// readyPath is /readyz for weftd; flanneld serves only /healthz.
+func (k *kubeE2E) readyPath(n *netcluster.Node) string {
+	if k.flanneld[n.Name] {
+		return "/healthz"
+	}
+	return "/readyz"
+}
+
+// setup starts kube-apiserver in the etcd namespace, writes the kubeconfig and net-conf.json, and creates a
+// Node with pod CIDR 10.244.<i>.0/24 for each node.
+func (k *kubeE2E) setup(ctx context.Context, c *netcluster.Cluster, nodes []*netcluster.Node) error {
+	srv, err := kubetest.NewServer(filepath.Join(k.dir, "apiserver"), c.Etcd, netip.AddrPortFrom(netcluster.EtcdAddr, 6443), c.EtcdURL)
+	if err != nil {
+		return err
+	}
+	k.srv = srv
+	if err := c.StartService("kube-apiserver", c.Etcd, srv.Argv()...); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	if err := srv.WaitReady(wctx, nil); err != nil {
+		return err
+	}
+	if k.cli, err = srv.Client(); err != nil {
+		return err
+	}
+	if err := srv.WriteKubeconfig(k.kubeconfig); err != nil {
+		return err
+	}
+	if err := os.WriteFile(k.netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := k.createNode(ctx, n.Name, n.Index, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (k *kubeE2E) createNode(ctx context.Context, name string, i int, ann map[string]string) error {
+	cidr := fmt.Sprintf("10.244.%d.0/24", i)
+	_, err := k.cli.CoreV1().Nodes().Create(ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
+		Spec:       corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create node %s: %w", name, err)
+	}
+	return nil
+}
+
+func (k *kubeE2E) ctx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// pair checks ICMP and TCP from one node's container to another's.
+func (k *kubeE2E) pair(t *testing.T, ctx context.Context, from, to *netcluster.Node) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := k.WaitPing(wctx, from, to.ContainerIP()); err != nil {
+		t.Errorf("%s → %s: %v", from.Name, to.Name, err)
+		return
+	}
+	if err := k.TCP(ctx, from, to, 256<<10); err != nil {
+		t.Error(err)
+	}
+}
+
+// Scenario 1: every node took its Node's pod CIDR; ICMP and TCP between the containers of every ordered pair.
+func (k *kubeE2E) traffic(t *testing.T) {
+	ctx := k.ctx(t, 3*time.Minute)
+	nodes := k.Nodes()
+	for _, n := range nodes {
+		if want := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", n.Index)); n.Subnet() != want {
+			t.Errorf("node %s: subnet %s, want its pod CIDR %s", n.Name, n.Subnet(), want)
+		}
+	}
+	for _, from := range nodes {
+		for _, to := range nodes {
+			if from != to {
+				k.pair(t, ctx, from, to)
+			}
+		}
+	}
+}
+
+// Scenario 2: each Node carries flanneld's annotations byte for byte (the VtepMAC is the device's) and
+// NetworkUnavailable=False.
+func (k *kubeE2E) annotations(t *testing.T) {
+	ctx := k.ctx(t, time.Minute)
+	for _, n := range k.Nodes() {
+		node, err := k.cli.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mac := deviceMAC(t, n.NS, "flannel.1")
+		want := map[string]string{
+			"flannel.alpha.coreos.com/kube-subnet-manager": "true",
+			"flannel.alpha.coreos.com/backend-type":        "vxlan",
+			"flannel.alpha.coreos.com/backend-data":        `{"VNI":1,"VtepMAC":"` + mac + `"}`,
+			"flannel.alpha.coreos.com/public-ip":           n.Addr.String(),
+		}
+		if !maps.Equal(node.Annotations, want) {
+			t.Errorf("node %s annotations\n got %v\nwant %v", n.Name, node.Annotations, want)
+		}
+		ok := false
+		for _, c := range node.Status.Conditions {
+			ok = ok || (c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse && c.Reason == "FlannelIsUp")
+		}
+		if !ok {
+			t.Errorf("node %s: no NetworkUnavailable=False (FlannelIsUp) condition: %+v", n.Name, node.Status.Conditions)
+		}
+	}
+}
+
+// deviceMAC returns the MAC of dev in ns.
+func deviceMAC(t *testing.T, ns *kerneltest.NS, dev string) string {
+	t.Helper()
+	f := strings.Fields(ns.MustIP(t, "-o", "link", "show", dev))
+	for i, w := range f {
+		if w == "link/ether" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	t.Fatalf("no MAC for %s in %s", dev, ns.Name)
+	return ""
+}
+
+// Scenario 3: a node whose Node is created later joins, and every node reaches it.
+func (k *kubeE2E) joinLater(t *testing.T) {
+	ctx := k.ctx(t, 3*time.Minute)
+	i := len(k.Nodes()) + 1
+	if err := k.createNode(ctx, fmt.Sprintf("n%d", i), i, nil); err != nil {
+		t.Fatal(err)
+	}
+	n, err := k.AddNode(ctx)
+	if err != nil {
+		t.Fatalf("add node: %v", err)
+	}
+	for _, m := range k.Nodes()[:i-1] {
+		k.pair(t, ctx, n, m)
+		k.pair(t, ctx, m, n)
+	}
+}
+
+// hasRoute reports whether ns has a route to dst (its text for the failure message).
+func hasRoute(ns *kerneltest.NS, dst netip.Prefix) (bool, string) {
+	out, err := ns.IP("route", "show", dst.String())
+	return err == nil && strings.TrimSpace(out) != "", out
+}
+
+// Scenario 4: a deleted Node's subnet disappears from every other node's kernel.
+func (k *kubeE2E) nodeDeleted(t *testing.T) {
+	ctx := k.ctx(t, time.Minute)
+	gone := k.Node(3)
+	if err := k.cli.CoreV1().Nodes().Delete(ctx, gone.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range k.Nodes() {
+		if n == gone {
+			continue
+		}
+		waitFor(t, 20*time.Second, fmt.Sprintf("node %s drops the route to deleted %s", n.Name, gone.Name), func() (bool, string) {
+			ok, out := hasRoute(n.NS, gone.Subnet())
+			return !ok, out
+		})
+	}
+	if err := gone.StopAgent(syscall.SIGTERM); err != nil {
+		t.Error(err)
+	}
+}
+
+// Scenario 5: a Node deleted while a weftd is stopped (flannel #2554): the restarted weftd removes its route,
+// and traffic to the others still flows.
+func (k *kubeE2E) deletedWhileDown(t *testing.T) {
+	ctx := k.ctx(t, 2*time.Minute)
+	n1, n2, n4 := k.Node(1), k.Node(2), k.Node(4)
+	if err := n1.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.cli.CoreV1().Nodes().Delete(ctx, n2.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := hasRoute(n1.NS, n2.Subnet()); !ok {
+		t.Fatalf("node %s had no route to %s before its restart; the scenario proves nothing", n1.Name, n2.Subnet())
+	}
+	if err := n1.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "restarted n1 drops the route of a Node deleted while it was down", func() (bool, string) {
+		ok, out := hasRoute(n1.NS, n2.Subnet())
+		return !ok, out
+	})
+	k.pair(t, ctx, n1, n4)
+	k.pair(t, ctx, n4, n1)
+}
+
+// Scenario 6: weftd starts while the API server is down: /healthz answers 200 and /readyz 503 at once and
+// weftd keeps waiting (a liveness probe never kills it); the kernel state it left keeps carrying traffic;
+// once the API server is back weftd becomes ready.
+func (k *kubeE2E) apiServerDownAtStart(t *testing.T) {
+	ctx := k.ctx(t, 3*time.Minute)
+	n1, n4 := k.Node(1), k.Node(4)
+	if err := k.StopService("kube-apiserver"); err != nil {
+		t.Logf("stop kube-apiserver: %v", err) // its graceful shutdown may outlast the grace period
+	}
+	if err := n1.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	probe := func(path string) (int, string) {
+		code, body, err := k.HTTPGet(ctx, n1, path)
+		return code, fmt.Sprintf("%s: %d %q %v", path, code, body, err)
+	}
+	waitFor(t, 10*time.Second, "/healthz 200 soon after start with the API server down", func() (bool, string) {
+		code, d := probe("/healthz")
+		return code == 200, d
+	})
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if code, d := probe("/healthz"); code != 200 {
+			t.Errorf("while the API server is down: %s, want 200", d)
+		}
+		if code, d := probe("/readyz"); code != 503 {
+			t.Errorf("while the API server is down: %s, want 503", d)
+		}
+		if !n1.AgentRunning() {
+			t.Fatalf("weftd exited while the API server is down: %v", n1.AgentExit())
+		}
+	}
+	k.pair(t, ctx, n4, n1)
+	k.pair(t, ctx, n1, n4)
+
+	if err := k.StartService("kube-apiserver", k.Etcd, k.srv.Argv()...); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.srv.WaitReady(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.WaitReady(ctx); err != nil {
+		t.Fatalf("weftd not ready after the API server came back: %v", err)
+	}
+}
+
+// Scenario 7: a node running flannel's own flanneld (v0.28.10, --kube-subnet-mgr, vxlan) joins the weftd
+// nodes: each side reads the other's annotations, and containers exchange ICMP and TCP both ways.
+func (k *kubeE2E) flanneldNode(t *testing.T) {
+	if _, err := os.Stat(kubetest.FlanneldBin()); err != nil {
+		if kerneltest.E2E() {
+			t.Fatalf("WEFT_E2E=1 but flanneld is missing (dist/kubetest/build-flanneld.sh): %v", err)
+		}
+		t.Skipf("flanneld is missing (dist/kubetest/build-flanneld.sh): %v", err)
+	}
+	ctx := k.ctx(t, 3*time.Minute)
+	i := len(k.Nodes()) + 1
+	name := fmt.Sprintf("n%d", i)
+	k.flanneld[name] = true
+	// A kubelet-registered Node always has annotations; flanneld v0.28.10 panics on a Node without any.
+	if err := k.createNode(ctx, name, i, map[string]string{"node.alpha.kubernetes.io/ttl": "0"}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := k.AddNode(ctx)
+	if err != nil {
+		t.Fatalf("add the flanneld node: %v", err)
+	}
+	node, err := k.cli.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"node.alpha.kubernetes.io/ttl":                 "0",
+		"flannel.alpha.coreos.com/kube-subnet-manager": "true",
+		"flannel.alpha.coreos.com/backend-type":        "vxlan",
+		"flannel.alpha.coreos.com/backend-data":        `{"VNI":1,"VtepMAC":"` + deviceMAC(t, f.NS, "flannel.1") + `"}`,
+		"flannel.alpha.coreos.com/public-ip":           f.Addr.String(),
+	}
+	if !maps.Equal(node.Annotations, want) {
+		t.Errorf("flanneld's annotations differ from weftd's form:\n got %v\nwant %v", node.Annotations, want)
+	}
+	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
+		k.pair(t, ctx, w, f)
+		k.pair(t, ctx, f, w)
+	}
+}
+
+// Scenario 8: the migration step of a rolling update: the flanneld node's agent is replaced by weftd. weftd
+// keeps the subnet, the vxlan device and its VtepMAC, so the annotations stay byte for byte as flanneld left
+// them, and containers keep exchanging traffic with the other nodes.
+func (k *kubeE2E) migrate(t *testing.T) {
+	ctx := k.ctx(t, 3*time.Minute)
+	var f *netcluster.Node
+	for _, n := range k.Nodes() {
+		if k.flanneld[n.Name] {
+			f = n
+		}
+	}
+	if f == nil {
+		t.Skip("no flanneld node (scenario 7 skipped)")
+	}
+	before, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := deviceMAC(t, f.NS, "flannel.1")
+	if err := f.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	k.flanneld[f.Name] = false
+	if err := f.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != f.Subnet() {
+		t.Errorf("env file after the switch: %+v, %v; want subnet %s", env, err, f.Subnet())
+	}
+	if got := deviceMAC(t, f.NS, "flannel.1"); got != mac {
+		t.Errorf("VtepMAC %s after the switch to weftd, want flanneld's %s kept", got, mac)
+	}
+	after, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(after.Annotations, before.Annotations) {
+		t.Errorf("annotations changed by the switch:\nflanneld %v\n   weftd %v", before.Annotations, after.Annotations)
+	}
+	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
+		k.pair(t, ctx, w, f)
+		k.pair(t, ctx, f, w)
+	}
+}

@@ -1,0 +1,185 @@
+package kubestore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// errNoNode means this node's Node object does not exist (yet, or any more).
+var errNoNode = errors.New("node object not found")
+
+// apiError wraps a failed write to the API server: retried with backoff.
+type apiError struct{ err error }
+
+func (e *apiError) Error() string { return e.err.Error() }
+func (e *apiError) Unwrap() error { return e.err }
+
+// Hold takes this node's lease and keeps it until ctx ends: the subnet is the Node's pod CIDR; Hold writes
+// the annotations that announce the lease (kube-subnet-manager, backend-type, backend-data, public-ip and
+// their v6 forms, as flanneld writes them; public-ip-overwrite, when an admin set it, is published instead of
+// req's PublicIP), sets NetworkUnavailable=False if configured, and calls fn(lease, true).
+//
+// While the Node has no pod CIDR, or one outside the network, or does not exist, Hold waits and says so
+// (flanneld exits instead). Afterwards it follows the Node: annotations removed or changed by someone else
+// are written again; if the Node is deleted or its pod CIDR changes, fn(old, false) is called and the lease
+// is taken again from the Node as it is then. A failed write is retried with backoff.
+//
+// Hold returns nil when ctx ends, leaving the annotations in place; an error for an invalid req, an
+// IPv6-only network config, or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
+	if !req.Attrs.PublicIP.Is4() {
+		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
+	}
+	if fn == nil {
+		fn = func(subnet.Lease, bool) {}
+	}
+	cfg, err := s.netConfig(ctx)
+	if err != nil {
+		return fmt.Errorf("hold lease: %w", err)
+	}
+	if !cfg.EnableIPv4 {
+		return errors.New("hold lease: IPv6-only networks (EnableIPv4 false) are not supported yet")
+	}
+	if err := s.waitSynced(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("hold lease: %w", err)
+	}
+	log := s.log.With("node", s.node)
+	var held *subnet.Lease
+	delay := time.Duration(0)
+	for {
+		ch := s.changes()
+		l, err := s.announce(ctx, s.self(), req.Attrs, cfg)
+		var retry <-chan time.Time
+		var api *apiError
+		switch {
+		case err == nil:
+			delay = 0
+			s.warnOnce("self", "", nil)
+			if held != nil && (held.Subnet != l.Subnet || held.IPv6Subnet != l.IPv6Subnet) {
+				log.Warn("the node's pod CIDR changed; taking the new one", "old", held.Subnet, "new", l.Subnet)
+				fn(*held, false)
+				held = nil
+			}
+			if held == nil || !sameLease(*held, l) {
+				log.Info("lease announced on the node", "subnet", l.Subnet, "ipv6-subnet", l.IPv6Subnet, "public-ip", l.Attrs.PublicIP)
+				fn(l, true)
+				held = &l
+			}
+		case errors.As(err, &api):
+			delay = min(max(2*delay, 250*time.Millisecond), 5*time.Second)
+			log.Warn("cannot update the node; retrying", "err", err, "retry_in", delay)
+			retry = time.After(delay)
+		default: // waiting for the Node, its pod CIDR, or a fitting one
+			if held != nil {
+				log.Warn("lease lost; waiting for the node to carry a pod CIDR again", "subnet", held.Subnet, "reason", err)
+				fn(*held, false)
+				held = nil
+			}
+			s.warnOnce("self", err.Error(), func() {
+				if errors.Is(err, errNoPodCIDR) || errors.Is(err, errNoNode) {
+					log.Warn("waiting for the node's pod CIDR (assigned by kube-controller-manager --allocate-node-cidrs, or kubelet --pod-cidr); not ready meanwhile", "err", err)
+				} else {
+					log.Error("cannot use the node's pod CIDR; waiting for it to be fixed; not ready meanwhile", "err", err)
+				}
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.done:
+			return fmt.Errorf("hold lease: %w", ErrClosed)
+		case <-ch:
+		case <-retry:
+		}
+	}
+}
+
+// announce makes the Node n carry the lease annotations for attrs (and the NetworkUnavailable=False
+// condition, if configured) and returns the lease. Writes happen only for what is missing or differs.
+func (s *Store) announce(ctx context.Context, n *corev1.Node, attrs subnet.Attrs, cfg *subnet.Config) (subnet.Lease, error) {
+	if n == nil {
+		return subnet.Lease{}, fmt.Errorf("node %s: %w", s.node, errNoNode)
+	}
+	v4, v6, err := podCIDRs(n)
+	if err != nil {
+		return subnet.Lease{}, err
+	}
+	if err := inNetwork(n.Name, cfg, v4, v6); err != nil {
+		return subnet.Lease{}, err
+	}
+	if !cfg.EnableIPv6 {
+		v6 = netip.Prefix{}
+	}
+	pub4, pub6, problems := s.ann.published(n, attrs)
+	for _, p := range problems {
+		s.warnOnce("overwrite/"+p, p, func() { s.log.Warn("ignoring an admin annotation", "node", n.Name, "problem", p) })
+	}
+	if !v6.IsValid() {
+		pub6 = netip.Addr{}
+	}
+	_, patch := s.ann.wantAnnotations(n, attrs, pub4, pub6)
+	if patch != nil {
+		body, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": patch}})
+		if err != nil {
+			return subnet.Lease{}, fmt.Errorf("encode annotations patch: %w", err)
+		}
+		if err := s.patchStatus(ctx, body); err != nil {
+			return subnet.Lease{}, &apiError{fmt.Errorf("patch annotations of node %s: %w", s.node, err)}
+		}
+		s.log.Info("wrote lease annotations", "node", s.node, "annotations", patch)
+	}
+	if s.setNetUp && !networkUp(n) {
+		now := metav1.Now()
+		cond := corev1.NodeCondition{
+			Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse, Reason: "FlannelIsUp",
+			Message: "Flannel is running on this node", LastTransitionTime: now, LastHeartbeatTime: now,
+		}
+		body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+		if err != nil {
+			return subnet.Lease{}, fmt.Errorf("encode condition patch: %w", err)
+		}
+		if err := s.patchStatus(ctx, body); err != nil {
+			return subnet.Lease{}, &apiError{fmt.Errorf("set condition NetworkUnavailable=False on node %s: %w", s.node, err)}
+		}
+		s.log.Info("set node condition NetworkUnavailable=False", "node", s.node)
+	}
+	l := subnet.Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs}
+	l.Attrs.PublicIP, l.Attrs.PublicIPv6 = pub4, pub6
+	if len(l.Attrs.BackendData) == 0 || string(l.Attrs.BackendData) == "null" {
+		l.Attrs.BackendData = nil
+	}
+	if !v6.IsValid() {
+		l.Attrs.BackendV6Data = nil
+	}
+	return l, nil
+}
+
+// networkUp reports whether the (trimmed) Node has NetworkUnavailable=False.
+func networkUp(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeNetworkUnavailable {
+			return c.Status == corev1.ConditionFalse
+		}
+	}
+	return false
+}
+
+func (s *Store) patchStatus(ctx context.Context, body []byte) error {
+	rctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
+	defer cancel()
+	_, err := s.cli.CoreV1().Nodes().Patch(rctx, s.node, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
+	return err
+}
