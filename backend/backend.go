@@ -58,6 +58,19 @@ type Change struct {
 	Deleted []string       // keys (subnet.Lease.Key) of peer leases gone
 }
 
+// Stats is implemented by a backend that counts its data path's events by name (see udp.Backend.Stats);
+// the agent exports them as metrics.
+type Stats interface {
+	Stats() map[string]uint64
+}
+
+// Checker is implemented by a backend whose data path can break outside Set and fail to be repaired (udp:
+// its TUN deleted and not recreatable). Healthy returns why the data path cannot work, or nil; the agent's
+// /healthz then fails, so a supervisor restarts weftd.
+type Checker interface {
+	Healthy() error
+}
+
 // Local is what a backend publishes about this node.
 type Local struct {
 	BackendType string          // the lease's BackendType

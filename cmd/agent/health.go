@@ -17,14 +17,18 @@ type metric struct {
 	value uint64
 }
 
-// health serves /healthz (200 while running), /readyz (200 once the env file is written, the data path
+// health serves /healthz (200 while running, 503 while the backend reports its data path broken), /readyz (200 once the env file is written, the data path
 // is in sync and the packet filter rules are in place) and /metrics (Prometheus text format).
 type health struct {
 	ready        func() bool                     // lease held, env file written, data path in sync; set before serving
 	rulesPending atomic.Bool                     // packet filter rules wanted but not (yet) in place
 	peers        atomic.Int64                    // peers in the last applied state
 	stats        atomic.Pointer[func() []metric] // set once the backend is up (the server starts before); nil: none
+	alive        atomic.Pointer[func() error]    // the backend's data path check (backend.Checker); nil: none
 }
+
+// setAlive makes /healthz fail while f reports the data path cannot work.
+func (h *health) setAlive(f func() error) { h.alive.Store(&f) }
 
 // setStats makes /metrics show f's counters (the health server may already be serving).
 func (h *health) setStats(f func() []metric) { h.stats.Store(&f) }
@@ -38,7 +42,15 @@ func newHealth() *health {
 
 func (h *health) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if f := h.alive.Load(); f != nil {
+			if err := (*f)(); err != nil {
+				http.Error(w, "data path broken: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !h.isReady() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -46,6 +47,23 @@ func TestHealthServer(t *testing.T) {
 	if code, _ := get("/readyz"); code != 503 {
 		t.Errorf("/readyz before ready = %d, want 503", code)
 	}
+	// A backend that reports its data path broken (udp: TUN lost, not recreatable) fails /healthz.
+	var broken atomic.Pointer[error]
+	h.setAlive(func() error {
+		if e := broken.Load(); e != nil {
+			return *e
+		}
+		return nil
+	})
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz with a working data path = %d, want 200", code)
+	}
+	e := errors.New("TUN lost")
+	broken.Store(&e)
+	if code, body := get("/healthz"); code != 503 || !strings.Contains(body, "TUN lost") {
+		t.Errorf("/healthz with a broken data path = %d %q, want 503 naming the cause", code, body)
+	}
+	broken.Store(nil)
 	ready.Store(true)
 	if code, _ := get("/readyz"); code != 200 {
 		t.Errorf("/readyz when ready = %d, want 200", code)

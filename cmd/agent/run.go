@@ -94,6 +94,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}()
 	a.health.setStats(a.stats)
+	if c, ok := a.be.(backend.Checker); ok {
+		a.health.setAlive(c.Healthy)
+	}
 	if a.rules, err = newRuleManager(cfg, netCfg, func(ok bool) { a.health.rulesPending.Store(!ok) }, log); err != nil {
 		return err
 	}
@@ -670,7 +673,7 @@ func (a *agent) stats() []metric {
 		{"weft_reconcile_total", a.reconciles.Load()},
 		{"weft_reconcile_errors_total", a.reconcileErrors.Load()},
 	}
-	if s, ok := a.be.(interface{ Stats() map[string]uint64 }); ok {
+	if s, ok := a.be.(backend.Stats); ok {
 		m = append(m, backendMetrics(a.net.BackendType, s.Stats())...)
 	}
 	return m
