@@ -98,8 +98,8 @@ type Config struct {
 
 	Ifaces       []string      // --iface: names or IPv4 addresses; empty: see IfaceRegexes
 	IfaceRegexes []string      // --iface-regex; empty: see CanReach
-	CanReach     string        // --iface-can-reach; empty: the default route's interface
-	PublicIP     string        // --public-ip; empty: the interface's address
+	CanReach     netip.Addr    // --iface-can-reach; zero: the default route's interface
+	PublicIP     netip.Addr    // --public-ip (IPv4); zero: the interface's address
 	NodeID       string        // --node-id; empty: derived from the machine ID (see defaultNodeID)
 	SubnetFile   string        // --subnet-file
 	LeaseTTL     time.Duration // --subnet-lease-ttl
@@ -138,8 +138,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("net-config-path", c.Kube.NetConfPath),
 		slog.Any("iface", c.Ifaces),
 		slog.Any("iface-regex", c.IfaceRegexes),
-		slog.String("iface-can-reach", c.CanReach),
-		slog.String("public-ip", c.PublicIP),
+		slog.String("iface-can-reach", addrFlag{a: &c.CanReach}.String()),
+		slog.String("public-ip", addrFlag{a: &c.PublicIP}.String()),
 		slog.String("node-id", c.NodeID),
 		slog.String("subnet-file", c.SubnetFile),
 		slog.Duration("subnet-lease-ttl", c.LeaseTTL),
@@ -165,8 +165,8 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	c.Log.register(fs)
 	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or IPv4 address for inter-node traffic (repeatable; the first that exists wins)")
 	fs.StringSliceVar(&c.IfaceRegexes, "iface-regex", nil, "regular expression matched against interface names and addresses (repeatable)")
-	fs.StringVar(&c.CanReach, "iface-can-reach", "", "use the interface that routes to this address")
-	fs.StringVar(&c.PublicIP, "public-ip", "", "IPv4 address other nodes use to reach this one (default: the interface's address)")
+	fs.Var(addrFlag{a: &c.CanReach}, "iface-can-reach", "use the interface that routes to this address")
+	fs.Var(addrFlag{a: &c.PublicIP, v4: true}, "public-ip", "IPv4 address other nodes use to reach this one (default: the interface's address)")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's identity in its lease (WeftNodeID), telling apart nodes that share a public IP (default: derived from /etc/machine-id)")
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
@@ -183,6 +183,37 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
 	return fs
 }
+
+// addrFlag is a flag holding an IP address (IPv4 only with v4), parsed once when it is set; empty: none.
+type addrFlag struct {
+	a  *netip.Addr
+	v4 bool
+}
+
+func (f addrFlag) Set(s string) error {
+	if s == "" {
+		*f.a = netip.Addr{}
+		return nil
+	}
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil && f.v4, err == nil && f.v4 && !a.Unmap().Is4():
+		return errors.New("want an IPv4 address")
+	case err != nil:
+		return errors.New("want an IP address")
+	}
+	*f.a = a.Unmap()
+	return nil
+}
+
+func (f addrFlag) String() string {
+	if f.a == nil || !f.a.IsValid() {
+		return ""
+	}
+	return f.a.String()
+}
+
+func (f addrFlag) Type() string { return "ip" }
 
 // secondsOrDuration is a duration flag that also takes a plain number of seconds, as flanneld's
 // --iptables-resync does (FLANNELD_IPTABLES_RESYNC=5 keeps working after a migration).
@@ -287,16 +318,6 @@ func agentConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 func (c *Config) validate() error {
 	if c.Version {
 		return nil
-	}
-	if c.CanReach != "" {
-		if _, err := netip.ParseAddr(c.CanReach); err != nil {
-			return fmt.Errorf("--iface-can-reach %q: want an IP address", c.CanReach)
-		}
-	}
-	if c.PublicIP != "" {
-		if a, err := netip.ParseAddr(c.PublicIP); err != nil || !a.Is4() {
-			return fmt.Errorf("--public-ip %q: want an IPv4 address", c.PublicIP)
-		}
 	}
 	if c.LeaseTTL < 2*time.Second {
 		return fmt.Errorf("--subnet-lease-ttl %s: must be at least 2s", c.LeaseTTL)

@@ -35,7 +35,7 @@ func TestAgentConfigFlagsAndEnv(t *testing.T) {
 		{"flags", []string{"--etcd-endpoints=http://192.0.2.2:2379,http://192.0.2.3:2379", "--iface", "eth0", "--iface=192.0.2.11",
 			"--subnet-lease-ttl=10s", "--public-ip=203.0.113.4", "--log-format=json", "--healthz-port=9101"}, nil, func(t *testing.T, c Config) {
 			if len(c.Etcd.Endpoints) != 2 || !reflect.DeepEqual(c.Ifaces, []string{"eth0", "192.0.2.11"}) || c.LeaseTTL != 10*time.Second ||
-				c.PublicIP != "203.0.113.4" || c.Log.Format != "json" || c.HealthzPort != 9101 {
+				c.PublicIP != netip.MustParseAddr("203.0.113.4") || c.Log.Format != "json" || c.HealthzPort != 9101 {
 				t.Errorf("flags not applied: %+v", c)
 			}
 		}},
@@ -114,9 +114,10 @@ func TestAgentConfigErrors(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{[]string{"--public-ip=eth0"}, nil, `--public-ip "eth0": want an IPv4 address`},
-		{[]string{"--public-ip=2001:db8::1"}, nil, `--public-ip "2001:db8::1": want an IPv4 address`},
-		{[]string{"--iface-can-reach=nowhere"}, nil, `--iface-can-reach "nowhere"`},
+		{[]string{"--public-ip=eth0"}, nil, `invalid argument "eth0" for "--public-ip" flag: want an IPv4 address`},
+		{[]string{"--public-ip=2001:db8::1"}, nil, `invalid argument "2001:db8::1" for "--public-ip" flag: want an IPv4 address`},
+		{nil, map[string]string{"WEFTD_PUBLIC_IP": "eth0"}, `"eth0"`},
+		{[]string{"--iface-can-reach=nowhere"}, nil, `invalid argument "nowhere" for "--iface-can-reach" flag: want an IP address`},
 		{[]string{"--subnet-lease-ttl=1s"}, nil, "--subnet-lease-ttl 1s: must be at least 2s"},
 		{[]string{"--healthz-port=70000"}, nil, "--healthz-port 70000"},
 		{[]string{"--log-format=xml"}, nil, `--log-format "xml": want text or json`},

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -326,19 +325,7 @@ func waitConfig(ctx context.Context, store subnet.Store, src configSource, log *
 }
 
 func (c *Config) ifaceSelector() (backend.IfaceSelector, error) {
-	s := backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes}
-	var err error
-	if c.CanReach != "" {
-		if s.CanReach, err = netip.ParseAddr(c.CanReach); err != nil {
-			return s, fmt.Errorf("--iface-can-reach %q: %w", c.CanReach, err)
-		}
-	}
-	if c.PublicIP != "" {
-		if s.PublicIP, err = netip.ParseAddr(c.PublicIP); err != nil {
-			return s, fmt.Errorf("--public-ip %q: %w", c.PublicIP, err)
-		}
-	}
-	return s, nil
+	return backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes, CanReach: c.CanReach, PublicIP: c.PublicIP}, nil
 }
 
 // startBackend constructs the configured backend and brings it up. prev is the BackendData this node
