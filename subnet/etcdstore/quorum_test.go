@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"bytes"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -72,13 +73,18 @@ func TestQuorumLoss(t *testing.T) {
 	}
 	t.Cleanup(func() { other.Close() })
 	cli := other.cli
-	rawPut(t, cli, subnetsPrefix+"10.5.77.0-24", leaseValue("198.51.100.77"))
+	// Another subnet than our own (the own lease is a random pick: writing over it would take it away).
+	otherNet := netip.MustParsePrefix("10.5.77.0/24")
+	if own.Subnet == otherNet {
+		otherNet = netip.MustParsePrefix("10.5.78.0/24")
+	}
+	rawPut(t, cli, subnetsPrefix+strings.Replace(otherNet.String(), "/", "-", 1), leaseValue("198.51.100.77"))
 	timeout := time.After(20 * time.Second)
 	for seen := false; !seen; {
 		select {
 		case b := <-batches:
 			for _, l := range b.Put {
-				seen = seen || l.Subnet.String() == "10.5.77.0/24"
+				seen = seen || l.Subnet == otherNet
 			}
 		case <-timeout:
 			t.Fatal("the change written after quorum came back was not delivered within 20 s")
