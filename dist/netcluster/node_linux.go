@@ -55,10 +55,12 @@ func (n *Node) AgentArgs() []string {
 	argv = append(argv,
 		"--iface", "eth0",
 		"--subnet-file", n.EnvFile,
-		"--node-id", n.NS.Name, // the nodes share the host's machine ID
 		"--healthz-ip", "127.0.0.1",
 		"--healthz-port", strconv.Itoa(o.HealthzPort),
 	)
+	if argv[0] == o.Weftd { // not for a node that runs flannel's flanneld (kube tier), which has no such flag
+		argv = append(argv, "--node-id", n.NS.Name) // the nodes share the host's machine ID
+	}
 	argv = append(argv, o.ExtraAgentFlags...)
 	n.mu.Lock()
 	argv = append(argv, n.extraFlags...)
