@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -30,6 +31,8 @@ import (
 type kubeE2E struct {
 	*netcluster.Cluster
 	flanneld   map[string]bool // nodes that run flannel's flanneld instead of weftd
+	image      map[string]bool // nodes that run the weftd image with podman
+	podmanConf string          // CONTAINERS_CONF for podman (from build-image.sh)
 	dir        string
 	kubeconfig string
 	netConf    string
@@ -41,7 +44,7 @@ func TestE2EKube(t *testing.T) {
 	requireE2E(t)
 	kubetest.Require(t)
 	dir := t.TempDir()
-	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}}
+	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}, image: map[string]bool{}}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
 			dumpLogs(t, dir)
@@ -81,11 +84,15 @@ func TestE2EKube(t *testing.T) {
 	t.Run("6-api-server-down-at-start", k.apiServerDownAtStart)
 	t.Run("7-flanneld-node", k.flanneldNode)
 	t.Run("8-flanneld-replaced-by-weftd", k.migrate)
+	t.Run("9-image-with-podman", k.imageNode)
 }
 
 // agentStore is the start of a node's agent command line in kube mode: weftd, or flannel's flanneld with
 // the same flags (they share their names).
 func (k *kubeE2E) agentStore(n *netcluster.Node) []string {
+	if k.image[n.Name] {
+		return k.podmanAgent(n)
+	}
 	bin := weftdBin
 	if k.flanneld[n.Name] {
 		bin = kubetest.FlanneldBin()
@@ -435,5 +442,62 @@ func (k *kubeE2E) migrate(t *testing.T) {
 	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
 		k.pair(t, ctx, w, f)
 		k.pair(t, ctx, f, w)
+	}
+}
+
+// podmanAgent runs the weftd image as the DaemonSet in kube-weft.yml runs it (its arguments, NET_ADMIN and
+// NET_RAW instead of privileged, /run/xtables.lock, the env file folder, the kubeconfig and net-conf.json)
+// with podman, the container in the node's namespace. podman itself runs in the test's mount and network
+// namespaces (ip netns exec remounts /sys and hides the cgroups; runc refuses --sysctl for a container
+// sharing its own network namespace), hence nsenter; it creates no network (--network ns:). --sysctl
+// stands in for a node's ip_forward=1.
+func (k *kubeE2E) podmanAgent(n *netcluster.Node) []string {
+	self := fmt.Sprintf("/proc/%d/ns/", os.Getpid())
+	return []string{"nsenter", "--mount=" + self + "mnt", "--net=" + self + "net", "--",
+		"env", "CONTAINERS_CONF=" + k.podmanConf,
+		"podman", "run", "--rm", "--name", n.NS.Name + "-weftd", "--network", "ns:/run/netns/" + n.NS.Name,
+		"--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--sysctl", "net.ipv4.ip_forward=1",
+		"-e", "NODE_NAME=" + n.Name, "-v", k.dir + ":" + k.dir, "-v", filepath.Join(k.dir, "xtables.lock") + ":/run/xtables.lock",
+		"localhost/weftd:test", "--ip-masq", "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+}
+
+// Scenario 9: the image built from dist/Dockerfile (no registry: build-image.sh) runs as a node's agent with
+// the DaemonSet's arguments, mounts and capabilities: it writes the env file, programs the data path and
+// carries traffic to nodes running the plain binary.
+func (k *kubeE2E) imageNode(t *testing.T) {
+	kerneltest.RequireCommand(t, "podman", "mmdebstrap", "nsenter")
+	ctx := k.ctx(t, 5*time.Minute)
+	out, err := exec.CommandContext(ctx, "../../dist/kubetest/build-image.sh").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build the image: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	k.podmanConf = lines[len(lines)-1]
+	if err := os.WriteFile(filepath.Join(k.dir, "xtables.lock"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	i := len(k.Nodes()) + 1
+	name := fmt.Sprintf("n%d", i)
+	k.image[name] = true
+	t.Cleanup(func() {
+		// If the test process dies, podman is killed but not its container: remove it by name.
+		exec.Command("env", "CONTAINERS_CONF="+k.podmanConf, "podman", "rm", "-f", "--ignore", k.Node(i).NS.Name+"-weftd").Run()
+	})
+	if err := k.createNode(ctx, name, i, map[string]string{"node.alpha.kubernetes.io/ttl": "0"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := k.AddNode(ctx)
+	if err != nil {
+		t.Fatalf("add the node running the image: %v", err)
+	}
+	if n.Subnet() != netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i)) || n.MTU() != 1450 {
+		t.Errorf("env file of the image's node: subnet %s MTU %d, want 10.244.%d.0/24 and 1450", n.Subnet(), n.MTU(), i)
+	}
+	if out, err := n.NS.IP("-d", "link", "show", "flannel.1"); err != nil || !strings.Contains(out, "vxlan id 1") {
+		t.Errorf("no vxlan device made by the image: %v %s", err, out)
+	}
+	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
+		k.pair(t, ctx, w, n)
+		k.pair(t, ctx, n, w)
 	}
 }
