@@ -91,7 +91,8 @@ type Store struct {
 	mu       sync.Mutex // guards all following fields
 	net      *subnet.Config
 	informer cache.SharedIndexInformer
-	changed  chan struct{} // closed and replaced whenever a Node's lease-relevant content changes
+	changed  chan struct{}   // closed and replaced whenever a Node's lease-relevant content changes
+	dirty    map[string]bool // names of the Nodes changed since WatchChanges last looked (nil: none)
 	warned   map[string]string
 }
 
@@ -275,16 +276,16 @@ func (s *Store) start() error {
 			return obj, nil
 		})
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { s.notify() },
+			AddFunc: func(obj any) { s.notify(obj) },
 			UpdateFunc: func(old, cur any) {
 				o, ok1 := old.(*corev1.Node)
 				n, ok2 := cur.(*corev1.Node)
 				if ok1 && ok2 && sameLeaseView(o, n) {
 					return // a heartbeat or another change that does not touch the lease
 				}
-				s.notify()
+				s.notify(cur)
 			},
-			DeleteFunc: func(any) { s.notify() },
+			DeleteFunc: func(obj any) { s.notify(obj) },
 		})
 		// Under mu, so Close either sees stop or this sees Close's done.
 		s.mu.Lock()
@@ -306,8 +307,16 @@ func (s *Store) start() error {
 	return nil
 }
 
-func (s *Store) notify() {
+// notify records obj's Node as changed and wakes the watchers.
+func (s *Store) notify(obj any) {
+	name, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj) // a Node's key is its name
 	s.mu.Lock()
+	if err == nil {
+		if s.dirty == nil {
+			s.dirty = map[string]bool{}
+		}
+		s.dirty[name] = true
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()

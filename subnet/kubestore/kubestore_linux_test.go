@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -269,6 +270,10 @@ func TestWatch(t *testing.T) {
 	s := k.store(t, "n1")
 
 	sets := startWatch(t, s)
+	// The same store's WatchChanges, applied to a map, must give the same sets, each change alone.
+	batches := make(chan subnet.Changes, 16)
+	go s.WatchChanges(t.Context(), func(c subnet.Changes) { batches <- c })
+	applied := map[string]subnet.Lease{}
 	str := func(ls []subnet.Lease) string {
 		var b []string
 		for _, l := range ls {
@@ -280,6 +285,23 @@ func TestWatch(t *testing.T) {
 		t.Helper()
 		if got := str(waitFor(t, sets, what)); got != want {
 			t.Errorf("%s:\n got %s\nwant %s", what, got, want)
+		}
+		c := waitFor(t, batches, what+" (changes)")
+		if c.Full != (len(applied) == 0 && what == "first set") {
+			t.Errorf("%s: changes batch Full=%v", what, c.Full)
+		}
+		if !c.Full && len(c.Put)+len(c.Deleted) > 2 {
+			t.Errorf("%s: a one-node change gave %d puts and %d deletes", what, len(c.Put), len(c.Deleted))
+		}
+		for _, l := range c.Deleted {
+			delete(applied, l.Key())
+		}
+		for _, l := range c.Put {
+			applied[l.Key()] = l
+		}
+		set := slices.SortedFunc(maps.Values(applied), subnet.CompareLeases)
+		if got := str(set); got != want {
+			t.Errorf("%s, from WatchChanges:\n got %s\nwant %s", what, got, want)
 		}
 	}
 	n1 := `10.244.1.0/24/invalid Prefix@192.0.2.11/invalid IP={"VNI":1,"VtepMAC":"82:1f:5e:aa:01:01"}|`
@@ -294,6 +316,7 @@ func TestWatch(t *testing.T) {
 	}
 	k.patchNode(t, "n2", `{"metadata":{"annotations":{"node.alpha.kubernetes.io/ttl":"0"}}}`)
 	expectNone(t, sets, time.Second, "delivery after a heartbeat")
+	expectNone(t, batches, 100*time.Millisecond, "changes after a heartbeat")
 
 	// An IPv6-only annotation change (flanneld misses it in dual stack).
 	k.patchNode(t, "n2", `{"metadata":{"annotations":{"`+pfx+`backend-v6-data":"{\"VNI\":1,\"VtepMAC\":\"82:1f:5e:aa:06:22\"}"}}}`)

@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -47,24 +50,93 @@ func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
 	}
 }
 
+// WatchChanges is Watch as changes (subnet.ChangeWatcher): a Full batch once the informer has listed every
+// Node, then, for each burst of changes, only the leases of the Nodes that changed: the work per change does
+// not grow with the number of Nodes. A Node whose lease moved to another subnet gives its old lease in
+// Deleted and its new one in Put; a Node deleted, or no longer carrying a valid lease, gives its last lease
+// in Deleted. After an API error the informer lists again and reports the differences as changes, so none is
+// missed. One WatchChanges at a time per Store (the changed Nodes are taken by whoever looks first).
+func (s *Store) WatchChanges(ctx context.Context, fn func(subnet.Changes)) error {
+	if err := s.waitSynced(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("watch nodes: %w", err)
+	}
+	cfg, err := s.netConfig(ctx)
+	if err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
+	ch := s.changes()
+	s.takeDirty() // the full listing below covers them
+	last := s.nodeLeases(cfg)
+	full := slices.SortedFunc(maps.Values(last), subnet.CompareLeases)
+	if full == nil {
+		full = []subnet.Lease{}
+	}
+	fn(subnet.Changes{Full: true, Put: full})
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.done:
+			return fmt.Errorf("watch nodes: %w", ErrClosed)
+		case <-ch:
+		}
+		ch = s.changes()
+		var c subnet.Changes
+		for name := range s.takeDirty() {
+			was, had := last[name]
+			now, has := s.nodeLeaseByName(name, cfg)
+			switch {
+			case has && had && sameLease(was, now):
+				continue
+			case has:
+				if had && was.Key() != now.Key() {
+					c.Deleted = append(c.Deleted, was)
+				}
+				c.Put = append(c.Put, now)
+				last[name] = now
+			case had:
+				c.Deleted = append(c.Deleted, was)
+				delete(last, name)
+			}
+		}
+		if len(c.Put) > 0 || len(c.Deleted) > 0 {
+			slices.SortFunc(c.Put, subnet.CompareLeases)
+			slices.SortFunc(c.Deleted, subnet.CompareLeases)
+			fn(c)
+		}
+	}
+}
+
+// takeDirty returns the names of the Nodes changed since the last call, and forgets them.
+func (s *Store) takeDirty() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.dirty
+	s.dirty = nil
+	return d
+}
+
 // leases returns the lease of every Node that has a valid one, sorted by subnet.
 func (s *Store) leases(cfg *subnet.Config) []subnet.Lease {
-	out := []subnet.Lease{}
+	out := slices.SortedFunc(maps.Values(s.nodeLeases(cfg)), subnet.CompareLeases)
+	if out == nil {
+		out = []subnet.Lease{}
+	}
+	return out
+}
+
+// nodeLeases returns the lease of every Node that has a valid one, by Node name.
+func (s *Store) nodeLeases(cfg *subnet.Config) map[string]subnet.Lease {
+	out := map[string]subnet.Lease{}
 	nodes := s.nodes()
 	present := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
 		present["peer/"+n.Name] = true
-		l, err := s.ann.nodeLease(n, cfg)
-		switch {
-		case err == nil:
-			s.warnOnce("peer/"+n.Name, "", nil)
-			out = append(out, l)
-		case errors.Is(err, errUnmanaged), errors.Is(err, errNoPodCIDR):
-			// Not (yet) part of the overlay: no agent runs there, or it waits for its pod CIDR.
-		default:
-			s.warnOnce("peer/"+n.Name, err.Error(), func() {
-				s.log.Warn("skipping a node whose lease cannot be read", "node", n.Name, "err", err)
-			})
+		if l, ok := s.nodeLease(n, cfg); ok {
+			out[n.Name] = l
 		}
 	}
 	s.mu.Lock()
@@ -74,8 +146,40 @@ func (s *Store) leases(cfg *subnet.Config) []subnet.Lease {
 		}
 	}
 	s.mu.Unlock()
-	slices.SortFunc(out, subnet.CompareLeases)
 	return out
+}
+
+// nodeLeaseByName reads one Node's lease from the informer; a Node that is gone forgets its warning.
+func (s *Store) nodeLeaseByName(name string, cfg *subnet.Config) (subnet.Lease, bool) {
+	s.mu.Lock()
+	inf := s.informer
+	s.mu.Unlock()
+	obj, exists, err := inf.GetStore().GetByKey(name)
+	n, ok := obj.(*corev1.Node)
+	if err != nil || !exists || !ok {
+		s.mu.Lock()
+		delete(s.warned, "peer/"+name)
+		s.mu.Unlock()
+		return subnet.Lease{}, false
+	}
+	return s.nodeLease(n, cfg)
+}
+
+// nodeLease reads n's lease, warning once about a Node whose lease cannot be read.
+func (s *Store) nodeLease(n *corev1.Node, cfg *subnet.Config) (subnet.Lease, bool) {
+	l, err := s.ann.nodeLease(n, cfg)
+	switch {
+	case err == nil:
+		s.warnOnce("peer/"+n.Name, "", nil)
+		return l, true
+	case errors.Is(err, errUnmanaged), errors.Is(err, errNoPodCIDR):
+		// Not (yet) part of the overlay: no agent runs there, or it waits for its pod CIDR.
+	default:
+		s.warnOnce("peer/"+n.Name, err.Error(), func() {
+			s.log.Warn("skipping a node whose lease cannot be read", "node", n.Name, "err", err)
+		})
+	}
+	return subnet.Lease{}, false
 }
 
 // sameLease compares everything a lease read from a Node carries.
