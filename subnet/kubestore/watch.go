@@ -22,15 +22,9 @@ import (
 // lists again and the set delivered next reflects every change meanwhile, deletions included.
 // fn runs on Watch's goroutine and gets a new slice each time.
 func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
-	if err := s.waitSynced(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("watch nodes: %w", err)
-	}
-	cfg, err := s.netConfig(ctx)
-	if err != nil {
-		return fmt.Errorf("watch nodes: %w", err)
+	cfg, err := s.watchStart(ctx)
+	if cfg == nil {
+		return err
 	}
 	var last []subnet.Lease
 	for first := true; ; first = false {
@@ -57,15 +51,9 @@ func (s *Store) Watch(ctx context.Context, fn func([]subnet.Lease)) error {
 // in Deleted. After an API error the informer lists again and reports the differences as changes, so none is
 // missed. One WatchChanges at a time per Store (the changed Nodes are taken by whoever looks first).
 func (s *Store) WatchChanges(ctx context.Context, fn func(subnet.Changes)) error {
-	if err := s.waitSynced(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("watch nodes: %w", err)
-	}
-	cfg, err := s.netConfig(ctx)
-	if err != nil {
-		return fmt.Errorf("watch nodes: %w", err)
+	cfg, err := s.watchStart(ctx)
+	if cfg == nil {
+		return err
 	}
 	ch := s.changes()
 	s.takeDirty() // the full listing below covers them
@@ -108,6 +96,22 @@ func (s *Store) WatchChanges(ctx context.Context, fn func(subnet.Changes)) error
 			fn(c)
 		}
 	}
+}
+
+// watchStart waits for the informer's first list and reads the network config, for Watch and WatchChanges.
+// A nil config ends the watch with the error returned (nil when ctx ended).
+func (s *Store) watchStart(ctx context.Context) (*subnet.Config, error) {
+	if err := s.waitSynced(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("watch nodes: %w", err)
+	}
+	cfg, err := s.netConfig(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch nodes: %w", err)
+	}
+	return cfg, nil
 }
 
 // takeDirty returns the names of the Nodes changed since the last call, and forgets them.
