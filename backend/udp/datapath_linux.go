@@ -84,11 +84,13 @@ func (b *Backend) openDatapath(ctx context.Context, h *kernel.Handle) (_ *datapa
 	if err := h.SetLinkUp(st.Index); err != nil {
 		return nil, err
 	}
-	addr, err := b.bindAddr(ctx)
+	first, err := b.listenFirst(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for range devs {
+	dp.socks = append(dp.socks, first)
+	addr := first.conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+	for range devs[1:] { // the other queues' sockets join the first's SO_REUSEPORT group
 		s, err := listen(ctx, addr, b.port, b.want)
 		if err != nil {
 			return nil, err
@@ -108,25 +110,22 @@ func (b *Backend) openDatapath(ctx context.Context, h *kernel.Handle) (_ *datapa
 	return dp, nil
 }
 
-// bindAddr returns the first bindable candidate address (see bindCandidates), probing with a plain socket.
-func (b *Backend) bindAddr(ctx context.Context) (netip.Addr, error) {
+// listenFirst opens the first socket on the first bindable candidate address (see bindCandidates).
+func (b *Backend) listenFirst(ctx context.Context) (*sock, error) {
 	var first error
 	for _, a := range b.bindCandidates() {
-		addr := netip.AddrPortFrom(a, 0).String()
-		pc, err := (&net.ListenConfig{}).ListenPacket(ctx, "udp4", addr)
+		s, err := listen(ctx, a, b.port, b.want)
 		if err == nil {
-			pc.Close()
-			return a, nil
+			return s, nil
 		}
-		err = fmt.Errorf("listen on udp %s: %w", addr, err)
 		if first == nil {
 			first = err
 		}
 		if !errors.Is(err, unix.EADDRNOTAVAIL) {
-			return netip.Addr{}, err
+			return nil, err
 		}
 	}
-	return netip.Addr{}, first
+	return nil, first
 }
 
 // close stops the loops by closing the TUN queues and the sockets, and waits for them. Idempotent.
@@ -236,7 +235,9 @@ func (b *Backend) routineTx(dp *datapath, q int) {
 			b.log.Debug("udp send failed", "queue", q, "err", sd.lastErr)
 			sd.lastErr = nil
 		}
-		c.inc(sendCalls)
+		if sent+failed > 0 { // a read of only dropped packets sends nothing
+			c.inc(sendCalls)
+		}
 		if gsoOff {
 			b.ctl.inc(gsoFallbacks)
 			b.log.Warn("UDP GSO failed; sending without it on this socket", "queue", q, "err", err)

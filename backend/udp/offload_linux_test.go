@@ -89,15 +89,7 @@ func TestOffloads(t *testing.T) {
 	})
 
 	t.Run("GRORunWithABadSegment", func(t *testing.T) {
-		var lc *net.UDPConn
-		if err := n1.Ctr.Do(func() (err error) {
-			lc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(n1.CtrAddr, 9998)))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer lc.Close()
-		dst := netip.AddrPortFrom(n1.CtrAddr, 9998)
+		lc, dst := listenInContainer(t, n1, 9998)
 		good1 := udpPacket(n2.CtrAddr.String(), dst, strings.Repeat("A", 100))
 		bad := udpPacket(n3.CtrAddr.String(), dst, strings.Repeat("B", 100)) // node 3's source, from node 2
 		good2 := udpPacket(n2.CtrAddr.String(), dst, strings.Repeat("C", 100))

@@ -249,15 +249,7 @@ func TestCluster(t *testing.T) {
 
 	t.Run("ReceiveChecks", func(t *testing.T) {
 		// A UDP listener in container 1 sees what the backend of node 1 delivers.
-		var lc *net.UDPConn
-		if err := n1.Ctr.Do(func() (err error) {
-			lc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(n1.CtrAddr, 9999)))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer lc.Close()
-		dst := netip.AddrPortFrom(n1.CtrAddr, 9999)
+		lc, dst := listenInContainer(t, n1, 9999)
 		to := netip.AddrPortFrom(n1.Underlay, DefaultPort)
 		cl.lan.MustIP(t, "addr", "add", "192.0.2.99/24", "dev", "br0")
 
@@ -509,6 +501,21 @@ func exchange(c net.Conn, deadline time.Time, out, want []byte) error {
 		return fmt.Errorf("received bytes differ from those sent")
 	}
 	return nil
+}
+
+// listenInContainer opens a UDP socket on n's container address and port, closed when the test ends.
+func listenInContainer(t *testing.T, n *node, port uint16) (*net.UDPConn, netip.AddrPort) {
+	t.Helper()
+	dst := netip.AddrPortFrom(n.CtrAddr, port)
+	var lc *net.UDPConn
+	if err := n.Ctr.Do(func() (err error) {
+		lc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(dst))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lc.Close() })
+	return lc, dst
 }
 
 // sendFrom sends one datagram to `to` from a socket in ns bound to src (ephemeral port).

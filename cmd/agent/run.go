@@ -59,10 +59,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if netCfg.DefaultedBackend {
 		log.Info("network config has no Backend.Type; using the default", "backend", netCfg.BackendType)
 	}
-	sel, err := cfg.ifaceSelector()
-	if err != nil {
-		return err
-	}
+	sel := cfg.ifaceSelector()
 	var prevData json.RawMessage // what this node published before, for a backend to keep its identity
 	if ks, ok := store.(*kubestore.Store); ok {
 		info, err := ks.NodeInfo(ctx)
@@ -324,8 +321,8 @@ func waitConfig(ctx context.Context, store subnet.Store, src configSource, log *
 	}
 }
 
-func (c *Config) ifaceSelector() (backend.IfaceSelector, error) {
-	return backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes, CanReach: c.CanReach, PublicIP: c.PublicIP}, nil
+func (c *Config) ifaceSelector() backend.IfaceSelector {
+	return backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes, CanReach: c.CanReach, PublicIP: c.PublicIP}
 }
 
 // startBackend constructs the configured backend and brings it up. prev is the BackendData this node
