@@ -25,7 +25,7 @@ DOCKER  ?=
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/weftd ./cmd/agent
 	$(GO) build -o $(BIN)/weft-docker-opts ./docker-opts
-	$(GO) build -o $(BIN)/weft-cluster ./dist/cluster
+	$(GO) build -o $(BIN)/weft-cluster ./cmd/weft-cluster
 
 # The demo needs root (network namespaces), ip (iproute2), ping (iputils) and iptables (weftd's forward
 # rules); DOCKER=1 (a dockerd and a busybox container on each node) also dockerd (docker.io) and a static

@@ -4,7 +4,7 @@ package main_test
 // weft-docker-opts and dockerd exactly as the units in dist/systemd run them, and a container from a
 // busybox image imported from a root filesystem the harness builds (no registry). One cluster per backend.
 // Uses TestMain, buildBins, waitFor, dumpLogs and expectRules of the other e2e files; the harness is
-// dist/netcluster (DockerOptions describes how dockerd is kept off the host).
+// cmd/internal/netcluster (DockerOptions describes how dockerd is kept off the host).
 
 import (
 	"context"
@@ -24,7 +24,7 @@ import (
 
 	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"github.com/weft-net/weft/dist/systemd"
 )
 

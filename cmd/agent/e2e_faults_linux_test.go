@@ -25,7 +25,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 )
 
 // leasePrefix is where the agents keep their leases (the default --etcd-prefix).

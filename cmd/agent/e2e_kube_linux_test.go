@@ -23,8 +23,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"github.com/weft-net/weft/dist/kubetest"
-	"github.com/weft-net/weft/dist/netcluster"
 )
 
 // kubeE2E is the kube-mode cluster under test.

@@ -1,6 +1,6 @@
 package main_test
 
-// End-to-end scenarios: real weftd binaries in a network-namespace cluster (dist/netcluster) against a real
+// End-to-end scenarios: real weftd binaries in a network-namespace cluster (cmd/internal/netcluster) against a real
 // embedded etcd, carrying real traffic and surviving faults. One cluster per backend; the scenarios of a
 // backend run in order on its cluster (see testBackend). Gate: root and iproute2, not -short; with
 // WEFT_E2E=1 a missing prerequisite fails instead of skipping. The agents' and etcd's logs are printed when
@@ -25,7 +25,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -58,7 +58,7 @@ func buildBins(t *testing.T) {
 	t.Helper()
 	binsOnce.Do(func() {
 		weftdBin, cluBin = filepath.Join(binDir, "weftd"), filepath.Join(binDir, "weft-cluster")
-		for bin, pkg := range map[string]string{weftdBin: "github.com/weft-net/weft/cmd/agent", cluBin: "github.com/weft-net/weft/dist/cluster"} {
+		for bin, pkg := range map[string]string{weftdBin: "github.com/weft-net/weft/cmd/agent", cluBin: "github.com/weft-net/weft/cmd/weft-cluster"} {
 			if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
 				binsErr = fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 				return

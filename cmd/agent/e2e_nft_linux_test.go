@@ -16,7 +16,7 @@ import (
 
 	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 )
 
 // startMasqCluster starts a vxlan cluster of nodes with --ip-masq and a 1 s resync, the network config

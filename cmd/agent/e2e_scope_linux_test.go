@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"github.com/weft-net/weft/subnet"
 )
 

@@ -61,7 +61,7 @@ func Require(t testing.TB) {
 // buildClusterBin builds weft-cluster (which runs etcd) into dir.
 func buildClusterBin(dir string) (string, error) {
 	bin := filepath.Join(dir, "weft-cluster")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/weft-net/weft/dist/cluster").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/weft-net/weft/cmd/weft-cluster").CombinedOutput(); err != nil {
 		return "", &buildError{err: err, out: string(out)}
 	}
 	return bin, nil

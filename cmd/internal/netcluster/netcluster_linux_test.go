@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		clusterBin = filepath.Join(dir, "weft-cluster")
-		if out, err := exec.Command("go", "build", "-o", clusterBin, "github.com/weft-net/weft/dist/cluster").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "build", "-o", clusterBin, "github.com/weft-net/weft/cmd/weft-cluster").CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build weft-cluster: %v\n%s", err, out)
 			return 1
 		}

@@ -6,7 +6,7 @@
 //	weft-cluster bench [--time 3] [--reps 3] [--paths veth,host-gw,vxlan,udp,udp-nooffload] [--baseline-weftd PATH]
 //	weft-cluster etcd --listen ADDR --data-dir DIR
 //
-// up builds the cluster (dist/netcluster), prints the leases, proves container-to-container ICMP and TCP
+// up builds the cluster (cmd/internal/netcluster), prints the leases, proves container-to-container ICMP and TCP
 // across every ordered pair of nodes and removes everything again, unless --keep; with --docker every node
 // runs weft-docker-opts and dockerd as dist/systemd does, and the containers are Docker containers; down
 // removes a kept cluster, using the state file up left in /run/weft-cluster; bench measures TCP throughput

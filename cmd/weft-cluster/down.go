@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 )
 
 // cmdDown removes a cluster left by `up --keep`: the processes and namespaces its state file names.

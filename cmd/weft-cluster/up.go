@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 )
 
 // stateDir holds one state file per cluster prefix and, below <prefix>/, the cluster's logs and data.

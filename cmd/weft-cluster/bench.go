@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
-	"github.com/weft-net/weft/dist/netcluster"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"golang.org/x/sys/unix"
 )
 
