@@ -7,9 +7,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/subnet"
@@ -64,8 +67,9 @@ func TestLeaseLossKeepsForwardingButNotReady(t *testing.T) {
 	if lost || !a.ready() {
 		t.Errorf("after re-acquisition: lost %v, ready %v; want ready again", lost, a.ready())
 	}
-	if a.acquisitions.Load() != 2 {
-		t.Errorf("acquisitions = %d, want 2", a.acquisitions.Load())
+	m := a.health.metrics
+	if got := []float64{testutil.ToFloat64(m.leaseAcquired), testutil.ToFloat64(m.leaseLost), testutil.ToFloat64(m.leaseReacquired)}; !slices.Equal(got, []float64{2, 1, 1}) {
+		t.Errorf("lease acquisitions, losses, re-acquisitions = %v, want [2 1 1]", got)
 	}
 }
 

@@ -113,6 +113,7 @@ type Config struct {
 	UDPOffload   string        // --udp-offload
 	UDPQueues    int           // --udp-queues
 	Version      bool          // --version
+	Probe        probeFlags
 }
 
 // LogValue describes the config for logs without its secrets.
@@ -150,6 +151,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("reconcile-interval", c.Reconcile),
 		slog.String("udp-offload", c.UDPOffload),
 		slog.Int("udp-queues", c.UDPQueues),
+		slog.Float64("probe-rate", c.Probe.Rate),
 	)
 }
 
@@ -181,6 +183,7 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.StringVar(&c.UDPOffload, "udp-offload", "auto", "udp backend offloads: auto (all the kernel has), off, or a comma list of tun, gso, gro")
 	fs.IntVar(&c.UDPQueues, "udp-queues", 0, "udp backend: TUN queues and packet loops; 0: one per CPU (at most 4), one on nodes with 2 CPUs or fewer")
 	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
+	c.Probe.register(fs)
 	return fs
 }
 
@@ -302,14 +305,14 @@ func agentConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs := newAgentFlags(&c)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: weftd [flags]\n       weftd COMMAND [flags]   (config get|set, leases [delete], reserve, unreserve, version)\n\nFlags (each also settable as WEFTD_<FLAG> or FLANNELD_<FLAG>):\n")
+		fmt.Fprintf(stderr, "Usage: weftd [flags]\n       weftd COMMAND [flags]   (config get|set, leases [delete], reserve, unreserve, status, version)\n\nFlags (each also settable as WEFTD_<FLAG> or FLANNELD_<FLAG>):\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q (commands: config, leases, reserve, unreserve, version)", fs.Arg(0))
+		return c, fmt.Errorf("unexpected argument %q (commands: config, leases, reserve, unreserve, status, version)", fs.Arg(0))
 	}
 	c.Kube.NodeName, c.Kube.PodName, c.Kube.PodNamespace = getenv("NODE_NAME"), getenv("POD_NAME"), getenv("POD_NAMESPACE")
 	return c, c.validate()
@@ -330,6 +333,9 @@ func (c *Config) validate() error {
 	}
 	if c.IPTResync < 100*time.Millisecond {
 		return fmt.Errorf("--iptables-resync %s: must be at least 100ms", c.IPTResync)
+	}
+	if err := c.Probe.validate(); err != nil {
+		return err
 	}
 	if c.HealthzPort < 0 || c.HealthzPort > 65535 {
 		return fmt.Errorf("--healthz-port %d: want 0 (off) to 65535", c.HealthzPort)

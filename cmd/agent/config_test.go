@@ -256,14 +256,6 @@ func TestPrintLeases(t *testing.T) {
 	}
 }
 
-func TestBackendMetrics(t *testing.T) {
-	got := backendMetrics("host-gw", map[string]uint64{"b": 2, "a": 1})
-	want := []metric{{"weft_host_gw_a", 1}, {"weft_host_gw_b", 2}}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %v, want %v", got, want)
-	}
-}
-
 // TestHealthzAddr: "%s:%d" made "::1:9101" of an IPv6 --healthz-ip, which net.Listen refuses ("too many
 // colons"), so weftd exited at start.
 func TestHealthzAddr(t *testing.T) {

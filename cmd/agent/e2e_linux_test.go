@@ -217,6 +217,24 @@ func (e *e2e) metric(ctx context.Context, n *netcluster.Node, key string) (float
 	return 0, fmt.Errorf("node %s: no metric %q in %v", n.Name, key, m)
 }
 
+// metricSum returns the sum of every series of the metric name (name and name{labels...}).
+func (e *e2e) metricSum(ctx context.Context, n *netcluster.Node, name string) (float64, error) {
+	m, err := e.Metrics(ctx, n)
+	if err != nil {
+		return 0, err
+	}
+	sum, found := 0.0, false
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			sum, found = sum+v, true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("node %s: no metric %q", n.Name, name)
+	}
+	return sum, nil
+}
+
 // Scenario 1: ICMP and TCP between the containers of every ordered node pair; DF pings at the advertised
 // MTU pass and one byte more fails; a payload larger than the MTU (fragmented) gets through.
 func (e *e2e) traffic(t *testing.T) {

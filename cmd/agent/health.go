@@ -6,38 +6,35 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sort"
-	"strings"
 	"sync/atomic"
 	"time"
 )
 
-type metric struct {
-	name  string
-	value uint64
-}
-
-// health serves /healthz (200 while running, 503 while the backend reports its data path broken), /readyz (200 once the env file is written, the data path
-// is in sync and the packet filter rules are in place) and /metrics (Prometheus text format).
+// health serves /healthz (200 while running, 503 while the backend reports its data path broken), /readyz
+// (200 once the env file is written, the data path is in sync and the packet filter rules are in place),
+// /metrics (Prometheus, see metrics) and /status (JSON for `weftd status`).
 type health struct {
-	ready        func() bool                     // lease held, env file written, data path in sync; set before serving
-	rulesPending atomic.Bool                     // packet filter rules wanted but not (yet) in place
-	peers        atomic.Int64                    // peers in the last applied state
-	stats        atomic.Pointer[func() []metric] // set once the backend is up (the server starts before); nil: none
-	alive        atomic.Pointer[func() error]    // the backend's data path check (backend.Checker); nil: none
+	ready        func() bool                  // lease held, env file written, data path in sync; set before serving
+	rulesPending atomic.Bool                  // packet filter rules wanted but not (yet) in place
+	peers        atomic.Int64                 // peers in the last applied state
+	alive        atomic.Pointer[func() error] // the backend's data path check (backend.Checker); nil: none
+	metrics      *metrics
+	status       atomic.Pointer[func() agentStatus] // set by run; nil: /status says starting
 }
 
 // setAlive makes /healthz fail while f reports the data path cannot work.
 func (h *health) setAlive(f func() error) { h.alive.Store(&f) }
 
-// setStats makes /metrics show f's counters (the health server may already be serving).
-func (h *health) setStats(f func() []metric) { h.stats.Store(&f) }
+// setStatus makes /status answer with f's report (the health server may already be serving).
+func (h *health) setStatus(f func() agentStatus) { h.status.Store(&f) }
 
 // isReady is what /readyz and weft_ready report.
 func (h *health) isReady() bool { return h.ready() && !h.rulesPending.Load() }
 
 func newHealth() *health {
-	return &health{ready: func() bool { return false }}
+	h := &health{ready: func() bool { return false }}
+	h.metrics = newMetrics(h)
+	return h
 }
 
 func (h *health) handler() http.Handler {
@@ -58,19 +55,8 @@ func (h *health) handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		ready := 0
-		if h.isReady() {
-			ready = 1
-		}
-		fmt.Fprintf(w, "weft_ready %d\nweft_peers %d\n", ready, h.peers.Load())
-		if stats := h.stats.Load(); stats != nil {
-			for _, m := range (*stats)() {
-				fmt.Fprintf(w, "%s %d\n", m.name, m.value)
-			}
-		}
-	})
+	mux.Handle("/metrics", h.metrics.handler())
+	mux.HandleFunc("/status", h.serveStatus)
 	return mux
 }
 
@@ -101,15 +87,4 @@ func (h *health) serve(ctx context.Context, ln net.Listener, log *slog.Logger) {
 		log.Warn("health server shutdown", "err", err)
 	}
 	<-errc
-}
-
-// backendMetrics names a backend's counters weft_<type>_<key>, sorted by name.
-func backendMetrics(typ string, stats map[string]uint64) []metric {
-	prefix := "weft_" + strings.ReplaceAll(typ, "-", "_") + "_"
-	out := make([]metric, 0, len(stats))
-	for k, v := range stats {
-		out = append(out, metric{prefix + k, v})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
-	return out
 }

@@ -16,12 +16,13 @@ import (
 )
 
 // TestHealthServer serves on a loopback port: /healthz always answers, /readyz and weft_ready follow the
-// agent's readiness and the rules, /metrics lists the counters, and serve returns once its context ends.
+// agent's readiness and the rules, /metrics lists the counters (see also TestExposition), and serve returns
+// once its context ends.
 func TestHealthServer(t *testing.T) {
 	h := newHealth()
 	var ready atomic.Bool
 	h.ready = ready.Load
-	h.setStats(func() []metric { return []metric{{"weft_udp_drop_unknown_peer", 3}} })
+	h.metrics.setBackend("udp", statsBackend{stats: map[string]uint64{"drop_unknown_peer": 3}})
 	ln, err := h.listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,7 @@ var commands = map[string]command{
 	"config":    configCmd,
 	"leases":    leasesCmd,
 	"reserve":   reserveCmd,
+	"status":    statusCmd,
 	"unreserve": unreserveCmd,
 	"version": func(_ context.Context, _ []string, env cmdEnv) error {
 		_, err := fmt.Fprintln(env.stdout, "weftd", version)

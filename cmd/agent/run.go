@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -89,7 +88,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Error("close backend", "err", err)
 		}
 	}()
-	a.health.setStats(a.stats)
+	a.health.metrics.setBackend(netCfg.BackendType, a.be)
+	a.health.setStatus(a.status)
 	if c, ok := a.be.(backend.Checker); ok {
 		a.health.setAlive(c.Healthy)
 	}
@@ -125,6 +125,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	agentWG.Go(func() { a.reconcileLoop(ctx) })
 	agentWG.Go(func() { a.watchConfig(ctx, store) })
 	agentWG.Go(func() { a.watchUnderlay(ctx, sel, ext) })
+	agentWG.Go(func() { a.watchLeaseTTL(ctx, store) })
+	a.startProber(ctx, &agentWG)
 	agentWG.Wait()
 	if cause := context.Cause(ctx); outer.Err() == nil && errors.Is(cause, errRestart) {
 		if errors.Is(cause, subnet.ErrConfigChanged) {
@@ -375,8 +377,6 @@ type agent struct {
 	underlayLost bool                    // the external interface cannot be selected now
 	holdFailed   bool                    // Hold gave up (a full network, say) and is retried
 	synced       bool                    // the last Set succeeded
-
-	acquisitions, reconciles, reconcileErrors atomic.Uint64
 }
 
 // ready reports whether the node is fully serving: it holds its lease, the env file names it, and the data
@@ -423,9 +423,10 @@ func (a *agent) onLease(l subnet.Lease, held bool) {
 		a.mu.Lock()
 		a.lost = true
 		a.mu.Unlock()
+		a.health.metrics.leaseLostNow()
 		return
 	}
-	a.acquisitions.Add(1)
+	a.health.metrics.leaseHeld(l)
 	a.log.Info("holding subnet lease", "subnet", l.Subnet, "ipv6-subnet", l.IPv6Subnet, "reservation", l.Reservation)
 	env := subnet.Env{MTU: a.local.MTU, IPMasq: a.cfg.IPMasq}
 	if a.net.EnableIPv4 {
@@ -521,6 +522,7 @@ func (a *agent) onChanges(c subnet.Changes) {
 		a.changed[k] = true
 	}
 	a.haveWatch = true
+	a.health.metrics.lat.received(time.Now(), latencyEvents(c))
 	a.mu.Unlock()
 	a.poke()
 }
@@ -542,6 +544,7 @@ func (a *agent) desired() *backend.Config {
 		}
 	}
 	clear(a.changed)
+	a.health.metrics.lat.take()
 	a.takenGen = a.needGen
 	return cfg
 }
@@ -571,6 +574,7 @@ func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
 		}
 	}
 	clear(a.changed)
+	a.health.metrics.lat.take()
 	peers = len(a.leases)
 	if _, ok := a.leases[ownKey]; ok {
 		peers--
@@ -599,8 +603,9 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 				if len(ch.Put)+len(ch.Deleted) == 0 {
 					continue
 				}
-				a.reconciles.Add(1)
+				start := time.Now()
 				err := upd.Update(ch)
+				a.health.metrics.reconciled(opUpdate, start, err, peers)
 				if err == nil {
 					a.mu.Lock()
 					a.synced = true
@@ -610,7 +615,6 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 					continue
 				}
 				if !errors.Is(err, backend.ErrNeedSet) {
-					a.reconcileErrors.Add(1)
 					a.log.Error("update kernel state; applying the complete state", "err", err)
 				}
 			}
@@ -623,8 +627,13 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 		want.Resync = resync
 		want.Peers, dropped = backend.DropOverlapping(&want.Network, want.Own, want.Peers)
 		overlapLog.Log(a.log, dropped)
-		a.reconciles.Add(1)
+		a.health.metrics.skippedPeers("overlap", dropped)
+		op, start := opSet, time.Now()
+		if resync {
+			op = opResync
+		}
 		err := a.be.Set(want)
+		a.health.metrics.reconciled(op, start, err, len(want.Peers))
 		a.mu.Lock()
 		a.synced = err == nil
 		if err != nil {
@@ -634,7 +643,6 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 		}
 		a.mu.Unlock()
 		if err != nil {
-			a.reconcileErrors.Add(1)
 			a.log.Error("reconcile kernel state", "err", err)
 			continue
 		}
@@ -648,17 +656,4 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 		}
 		a.health.peers.Store(int64(len(want.Peers)))
 	}
-}
-
-// stats is what /metrics shows besides readiness.
-func (a *agent) stats() []metric {
-	m := []metric{
-		{"weft_lease_acquisitions_total", a.acquisitions.Load()},
-		{"weft_reconcile_total", a.reconciles.Load()},
-		{"weft_reconcile_errors_total", a.reconcileErrors.Load()},
-	}
-	if s, ok := a.be.(backend.Stats); ok {
-		m = append(m, backendMetrics(a.net.BackendType, s.Stats())...)
-	}
-	return m
 }
