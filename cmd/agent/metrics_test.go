@@ -187,7 +187,7 @@ func TestBucketsFit(t *testing.T) {
 		fast, slow    float64
 		lowest, upper float64
 	}{
-		{"weft_lease_to_kernel_seconds", leaseBuckets, 0.001, 60, 0.001, 60},
+		{"weft_lease_to_kernel_seconds", leaseBuckets, 0.0002, 60, 0.0002, 60},
 		{"weft_reconcile_duration_seconds", reconcileBuckets, 0.0005, 5, 0.0005, 5},
 		{"weft_peer_rtt_seconds", probe.Buckets, 0.0002, 0.5, 0.0002, 0.5},
 	} {
