@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,7 +10,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -21,9 +25,11 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"sigs.k8s.io/yaml"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/probe"
+	"github.com/weft-net/weft/backend/udp"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -69,27 +75,10 @@ func (c *echoConn) ReadEcho() (netip.Addr, uint16, error) {
 
 func (c *echoConn) Close() error { c.once.Do(func() { close(c.done) }); return nil }
 
-// scrape GETs /metrics from h's handler and parses it as Prometheus does.
-func scrape(t *testing.T, h *health) (map[string]*dto.MetricFamily, string) {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	h.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	if rec.Code != 200 {
-		t.Fatalf("/metrics: %d %s", rec.Code, rec.Body)
-	}
-	body := rec.Body.String()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
-	}
-	return fams, body
-}
-
-// TestExposition: /metrics parses as the Prometheus text format, every family carries HELP and TYPE, the
-// Go and process collectors are there, the backend's statistics keep their names (weft_udp_<key>, with
-// labels for the offloads), and the agent's, lease, backend and probe series have their values.
-func TestExposition(t *testing.T) {
+// populated returns a health server whose metrics have every series: a udp backend with statistics, a
+// held lease with its TTL, reconciles of each kind, a lease change taken in, a skipped peer, and probe
+// results (10.5.8.0/24 reachable, 10.5.9.0/24 not).
+func populated(t *testing.T) *health {
 	h := newHealth()
 	h.ready = func() bool { return true }
 	h.peers.Store(2)
@@ -118,7 +107,7 @@ func TestExposition(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Start()
-	defer p.Close()
+	t.Cleanup(func() { p.Close() })
 	m.prober.Store(&proberSource{p: p, maxSeries: 64})
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		ps := p.Peers()
@@ -130,7 +119,31 @@ func TestExposition(t *testing.T) {
 		}
 	}
 
-	fams, body := scrape(t, h)
+	return h
+}
+
+// scrape GETs /metrics from h's handler and parses it as Prometheus does.
+func scrape(t *testing.T, h *health) (map[string]*dto.MetricFamily, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("/metrics: %d %s", rec.Code, rec.Body)
+	}
+	body := rec.Body.String()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
+	}
+	return fams, body
+}
+
+// TestExposition: /metrics parses as the Prometheus text format, every family carries HELP and TYPE, the
+// Go and process collectors are there, the backend's statistics keep their names (weft_udp_<key>, with
+// labels for the offloads), and the agent's, lease, backend and probe series have their values.
+func TestExposition(t *testing.T) {
+	fams, body := scrape(t, populated(t))
 	for name, f := range fams {
 		if f.GetHelp() == "" || f.Type == nil {
 			t.Errorf("%s: HELP %q, TYPE %v; want both", name, f.GetHelp(), f.Type)
@@ -392,6 +405,75 @@ func TestMetricsRegistryOwn(t *testing.T) {
 	for _, f := range mfs {
 		if strings.HasPrefix(f.GetName(), "weft_") {
 			t.Errorf("%s is in the global default registry", f.GetName())
+		}
+	}
+}
+
+// TestDistExamples: the Grafana dashboard's queries use only metrics weftd exports (with the real udp
+// backend's statistics), and the Prometheus scrape examples parse and define the weftd job.
+func TestDistExamples(t *testing.T) {
+	h := populated(t)
+	netCfg, err := subnet.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr("192.0.2.11")
+	be, err := udp.New(backend.Deps{Log: slog.New(slog.DiscardHandler), Network: netCfg,
+		External: backend.External{Name: "eth0", Index: 1, MTU: 1500, Addr: addr, PublicIP: addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.metrics.setBackend("udp", be) // not up: its statistics are there, at 0
+	fams, _ := scrape(t, h)
+	raw, err := os.ReadFile("../../dist/grafana/weft-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("dashboard: %v", err)
+	}
+	name := regexp.MustCompile(`weft_[a-z0-9_]+`)
+	exprs := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs++
+			for _, n := range name.FindAllString(tg.Expr, -1) {
+				base := n
+				for _, suf := range []string{"_bucket", "_sum", "_count"} {
+					if b, ok := strings.CutSuffix(n, suf); ok && fams[b] != nil && fams[b].GetType() == dto.MetricType_HISTOGRAM {
+						base = b
+					}
+				}
+				if fams[base] == nil {
+					t.Errorf("panel %q: %s is not exported (query %s)", p.Title, n, tg.Expr)
+				}
+			}
+		}
+	}
+	if exprs < 10 {
+		t.Errorf("dashboard has %d queries, want its panels", exprs)
+	}
+	for _, f := range []string{"prometheus-systemd.yml", "prometheus-kubernetes.yml"} {
+		raw, err := os.ReadFile(filepath.Join("../../dist/prometheus", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg struct {
+			ScrapeConfigs []struct {
+				JobName string `json:"job_name"`
+			} `json:"scrape_configs"`
+		}
+		if err := yaml.Unmarshal(raw, &cfg); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+		if len(cfg.ScrapeConfigs) != 1 || cfg.ScrapeConfigs[0].JobName != "weftd" {
+			t.Errorf("%s: scrape configs %+v, want the weftd job", f, cfg.ScrapeConfigs)
 		}
 	}
 }
