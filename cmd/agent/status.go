@@ -43,6 +43,8 @@ type statusLease struct {
 	NodeID      string `json:"node_id,omitempty"`
 	Reservation bool   `json:"reservation"`
 	Held        bool   `json:"held"` // false: lost, being re-acquired
+	// Kube is true in kube mode, where the lease is the Node's pod CIDR and never expires.
+	Kube bool `json:"kube,omitempty"`
 	// TTLLeftSeconds is the store's TTL left as last read (every few seconds); absent when it never expires
 	// (a reservation, kube mode) or is not known yet.
 	TTLLeftSeconds *float64 `json:"ttl_left_seconds,omitempty"`
@@ -107,7 +109,7 @@ func (a *agent) status() agentStatus {
 	if li := m.lease.Load(); li != nil {
 		l := li.lease
 		sl := &statusLease{Subnet: l.Subnet.String(), PublicIP: l.Attrs.PublicIP.String(), NodeID: l.Attrs.NodeID,
-			Reservation: l.Reservation, Held: !li.lost.Load()}
+			Reservation: l.Reservation, Held: !li.lost.Load(), Kube: a.cfg.Kube.SubnetMgr}
 		if l.IPv6Subnet.IsValid() {
 			sl.IPv6Subnet = l.IPv6Subnet.String()
 		}
@@ -289,6 +291,8 @@ func printStatus(w io.Writer, st agentStatus, now time.Time) error {
 		switch {
 		case l.Reservation:
 			ttl = "never expires (reservation)"
+		case l.Kube:
+			ttl = "never expires (kube mode: the Node's pod CIDR)"
 		case l.TTLLeftSeconds != nil:
 			ttl = (time.Duration(*l.TTLLeftSeconds) * time.Second).String() + " (renewed while weftd runs)"
 		}
