@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,13 +15,14 @@ import (
 	"github.com/weft-net/weft/dist/kubetest"
 )
 
-// TestE2EFlanneldUDP proves the udp wire format against flannel's own udp backend: a node running flanneld
-// v0.28.10 in etcd mode (its C proxy reads and writes one datagram per call, with no offloads) joins two
-// weftd udp nodes whose offloads are on (UDP GSO on send, GRO on receive, TUN super-packets). Each side reads
-// the other's lease, and containers exchange ICMP, DF pings at the MTU and TCP transfers (verified byte for
-// byte) on every ordered pair, so every datagram weftd sends with GSO reaches flanneld as one packet and
-// flanneld's datagrams pass weftd's checks.
-func TestE2EFlanneldUDP(t *testing.T) {
+// TestE2EFlanneld proves compatibility with flannel's own agent in etcd mode, per backend: node n3 runs
+// flanneld v0.28.10 (built by make kube-bin) beside two weftd nodes. Each side reads the other's lease, and
+// containers exchange ICMP, DF pings at the MTU and TCP transfers verified byte for byte on every ordered
+// pair. On udp the weftd nodes have every offload on (UDP GSO on send, GRO on receive, TUN super-packets)
+// while flanneld's C proxy reads and writes one datagram per call, so each GSO datagram must reach it as one
+// packet and its datagrams must pass weftd's checks. Then n3 migrates as an operator would, node by node:
+// flanneld stops, weftd starts with the same subnet file and keeps the subnet, and traffic flows again.
+func TestE2EFlanneld(t *testing.T) {
 	requireE2E(t)
 	if _, err := os.Stat(kubetest.FlanneldBin()); err != nil {
 		if kerneltest.E2E() {
@@ -27,6 +30,15 @@ func TestE2EFlanneldUDP(t *testing.T) {
 		}
 		t.Skipf("flanneld is missing (make kube-bin): %v", err)
 	}
+	for _, backend := range []string{"udp", "vxlan", "host-gw"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			testFlanneld(t, backend)
+		})
+	}
+}
+
+func testFlanneld(t *testing.T, backend string) {
 	dir := t.TempDir()
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
@@ -34,22 +46,24 @@ func TestE2EFlanneldUDP(t *testing.T) {
 		}
 	})
 	const flannelNode = "n3"
-	etcdURL := "http://" + netcluster.EtcdAddr.String() + fmt.Sprintf(":%d", netcluster.EtcdPort)
+	var flanneld atomic.Bool // n3 runs flanneld (until the migration)
+	flanneld.Store(true)
+	etcdURL := fmt.Sprintf("http://%s:%d", netcluster.EtcdAddr, netcluster.EtcdPort)
 	c, err := netcluster.Start(t.Context(), netcluster.Options{
 		Prefix:     kerneltest.Prefix(),
-		Backend:    "udp",
+		Backend:    backend,
 		Nodes:      3,
 		Weftd:      weftdBin,
 		ClusterBin: cluBin,
 		Dir:        dir,
 		AgentStore: func(n *netcluster.Node) []string {
-			if n.Name == flannelNode {
+			if n.Name == flannelNode && flanneld.Load() {
 				return []string{kubetest.FlanneldBin(), "--etcd-endpoints", etcdURL}
 			}
 			return []string{weftdBin, "--etcd-endpoints", etcdURL}
 		},
 		ReadyPath: func(n *netcluster.Node) string {
-			if n.Name == flannelNode {
+			if n.Name == flannelNode && flanneld.Load() {
 				return "/healthz" // flanneld serves no /readyz
 			}
 			return "/readyz"
@@ -57,73 +71,92 @@ func TestE2EFlanneldUDP(t *testing.T) {
 		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
 	if err != nil {
-		t.Fatalf("start the mixed udp cluster: %v", err)
+		t.Fatalf("start the mixed %s cluster: %v", backend, err)
 	}
 	t.Cleanup(func() {
 		if err := c.Close(); err != nil {
 			t.Errorf("close cluster: %v", err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	e := &e2e{Cluster: c, backend: "udp", dir: dir}
+	e := &e2e{Cluster: c, backend: backend, dir: dir}
+	f := c.Node(3)
 
-	// n3's lease was written by flanneld: no WeftNodeID, and flannel's udp backend writes no BackendType.
+	// n3's lease was written by flanneld: no WeftNodeID, and flannel's backend type (its udp backend writes
+	// none).
 	leases, err := e.leases(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, ok := leases[c.Node(3).Subnet()]; !ok || a.NodeID != "" || a.BackendType != "" || a.PublicIP != c.Node(3).Addr {
-		t.Errorf("flanneld's lease for %s: %+v (found %v), want no BackendType, PublicIP %s, no WeftNodeID", c.Node(3).Subnet(), a, ok, c.Node(3).Addr)
+	wantType := map[string]string{"udp": "", "vxlan": "vxlan", "host-gw": "host-gw"}[backend]
+	if a, ok := leases[f.Subnet()]; !ok || a.NodeID != "" || a.BackendType != wantType || a.PublicIP != f.Addr {
+		t.Errorf("flanneld's lease for %s: %+v (found %v), want BackendType %q, PublicIP %s, no WeftNodeID", f.Subnet(), a, ok, wantType, f.Addr)
 	}
-
-	// The weftd nodes must really send with GSO and read with GRO, or this test proves nothing about them.
-	for _, n := range c.Nodes() {
-		if n.Name == flannelNode {
-			continue
-		}
-		for _, f := range []string{"gso", "gro"} {
-			if v, err := e.metric(ctx, n, `offload{feature="`+f+`"}`); err != nil || v != 1 {
-				t.Errorf("node %s: offload %s in use = %v (%v), want 1", n.Name, f, v, err)
+	if backend == "udp" { // the weftd nodes must really send with GSO and read with GRO
+		for _, n := range c.Nodes()[:2] {
+			for _, feat := range []string{"gso", "gro"} {
+				if v, err := e.metric(ctx, n, `offload{feature="`+feat+`"}`); err != nil || v != 1 {
+					t.Errorf("node %s: offload %s in use = %v (%v), want 1", n.Name, feat, v, err)
+				}
 			}
 		}
 	}
-	for _, from := range c.Nodes() {
-		for _, to := range c.Nodes() {
+	flanneldPairs(t, ctx, e)
+	if backend == "udp" { // flanneld's datagrams passed weftd's checks
+		for _, n := range c.Nodes()[:2] {
+			for _, k := range []string{"drop_malformed", "drop_bad_inner_source", "rx_trailing"} {
+				if v, err := e.metric(ctx, n, k); err != nil || v != 0 {
+					t.Errorf("node %s: %s = %v (%v), want 0", n.Name, k, v, err)
+				}
+			}
+		}
+	}
+
+	// Migration: flanneld stops, weftd takes its place with the same subnet file and keeps the subnet.
+	subnetBefore := f.Subnet()
+	if err := f.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	flanneld.Store(false)
+	if err := f.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != subnetBefore {
+		t.Errorf("env file after the switch to weftd: %+v, %v; want flanneld's subnet %s", env, err, subnetBefore)
+	}
+	flanneldPairs(t, ctx, e)
+}
+
+// flanneldPairs checks ICMP, a DF ping at the MTU and an 8 MiB TCP transfer each way on every ordered pair.
+func flanneldPairs(t *testing.T, ctx context.Context, e *e2e) {
+	t.Helper()
+	for _, from := range e.Nodes() {
+		for _, to := range e.Nodes() {
 			if from == to {
 				continue
 			}
 			dst := to.ContainerIP()
 			wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-			err := c.WaitPing(wctx, from, dst)
+			err := e.WaitPing(wctx, from, dst)
 			wcancel()
 			if err != nil {
 				t.Errorf("%s → %s: %v", from.Name, to.Name, err)
 				continue
 			}
-			out, _ := c.Ping(ctx, from, dst, "-c", "3")
+			out, _ := e.Ping(ctx, from, dst, "-c", "3")
 			if r, err := netcluster.ParsePing(out); err != nil || r.Received != r.Transmitted {
 				t.Errorf("%s → %s: ping: %v %s", from.Name, to.Name, err, out)
 			}
-			// Both ends have MTU 1472 (flanneld: eth0's 1500 − 28); a DF ping at it crosses in one datagram.
 			mtu := min(from.MTU(), to.MTU())
-			if out, err := c.Ping(ctx, from, dst, "-c", "1", "-M", "do", "-s", fmt.Sprint(mtu-28)); err != nil {
+			if out, err := e.Ping(ctx, from, dst, "-c", "1", "-M", "do", "-s", fmt.Sprint(mtu-28)); err != nil {
 				t.Errorf("%s → %s: DF ping of %d bytes (the MTU) failed: %v %s", from.Name, to.Name, mtu, err, out)
 			}
-			// 8 MiB each way: long enough for full-size GSO sends and GRO runs in both directions.
-			if err := c.TCP(ctx, from, to, 8<<20); err != nil {
+			if err := e.TCP(ctx, from, to, 8<<20); err != nil {
 				t.Errorf("%s → %s: %v", from.Name, to.Name, err)
-			}
-		}
-	}
-	// flanneld's datagrams pass weftd's checks: none of them was dropped as malformed or spoofed.
-	for _, n := range c.Nodes() {
-		if n.Name == flannelNode {
-			continue
-		}
-		for _, k := range []string{"drop_malformed", "drop_bad_inner_source", "rx_trailing"} {
-			if v, err := e.metric(ctx, n, k); err != nil || v != 0 {
-				t.Errorf("node %s: %s = %v (%v), want 0", n.Name, k, v, err)
 			}
 		}
 	}
