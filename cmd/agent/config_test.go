@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
 )
 
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -200,9 +201,9 @@ func TestConfigSetBuild(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var o configSetOpts
-			var ef etcdFlags
+			var ec etcdstore.Config
 			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
-			ef.register(fs)
+			ec.AddFlags(fs)
 			o.register(fs)
 			if err := fs.Parse(tt.args); err != nil {
 				t.Fatal(err)

@@ -227,7 +227,9 @@ type agentStore interface {
 // storeRetryMax apart). weftd stays up, alive and not ready, until ctx ends.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, error) {
 	if !cfg.Kube.SubnetMgr {
-		s, err := etcdstore.Connect(ctx, storeConfig(cfg.Etcd, cfg.LeaseTTL), log)
+		ec := cfg.Etcd
+		ec.LeaseTTL = cfg.LeaseTTL
+		s, err := etcdstore.Connect(ctx, ec, log)
 		if err != nil {
 			return nil, err
 		}
@@ -272,20 +274,6 @@ func (c *Config) configWhere() configSource {
 
 // configSource says where the network config is read from.
 type configSource struct{ what, where, hint string }
-
-// newEtcdStore connects to etcd, without waiting for it (see etcdstore.New): for the operator commands.
-func newEtcdStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
-	return etcdstore.New(storeConfig(f, ttl), log)
-}
-
-func storeConfig(f etcdFlags, ttl time.Duration) etcdstore.Config {
-	return etcdstore.Config{
-		Endpoints: f.Endpoints, Prefix: f.Prefix,
-		CertFile: f.CertFile, KeyFile: f.KeyFile, CAFile: f.CAFile,
-		Username: f.Username, Password: f.Password,
-		LeaseTTL: ttl,
-	}
-}
 
 func nilIfDone(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
