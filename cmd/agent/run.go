@@ -282,31 +282,17 @@ func nilIfDone(ctx context.Context, err error) error {
 	return err
 }
 
-// waitConfig reads the network config, waiting while it is missing or unreadable; an invalid config is
-// also waited on (an operator may fix it), with the validation error logged.
+// waitConfig waits for a valid network config: the store retries (subnet.Store.WaitConfig); each failed read
+// it reports is logged here, with the hint of where the config comes from. An invalid config is waited on
+// too (an operator may fix it), with the validation error logged.
 func waitConfig(ctx context.Context, store subnet.Store, src configSource, log *slog.Logger) (*subnet.Config, error) {
-	const retry = 5 * time.Second
-	for {
-		c, err := store.Config(ctx)
-		if err == nil {
-			return c, nil
-		}
+	return store.WaitConfig(ctx, func(err error) {
 		if errors.Is(err, subnet.ErrNoConfig) {
-			log.Warn("network config missing; waiting for it ("+src.hint+")", src.what, src.where, "retry", retry)
-		} else {
-			if e, ok := store.(interface {
-				Explain(context.Context, error) error
-			}); ok {
-				err = e.Explain(ctx, err) // etcd: names an unreachable endpoint and the cause
-			}
-			log.Error("cannot use the network config; waiting for it to be fixed", src.what, src.where, "err", err, "retry", retry)
+			log.Warn("network config missing; waiting for it ("+src.hint+")", src.what, src.where)
+			return
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(retry):
-		}
-	}
+		log.Error("cannot use the network config; waiting for it to be fixed", src.what, src.where, "err", err)
+	})
 }
 
 func (c *Config) ifaceSelector() backend.IfaceSelector {
@@ -361,7 +347,8 @@ type agent struct {
 	env          []byte                  // content of the env file last written; nil until wantEnv is written
 	lost         bool                    // the own lease was lost and is being re-acquired
 	underlayLost bool                    // the external interface cannot be selected now
-	holdFailed   bool                    // Hold gave up (a full network, say) and is retried
+	holdFailed   bool                    // Hold ended with an error retrying cannot fix (see holdLease)
+	watchFailed  bool                    // the lease watch ended with an error (see watchLeases)
 	synced       bool                    // the last Set succeeded
 
 	acquisitions, reconciles, reconcileErrors atomic.Uint64
@@ -372,7 +359,7 @@ type agent struct {
 func (a *agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.env != nil && !a.lost && !a.holdFailed && a.synced && !a.underlayLost
+	return a.env != nil && !a.lost && !a.holdFailed && !a.watchFailed && a.synced && !a.underlayLost
 }
 
 func (a *agent) poke() {
@@ -382,27 +369,23 @@ func (a *agent) poke() {
 	}
 }
 
-// holdLease acquires and keeps this node's lease, retrying after failures such as a full network.
+// holdLease acquires and keeps this node's lease: the store's Hold retries what can be retried and reports
+// each acquisition and loss to onLease. Hold returns early only for what retrying cannot fix: a changed
+// network config stops weftd so that it starts again with it; anything else (an IPv6-only config, say)
+// leaves weftd running but not ready until it is restarted (a config change does that, see watchConfig).
 func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.AcquireRequest) {
-	for {
-		err := store.Hold(ctx, req, a.onLease)
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, subnet.ErrConfigChanged) && a.stop != nil {
-			a.stop(fmt.Errorf("%w: %w", errRestart, err))
-			return
-		}
-		a.log.Error("cannot hold a subnet lease; retrying", "err", err, "retry", 10*time.Second)
-		a.mu.Lock()
-		a.holdFailed = true
-		a.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(10 * time.Second):
-		}
+	err := store.Hold(ctx, req, a.onLease)
+	if ctx.Err() != nil || err == nil {
+		return
 	}
+	if errors.Is(err, subnet.ErrConfigChanged) && a.stop != nil {
+		a.stop(fmt.Errorf("%w: %w", errRestart, err))
+		return
+	}
+	a.log.Error("cannot hold a subnet lease; not ready until weftd restarts", "err", err)
+	a.mu.Lock()
+	a.holdFailed = true
+	a.mu.Unlock()
 }
 
 func (a *agent) onLease(l subnet.Lease, held bool) {
@@ -464,25 +447,22 @@ func (a *agent) writeEnv() {
 }
 
 // watchLeases keeps the lease set current, from the store's changes where it reports them
-// (subnet.ChangeWatcher), else from its complete listings.
+// (subnet.ChangeWatcher), else from its complete listings. The store resumes the watch after failures
+// itself; a watch that ends early (the store closed) leaves weftd not ready.
 func (a *agent) watchLeases(ctx context.Context, store subnet.Store) {
-	for {
-		var err error
-		if cw, ok := store.(subnet.ChangeWatcher); ok {
-			err = cw.WatchChanges(ctx, a.onChanges)
-		} else {
-			err = store.Watch(ctx, func(all []subnet.Lease) { a.onChanges(subnet.Changes{Full: true, Put: all}) })
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		a.log.Error("lease watch stopped; restarting", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+	var err error
+	if cw, ok := store.(subnet.ChangeWatcher); ok {
+		err = cw.WatchChanges(ctx, a.onChanges)
+	} else {
+		err = store.Watch(ctx, func(all []subnet.Lease) { a.onChanges(subnet.Changes{Full: true, Put: all}) })
 	}
+	if ctx.Err() != nil || err == nil {
+		return
+	}
+	a.log.Error("lease watch ended; peers are no longer followed; not ready until weftd restarts", "err", err)
+	a.mu.Lock()
+	a.watchFailed = true
+	a.mu.Unlock()
 }
 
 // onChanges takes in a batch of lease changes from the watch.

@@ -44,7 +44,7 @@ const DefaultNetConfPath = "/etc/kube-flannel/net-conf.json"
 // DefaultRequestTimeout bounds one API request when Config.RequestTimeout is zero.
 const DefaultRequestTimeout = 10 * time.Second
 
-// ErrClosed is returned by Hold and Watch when the store is closed while they run.
+// ErrClosed is returned by WaitConfig, Hold and Watch when the store is closed while they run.
 var ErrClosed = errors.New("kube store closed")
 
 // Config says how to reach the API server and which Node is this one.
@@ -209,7 +209,17 @@ func (s *Store) Config(context.Context) (*subnet.Config, error) {
 	return cfg, nil
 }
 
-// netConfig returns the network config, reading it if Config was not called yet.
+// WaitConfig implements subnet.Store: Config until it succeeds (subnet.PollConfig), reporting each failure.
+func (s *Store) WaitConfig(ctx context.Context, report func(error)) (*subnet.Config, error) {
+	cfg, err := subnet.PollConfig(ctx, s.done, s.Config, report)
+	if err != nil && ctx.Err() == nil && s.closed() {
+		return nil, fmt.Errorf("network config file %s: %w", s.netConf, ErrClosed)
+	}
+	return cfg, err
+}
+
+// netConfig returns the network config, waiting for a valid one (warning once per problem) if Config did
+// not succeed yet. It fails only when ctx ends or the store is closed.
 func (s *Store) netConfig(ctx context.Context) (*subnet.Config, error) {
 	s.mu.Lock()
 	cfg := s.net
@@ -217,7 +227,11 @@ func (s *Store) netConfig(ctx context.Context) (*subnet.Config, error) {
 	if cfg != nil {
 		return cfg, nil
 	}
-	return s.Config(ctx)
+	cfg, err := s.WaitConfig(ctx, func(err error) {
+		s.warnOnce("config", err.Error(), func() { s.log.Warn("cannot use the network config; waiting for it", "err", err) })
+	})
+	s.warnOnce("config", "", nil)
+	return cfg, err
 }
 
 // NodeInfo is what this node's Node says before the lease is taken.
