@@ -222,9 +222,9 @@ type agentStore interface {
 	Close() error
 }
 
-// openStore creates the lease store, waiting and retrying with backoff while it cannot: etcd's Connect
-// waits for etcd itself (naming the endpoint and the cause); the kube store is retried here (up to
-// storeRetryMax apart). weftd stays up, alive and not ready, until ctx ends.
+// openStore creates the lease store; the store's Connect waits and retries while it cannot (etcd: naming the
+// endpoint and the cause; kube: the API server or the kubeconfig). weftd stays up, alive and not ready, until
+// ctx ends.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, error) {
 	if !cfg.Kube.SubnetMgr {
 		ec := cfg.Etcd
@@ -235,33 +235,17 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, e
 		}
 		return s, nil
 	}
-	delay := time.Second
-	for {
-		s, err := newKubeStore(ctx, cfg.Kube, log)
-		if err == nil {
-			return s, nil
-		}
-		log.Error("cannot open the lease store; retrying", "err", err, "retry", delay)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, storeRetryMax)
-	}
-}
-
-// storeRetryMax is the longest wait between attempts to open the lease store.
-const storeRetryMax = 30 * time.Second
-
-// newKubeStore creates the kube subnet manager's store.
-func newKubeStore(ctx context.Context, k kubeFlags, log *slog.Logger) (*kubestore.Store, error) {
-	return kubestore.New(ctx, kubestore.Config{
+	k := cfg.Kube
+	s, err := kubestore.Connect(ctx, kubestore.Config{
 		APIURL: k.APIURL, Kubeconfig: k.Kubeconfig,
 		NodeName: k.NodeName, PodName: k.PodName, PodNamespace: k.PodNamespace,
 		AnnotationPrefix: k.AnnotationPrefix, NetConfPath: k.NetConfPath,
 		SetNodeNetworkUnavailable: k.SetNodeNetworkUnavailable,
 	}, log)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // configWhere names where the network config lives, for the hints logged while it is missing.

@@ -124,6 +124,40 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	return newStore(ctx, cfg, rc, ann, log)
 }
 
+// Connect is New, waiting while it fails (the API server does not answer the pod lookup, the kubeconfig is
+// not there yet, ...): it logs an error naming the cause and retries, 1 s growing to ConnectRetryMax apart,
+// until it succeeds or ctx ends (then it returns ctx's error). An invalid AnnotationPrefix, which no retry
+// fixes, is returned at once.
+func Connect(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
+	if cfg.AnnotationPrefix != "" {
+		if _, err := NewAnnotations(cfg.AnnotationPrefix); err != nil {
+			return nil, err
+		}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	delay := time.Second
+	for {
+		s, err := New(ctx, cfg, log)
+		if err == nil {
+			return s, nil
+		}
+		log.Error("cannot open the kube lease store; retrying", "component", "kubestore", "err", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, ConnectRetryMax)
+	}
+}
+
+// ConnectRetryMax is the longest wait between Connect's attempts.
+const ConnectRetryMax = 30 * time.Second
+
 func newStore(ctx context.Context, cfg Config, rc *rest.Config, ann Annotations, log *slog.Logger) (*Store, error) {
 	cli, err := kubernetes.NewForConfig(rc)
 	if err != nil {
