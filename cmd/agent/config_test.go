@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -143,7 +144,7 @@ func TestAgentConfigErrors(t *testing.T) {
 
 func TestHelpAndVersion(t *testing.T) {
 	var out bytes.Buffer
-	if _, err := agentConfig([]string{"--help"}, envOf(nil), &out); err != errHelp {
+	if _, err := agentConfig([]string{"--help"}, envOf(nil), &out); !errors.Is(err, errHelp) {
 		t.Fatalf("--help: err = %v, want errHelp", err)
 	}
 	for _, want := range []string{"--etcd-endpoints", "--subnet-lease-ttl", "WEFTD_", "FLANNELD_"} {
