@@ -30,12 +30,14 @@ func (e *apiError) Unwrap() error { return e.err }
 // req's PublicIP), sets NetworkUnavailable=False if configured, and calls fn(lease, true).
 //
 // While the Node has no pod CIDR, or one outside the network, or does not exist, Hold waits and says so
-// (flanneld exits instead). Afterwards it follows the Node: annotations removed or changed by someone else
-// are written again; if the Node is deleted or its pod CIDR changes, fn(old, false) is called and the lease
-// is taken again from the Node as it is then. A failed write is retried with backoff.
+// (flanneld exits instead); so it does while the network config file is missing or invalid. Afterwards it
+// follows the Node: annotations removed or changed by someone else are written again; if the Node is deleted
+// or its pod CIDR changes, fn(old, false) is called and the lease is taken again from the Node as it is
+// then. A failed write is retried with backoff.
 //
-// Hold returns nil when ctx ends, leaving the annotations in place; an error for an invalid req, an
-// IPv6-only network config, or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+// Hold returns nil when ctx ends, leaving the annotations in place; an error only for what retrying cannot
+// fix: an invalid req, an IPv6-only network config, or ErrClosed. fn runs on Hold's goroutine; nil means no
+// callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
 	if !req.Attrs.PublicIP.Is4() {
 		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
@@ -45,6 +47,9 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 	}
 	cfg, err := s.netConfig(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("hold lease: %w", err)
 	}
 	if !cfg.EnableIPv4 {
