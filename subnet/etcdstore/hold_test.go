@@ -396,6 +396,46 @@ func TestDualStack(t *testing.T) {
 	}
 }
 
+// TestIPv6Only acquires leases in an IPv6-only network as flanneld keys them ("0.0.0.0-0&<v6>-<len>", PublicIP
+// 0.0.0.0), takes the previous IPv6 subnet, finds a node's own lease again by PublicIPv6, gives a second node
+// another subnet, and refuses a node without PublicIPv6.
+func TestIPv6Only(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	setConfig(t, st, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	v6attrs := func(ip6 string) subnet.Attrs {
+		return subnet.Attrs{PublicIPv6: netip.MustParseAddr(ip6), BackendType: "vxlan", BackendV6Data: []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}`)}
+	}
+	prev6 := netip.MustParsePrefix("fd00:5:0:7::/64")
+	h := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::1"), PrevIPv6: prev6})
+	l := h.next(t, 10*time.Second)
+	if l.Subnet.IsValid() || l.IPv6Subnet != prev6 {
+		t.Fatalf("got %s & %s, want no IPv4 subnet and the previous IPv6 subnet %s", l.Subnet, l.IPv6Subnet, prev6)
+	}
+	key := subnetsPrefix + "0.0.0.0-0&fd00:5:0:7::-64"
+	v, _, _, ok := rawGet(t, srv.Client(t), key)
+	if want := `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}`; !ok || v != want {
+		t.Errorf("key %s = %q (present %t), want %s", key, v, ok, want)
+	}
+	l2 := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::2"), PrevIPv6: prev6}).next(t, 10*time.Second)
+	if l2.Subnet.IsValid() || !l2.IPv6Subnet.IsValid() || l2.IPv6Subnet == l.IPv6Subnet {
+		t.Errorf("second node got %s & %s next to %s", l2.Subnet, l2.IPv6Subnet, l.IPv6Subnet)
+	}
+	// The first node, restarted without its env file, finds its lease by PublicIPv6.
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if again := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::1")}).next(t, 10*time.Second); again.IPv6Subnet != prev6 {
+		t.Errorf("restarted node got %s, want its lease %s again", again.IPv6Subnet, prev6)
+	}
+	ctx := testCtx(t, 10*time.Second)
+	err := st.Hold(ctx, subnet.AcquireRequest{Attrs: attrs("198.51.100.3")}, nil)
+	if !errors.Is(err, errNoPublicIP) {
+		t.Errorf("Hold without PublicIPv6 in an IPv6-only network = %v, want errNoPublicIP", err)
+	}
+}
+
 func TestCloseEndsHoldAndWatch(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)

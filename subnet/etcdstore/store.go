@@ -308,10 +308,11 @@ func (s *Store) Leases(ctx context.Context) ([]subnet.Lease, error) {
 	return out, nil
 }
 
-// findSubnet returns the entry whose key names IPv4 subnet p (see entry.claim4), or nil.
+// findSubnet returns the entry whose key names IPv4 subnet p (see entry.claim4), or for an IPv6 p the
+// entry whose key names IPv6 subnet p; nil if none.
 func findSubnet(entries []entry, p netip.Prefix) *entry {
 	for i := range entries {
-		if entries[i].claim4 == p {
+		if entries[i].claim4 == p || (p.Addr().Is6() && entries[i].lease.IPv6Subnet == p) {
 			return &entries[i]
 		}
 	}
@@ -333,6 +334,11 @@ func takenLeases(entries []entry) []subnet.Lease {
 // unclaimed returns transaction conditions that hold while no key names l's IPv4 subnet ("<v4>" or
 // "<v4>&...") and l's own key does not exist: the guard of a claim.
 func (s *Store) unclaimed(l subnet.Lease) []clientv3.Cmp {
+	if !l.Subnet.IsValid() {
+		// IPv6 only: every such key starts "0.0.0.0-0&"; the key itself is the guard, and a claim of the same
+		// IPv6 subnet under another key name is caught after the fact (lostIPv6Race).
+		return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(s.leaseKey(l)), "=", 0)}
+	}
 	v4Key := s.subnetsPrefix() + subnet.KeyName(l.Subnet, netip.Prefix{})
 	return []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(s.leaseKey(l)), "=", 0),
@@ -423,7 +429,7 @@ func (s *Store) Unreserve(ctx context.Context, p netip.Prefix) error {
 	})
 }
 
-// DeleteLease deletes the key holding IPv4 subnet p, lease or reservation, even one with an unreadable value.
+// DeleteLease deletes the key holding subnet p (IPv4, or IPv6 for a dual-stack or IPv6-only lease), lease or reservation, even one with an unreadable value.
 // A node still running re-acquires a subnet (preferring the same one); stop its agent first to evict it. A
 // missing key is ErrNotFound.
 func (s *Store) DeleteLease(ctx context.Context, p netip.Prefix) error {
