@@ -6,6 +6,11 @@
 // a subnet leased by that peer and an inner destination inside our own subnet, and it counts what it drops
 // by reason (Backend.Stats). Destinations in no lease get an ICMP net unreachable written back into the TUN.
 //
+// In a dual-stack network IPv6 inner packets are carried the same way, over the same IPv4 sockets, to the
+// PublicIP of the node leasing the destination's IPv6 subnet, and checked the same way on receipt
+// (forward6.go); no route gets an ICMPv6 destination unreachable. IPv6-only networks are refused: they would
+// need an IPv6 underlay socket.
+//
 // Threading: Up acts on the network namespace of the calling thread (TUN device, socket, netlink handle and
 // the ip_forward sysctl); everything after Up uses those fds, so Set and Close may run on any thread.
 //
@@ -78,6 +83,7 @@ type Backend struct {
 	want   offloads // what the operator allows (Deps.Offload)
 	queues int      // TUN queues and sockets, one packet loop pair each
 	kick   func()   // Deps.Kick; never nil
+	ipv6   bool     // the network is dual stack: IPv6 inner packets are carried too (forward6.go)
 
 	table atomic.Pointer[table] // the current forwarding table; never nil
 	rx    [maxQueues]counters   // rx[q] written by queue q's receive loop only
@@ -122,6 +128,9 @@ func New(d backend.Deps) (backend.Backend, error) {
 	if d.Queues < 0 {
 		return nil, fmt.Errorf("udp queues %d: want 0 (automatic) or more", d.Queues)
 	}
+	if !d.Network.EnableIPv4 && d.Network.EnableIPv6 {
+		return nil, errors.New("udp backend: IPv6-only networks (EnableIPv4 false) are not supported: the udp backend carries IPv6 over an IPv4 underlay only, in a dual-stack network")
+	}
 	ext := d.External
 	if !ext.Addr.Unmap().Is4() {
 		return nil, fmt.Errorf("udp backend: external interface %q: address %q is not IPv4", ext.Name, ext.Addr)
@@ -144,7 +153,7 @@ func New(d backend.Deps) (backend.Backend, error) {
 	}
 	b := &Backend{
 		log: log, ext: ext, port: uint16(cfg.Port), mtu: ext.MTU - Overhead, want: want,
-		queues: queues(d.Queues), kick: kick, done: make(chan struct{}),
+		queues: queues(d.Queues), kick: kick, done: make(chan struct{}), ipv6: d.Network.EnableIPv6,
 	}
 	b.table.Store(emptyTable())
 	return b, nil

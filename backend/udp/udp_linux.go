@@ -12,7 +12,8 @@ import (
 )
 
 // Up creates and brings up the TUN device, opens the sockets and starts the packet loops, all in the calling
-// thread's network namespace, and turns on IPv4 forwarding there.
+// thread's network namespace, and turns on IPv4 forwarding there (and IPv6 forwarding in a dual-stack
+// network).
 func (b *Backend) Up(ctx context.Context) (_ backend.Local, err error) {
 	if err := ctx.Err(); err != nil {
 		return backend.Local{}, err
@@ -47,6 +48,11 @@ func (b *Backend) Up(ctx context.Context) (_ backend.Local, err error) {
 	}
 	if err = kernel.WriteSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return backend.Local{}, err
+	}
+	if b.ipv6 {
+		if err = kernel.EnableIPv6Forwarding(); err != nil {
+			return backend.Local{}, err
+		}
 	}
 	dp, err := b.openDatapath(ctx, h)
 	if err != nil {
@@ -83,6 +89,10 @@ func (b *Backend) Set(cfg *backend.Config) error {
 	}
 
 	t, skipped := buildTable(network.Masked(), own, b.ext, cfg.Peers, b.port)
+	own6, network6 := cfg.Own.IPv6Subnet, cfg.Network.IPv6Network
+	if b.ipv6 {
+		skipped = append(skipped, t.addIPv6(network6, own6, cfg.Peers)...)
+	}
 	b.table.Store(t)
 	b.skipLog.Log(b.log, skipped)
 	b.log.Debug("peer table swapped", "own", own.Masked(), "peers", len(t.byOuter), "subnets", t.subnets)
@@ -121,7 +131,17 @@ func (b *Backend) Set(cfg *backend.Config) error {
 	// The backend owns the routes of ours in its network or through flannel0 (another weftd's, for another
 	// network, are left alone); a stale one among them is removed.
 	want := []kernel.Route{{Dst: network.Masked(), LinkIndex: st.Index}}
-	return b.h.SyncRoutes(false, want, kernel.Owned(network.Masked(), st.Index))
+	if err := b.h.SyncRoutes(false, want, kernel.Owned(network.Masked(), st.Index)); err != nil || !b.ipv6 {
+		return err
+	}
+	if !own6.IsValid() || !network6.IsValid() {
+		return fmt.Errorf("udp backend: own lease %s has no IPv6 subnet in the dual-stack network %s", cfg.Own.Key(), network6)
+	}
+	if err := b.h.SetLinkAddrs(st.Index, netip.PrefixFrom(own6.Masked().Addr(), 128)); err != nil {
+		return err
+	}
+	want6 := []kernel.Route{{Dst: network6.Masked(), LinkIndex: st.Index}}
+	return b.h.SyncRoutes(true, want6, kernel.Owned(network6.Masked(), st.Index))
 }
 
 // repairLocked replaces a lost data path with a new one, in the namespace Up ran in.
