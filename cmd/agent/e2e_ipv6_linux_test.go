@@ -25,17 +25,21 @@ var network6 = netip.MustParsePrefix("fd00:5::/56")
 
 // expectMTU6 is, per backend on a 1500-byte underlay, the device MTU of each family and FLANNEL_MTU (the
 // smaller, so containers' packets of either family fit): vxlan's IPv6 device carries 70 bytes of overhead.
-var expectMTU6 = map[string]struct{ v4, v6 int }{"host-gw": {1500, 1500}, "vxlan": {1450, 1430}}
+var expectMTU6 = map[string]struct{ v4, v6 int }{"host-gw": {1500, 1500}, "vxlan": {1450, 1430}, "udp": {1472, 1472}}
 
-// TestE2EIPv6 runs, per backend, a dual-stack and an IPv6-only 3-node cluster: the env file in flannel's
+// TestE2EIPv6 runs, per backend, a dual-stack and an IPv6-only 3-node cluster (udp: dual stack only; it
+// carries IPv6 over the IPv4 underlay): the env file in flannel's
 // order, the leases as flanneld writes them (key, PublicIPv6, BackendV6Data), ICMP and TCP over IPv6 (and
 // IPv4 in dual stack) between the containers of every pair, and the MTU of each family: a DF packet of
 // FLANNEL_MTU passes, one byte more is refused, and from a container with a larger MTU the path answers
 // "packet too big" (IPv6) or "frag needed" (IPv4) with FLANNEL_MTU.
 func TestE2EIPv6(t *testing.T) {
 	requireE2E(t)
-	for _, backend := range []string{"host-gw", "vxlan"} {
+	for _, backend := range []string{"host-gw", "vxlan", "udp"} {
 		for _, v6only := range []bool{false, true} {
+			if backend == "udp" && v6only {
+				continue
+			}
 			name := backend + "/" + map[bool]string{false: "dual-stack", true: "ipv6-only"}[v6only]
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
