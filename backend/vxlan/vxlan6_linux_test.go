@@ -143,3 +143,31 @@ func TestVXLANIPv6Only(t *testing.T) {
 	tp.PingAll6(t)
 	kerneltest.Expect(t, "n1 IPv4 routes of ours", nodes[0].NS.MustIP(t, "route", "show", "proto", "87"), "")
 }
+
+// TestVXLANDirectRoutingIPv6: with DirectRouting in a dual-stack network, a peer whose PublicIPv6 is on
+// the same L2 segment gets a host-gw IPv6 route via PublicIPv6 (no IPv6 neighbour or FDB entry), while a
+// peer reached through a gateway goes over flannel-v6.1.
+func TestVXLANDirectRoutingIPv6(t *testing.T) {
+	tp, nodes := backendtest.NewCluster(t, 3)
+	kerneltest.RequireCommand(t, "bridge")
+	n1, n3 := nodes[0], nodes[2]
+	// From n1, n3's IPv6 address is reached through n2 (a router), so it is not directly reachable.
+	n1.NS.MustIP(t, "-6", "route", "add", "2001:db8::13/128", "via", "2001:db8::12", "dev", "eth0")
+	network := network6(true)
+	network.Backend = json.RawMessage(`{"Type":"vxlan","DirectRouting":true}`)
+	backendtest.Start(t, nodes, New, network)
+	for _, n := range nodes {
+		n.Set(t, backendtest.Others(nodes, n)...)
+	}
+	tp.PingAll6(t)
+	tp.PingAll(t)
+	m3 := linkMAC(t, n3, "flannel-v6.1")
+	kerneltest.Expect(t, "n1 IPv6 routes of ours", n1.NS.MustIP(t, "-6", "route", "show", "proto", "87"), `
+		fd00:5:0:2::/64 via 2001:db8::12 dev eth0 metric 1024 pref medium
+		fd00:5:0:3::/64 via fd00:5:0:3:: dev flannel-v6.1 metric 1024 onlink pref medium`)
+	kerneltest.Expect(t, "n1 IPv6 neighbours", n1.NS.MustIP(t, "-6", "neigh", "show", "dev", "flannel-v6.1", "nud", "permanent"), "fd00:5:0:3:: lladdr "+m3+" PERMANENT")
+	kerneltest.Expect(t, "n1 IPv6 fdb", n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel-v6.1"), m3+" dst 2001:db8::13 self permanent")
+	kerneltest.Expect(t, "n1 IPv4 routes of ours", n1.NS.MustIP(t, "route", "show", "proto", "87"), `
+		10.5.2.0/24 via 192.0.2.12 dev eth0
+		10.5.3.0/24 via 192.0.2.13 dev eth0`)
+}
