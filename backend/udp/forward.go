@@ -135,10 +135,11 @@ type table struct {
 	ownOK   bool   //
 	tunAddr uint32 // our TUN address (own subnet's network address): the source of ICMP errors we make
 
-	levels  []level          // peer subnets grouped by prefix length, longest first
-	byOuter map[uint32]*peer // peers by PublicIP
-	subnets int              // number of peer subnets in the table
-	six     v6               // the IPv6 side (forward6.go); zero without IPv6
+	levels   []level              // peer subnets grouped by prefix length, longest first
+	byOuter  map[uint32]*peer     // peers by PublicIP
+	byOuter6 map[netip.Addr]*peer // peers by PublicIPv6, over an IPv6 underlay (buildTable6); nil otherwise
+	subnets  int                  // number of peer subnets in the table
+	six      v6                   // the IPv6 side (forward6.go); zero without IPv6
 }
 
 // emptyTable is the table before the first Set: no route, nothing accepted.
@@ -232,10 +233,13 @@ func (t *table) routeTx(pkt []byte) (p *peer, h ipv4, r reason) {
 // the listening port, but a faster sender may spread flows over several source ports.
 func (t *table) acceptRx(outer netip.Addr, pkt []byte) (int, reason) {
 	outer = outer.Unmap()
-	if !outer.Is4() {
-		return 0, reasonUnknownPeer
+	var p *peer
+	switch {
+	case outer.Is4():
+		p = t.byOuter[u32(outer)]
+	case t.byOuter6 != nil:
+		p = t.byOuter6[outer]
 	}
-	p := t.byOuter[u32(outer)]
 	if p == nil {
 		return 0, reasonUnknownPeer
 	}

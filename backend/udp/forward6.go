@@ -12,9 +12,10 @@ import (
 
 // IPv6 inner packets. In a dual-stack network the udp backend carries IPv6 as it carries IPv4: the raw inner
 // packet is the UDP payload, sent to the PublicIP of the peer leasing the destination's IPv6 subnet, over the
-// same IPv4 sockets (so the outer family is IPv4 and the peer filter is unchanged). A datagram is accepted
-// only from a current peer, with an inner source inside that peer's IPv6 subnet and an inner destination
-// inside ours, exactly as for IPv4. Like forward.go, nothing here does I/O or allocates per packet.
+// same IPv4 sockets (so the outer family is IPv4 and the peer filter is unchanged; addIPv6). In an IPv6-only
+// network the underlay is IPv6: peers are known by PublicIPv6 (buildTable6). A datagram is accepted only
+// from a current peer, with an inner source inside that peer's IPv6 subnet and an inner destination inside
+// ours, exactly as for IPv4. Like forward.go, nothing here does I/O or allocates per packet.
 
 const ipv6Header = 40
 
@@ -84,11 +85,58 @@ func (t *table) addIPv6(network6, own6 netip.Prefix, leases []subnet.Lease) (ski
 		byLen[sn.Bits()][sn] = p
 		t.six.subnets++
 	}
-	for bits, peers := range byLen {
-		t.six.levels = append(t.six.levels, level6{bits: bits, peers: peers})
-	}
-	slices.SortFunc(t.six.levels, func(a, b level6) int { return b.bits - a.bits })
+	t.six.setLevels(byLen)
 	return skipped
+}
+
+// buildTable6 makes the forwarding table of an IPv6-only network (network6, our IPv6 subnet own6) over an
+// IPv6 underlay: a peer is a lease's PublicIPv6 (port port), routed to for its IPv6 subnet. A lease is
+// skipped as buildTable skips one, with backend.IPv6.CheckPeer's reasons (no IPv6 subnet or unicast
+// PublicIPv6, our own subnet or address, outside network6, overlapping our subnet) or as a duplicate.
+func buildTable6(network6, own6 netip.Prefix, ext backend.External, leases []subnet.Lease, port uint16) (t *table, skipped []backend.Skip) {
+	t = emptyTable()
+	t.byOuter6 = map[netip.Addr]*peer{}
+	if own6.IsValid() && own6.Addr().Is6() {
+		own6 = own6.Masked()
+		t.six = v6{own: own6, tunAddr: own6.Addr()}
+	}
+	byLen := map[int]map[netip.Prefix]*peer{}
+	for _, l := range leases {
+		if l.Attrs.BackendType != "" && l.Attrs.BackendType != subnet.BackendUDP {
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: fmt.Sprintf("backend type %q", l.Attrs.BackendType), Quiet: true})
+			continue
+		}
+		sn, pub := l.IPv6Subnet.Masked(), l.Attrs.PublicIPv6
+		why := backend.IPv6.CheckPeer(l, own6, ext, network6)
+		if why == "" && byLen[sn.Bits()][sn] != nil {
+			why = "duplicate IPv6 subnet"
+		}
+		if why != "" {
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: why})
+			continue
+		}
+		p := t.byOuter6[pub]
+		if p == nil {
+			p = &peer{outer: netip.AddrPortFrom(pub, port)}
+			t.byOuter6[pub] = p
+		}
+		p.subnets6 = append(p.subnets6, sn)
+		if byLen[sn.Bits()] == nil {
+			byLen[sn.Bits()] = map[netip.Prefix]*peer{}
+		}
+		byLen[sn.Bits()][sn] = p
+		t.six.subnets++
+	}
+	t.six.setLevels(byLen)
+	return t, skipped
+}
+
+func (s *v6) setLevels(byLen map[int]map[netip.Prefix]*peer) {
+	s.levels = s.levels[:0]
+	for bits, peers := range byLen {
+		s.levels = append(s.levels, level6{bits: bits, peers: peers})
+	}
+	slices.SortFunc(s.levels, func(a, b level6) int { return b.bits - a.bits })
 }
 
 func (s *v6) lookup(dst netip.Addr) *peer {
