@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/cmd/internal/netcluster"
+	"github.com/weft-net/weft/dist/kubetest"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -255,5 +257,73 @@ func checkTooBig(t *testing.T, ctx context.Context, c *netcluster.Cluster, from 
 	if err == nil || !(strings.Contains(out, want[0]) || strings.Contains(out, want[len(want)-1])) {
 		t.Errorf("%s → %s: DF ping of %d bytes from a container with MTU 9000: want the node's error with %q, got err %v:\n%s",
 			from.Name, dst, devMTU+1, want[0], err, out)
+	}
+}
+
+// TestE2EKubeIPv6 runs kube mode (--kube-subnet-mgr against a real kube-apiserver) with vxlan in a
+// dual-stack and an IPv6-only network: Nodes with an IPv6 pod CIDR (and an IPv4 one in dual stack), and
+// ICMPv6 and TCP over IPv6 (and IPv4 in dual stack) between the containers of every pair.
+func TestE2EKubeIPv6(t *testing.T) {
+	requireE2E(t)
+	kubetest.Require(t)
+	for _, v6only := range []bool{false, true} {
+		t.Run(map[bool]string{false: "dual-stack", true: "ipv6-only"}[v6only], func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"),
+				flanneld: map[string]bool{}, image: map[string]bool{}}
+			k.conf = `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`
+			k.podCIDRs = func(i int) []string {
+				return []string{fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("fd00:10:244:%x::/64", i)}
+			}
+			if v6only {
+				k.conf = `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`
+				k.podCIDRs = func(i int) []string { return []string{fmt.Sprintf("fd00:10:244:%x::/64", i)} }
+			}
+			t.Cleanup(func() {
+				if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
+					dumpLogs(t, dir)
+				}
+			})
+			c, err := netcluster.Start(t.Context(), netcluster.Options{
+				Prefix: kerneltest.Prefix(), Backend: "vxlan", Network: "10.244.0.0/16", Nodes: 3,
+				Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
+				AgentStore: k.agentStore, ReadyPath: k.readyPath, Setup: k.setup, Timeout: 90 * time.Second,
+				Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
+			})
+			if err != nil {
+				t.Fatalf("start kube-mode cluster: %v", err)
+			}
+			k.Cluster = c
+			t.Cleanup(func() {
+				if err := c.Close(); err != nil {
+					t.Errorf("close cluster: %v", err)
+				}
+			})
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			for _, from := range c.Nodes() {
+				for _, to := range c.Nodes() {
+					if from == to {
+						continue
+					}
+					dsts := []netip.Addr{to.ContainerIP6()}
+					if !v6only {
+						dsts = append(dsts, to.ContainerIP())
+					}
+					for _, dst := range dsts {
+						wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+						err := c.WaitPing(wctx, from, dst)
+						cancel()
+						if err != nil {
+							t.Errorf("%s → %s %s: %v", from.Name, to.Name, dst, err)
+						}
+					}
+					if err := c.TCP6(ctx, from, to, 256<<10); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		})
 	}
 }
