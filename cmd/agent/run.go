@@ -474,7 +474,7 @@ func (a *agent) writeEnv() {
 	a.mu.Lock()
 	a.env = want.Marshal()
 	a.mu.Unlock()
-	a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", want.Subnet, "mtu", want.MTU)
+	a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", want.Subnet, "ipv6-subnet", want.IPv6Subnet, "mtu", want.MTU)
 	if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		a.log.Warn("sd_notify READY=1", "err", err)
 	} else if sent {
