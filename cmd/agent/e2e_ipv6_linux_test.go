@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,7 +38,8 @@ var expectMTU6Only = map[string]int{"host-gw": 1500, "vxlan": 1430, "udp": 1452}
 // order, the leases as flanneld writes them (key, PublicIPv6, BackendV6Data), ICMP and TCP over IPv6 (and
 // IPv4 in dual stack) between the containers of every pair, and the MTU of each family: a DF packet of
 // FLANNEL_MTU passes, one byte more is refused, and from a container with a larger MTU the path answers
-// "packet too big" (IPv6) or "frag needed" (IPv4) with FLANNEL_MTU.
+// "packet too big" (IPv6) or "frag needed" (IPv4) with FLANNEL_MTU; a restarted weftd (with and without
+// its env file) keeps its subnets, and a stale route of ours in the IPv6 network is removed by reconcile.
 func TestE2EIPv6(t *testing.T) {
 	requireE2E(t)
 	for _, backend := range []string{"host-gw", "vxlan", "udp"} {
@@ -64,7 +66,7 @@ func testIPv6(t *testing.T, backend string, v6only bool) {
 	}
 	c, err := netcluster.Start(t.Context(), netcluster.Options{
 		Prefix: kerneltest.Prefix(), Backend: backend, Nodes: 3, ConfigArgs: args,
-		Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
+		Weftd: weftdBin, ClusterBin: cluBin, Dir: dir, ExtraAgentFlags: []string{"--reconcile-interval=2s"},
 		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
 	if err != nil {
@@ -122,6 +124,56 @@ func testIPv6(t *testing.T, backend string, v6only bool) {
 				}
 			}
 		}
+	})
+	t.Run("restart-keeps-subnets", func(t *testing.T) {
+		// weftd stopped and started again (the env file says which subnets it had) keeps its subnets, and
+		// traffic flows again; without the env file it finds its lease by its public address.
+		n := nodes[1]
+		before, err := n.Lease()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, removeEnv := range []bool{false, true} {
+			if err := n.StopAgent(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if removeEnv {
+				if err := os.Remove(n.EnvFile); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := n.StartAgent(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.WaitReady(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if after, err := n.Lease(); err != nil || after != before {
+				t.Errorf("after a restart (env file removed %t): env %+v %v, want %+v", removeEnv, after, err, before)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			if err := c.WaitPing(wctx, nodes[0], n.ContainerIP6()); err != nil {
+				t.Errorf("after a restart: %v", err)
+			}
+			cancel()
+		}
+	})
+	t.Run("stale-ipv6-route-removed", func(t *testing.T) {
+		// A route of ours (protocol 87) in the IPv6 network that no lease explains goes at the next
+		// reconcile (--reconcile-interval 2s); a foreign one stays.
+		n := nodes[0]
+		const stale, foreign = "fd00:5:0:ff::/64", "fd00:5:0:fe::/64"
+		gw := nodes[1].Addr6.String()
+		if _, err := n.NS.IP("-6", "route", "add", stale, "via", gw, "dev", "eth0", "proto", "87"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.NS.IP("-6", "route", "add", foreign, "via", gw, "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 15*time.Second, "stale IPv6 route removed by reconcile", func() (bool, string) {
+			out, err := n.NS.IP("-6", "route", "show")
+			return err == nil && !strings.Contains(out, stale) && strings.Contains(out, foreign), out
+		})
 	})
 	t.Run("node-sends-packet-too-big", func(t *testing.T) {
 		// The path's MTU is FLANNEL_MTU for both families: the IPv6 device's (vxlan), and for IPv4 the
