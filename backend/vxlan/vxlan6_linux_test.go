@@ -123,7 +123,8 @@ func TestVXLANDualStack(t *testing.T) {
 }
 
 // TestVXLANIPv6Only runs three vxlan nodes in an IPv6-only network: flannel-v6.1 alone (no flannel.1), its
-// VtepMAC in BackendV6Data and none in BackendData, and containers reaching each other over IPv6.
+// VtepMAC in BackendV6Data and none in BackendData, containers reaching each other over IPv6, and a
+// restarted backend reusing the device and its MAC.
 func TestVXLANIPv6Only(t *testing.T) {
 	tp, nodes := backendtest.NewCluster(t, 3)
 	kerneltest.RequireCommand(t, "bridge")
@@ -142,6 +143,19 @@ func TestVXLANIPv6Only(t *testing.T) {
 	}
 	tp.PingAll6(t)
 	kerneltest.Expect(t, "n1 IPv4 routes of ours", nodes[0].NS.MustIP(t, "route", "show", "proto", "87"), "")
+
+	// A restarted backend reuses flannel-v6.1 with its MAC (its local IPv6 address reads back equal).
+	n1 := nodes[0]
+	before := string(n1.Local.BackendV6Data)
+	if err := n1.Be.Close(); err != nil {
+		t.Fatal(err)
+	}
+	backendtest.Start(t, nodes[:1], New, network6(false))
+	if got := string(n1.Local.BackendV6Data); got != before {
+		t.Errorf("after a restart BackendV6Data = %s, want the device reused with %s", got, before)
+	}
+	n1.Set(t, nodes[1:]...)
+	tp.PingAll6(t)
 }
 
 // TestVXLANDirectRoutingIPv6: with DirectRouting in a dual-stack network, a peer whose PublicIPv6 is on
