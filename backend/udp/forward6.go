@@ -78,12 +78,7 @@ func (t *table) addIPv6(network6, own6 netip.Prefix, leases []subnet.Lease) (ski
 			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: why})
 			continue
 		}
-		p.subnets6 = append(p.subnets6, sn)
-		if byLen[sn.Bits()] == nil {
-			byLen[sn.Bits()] = map[netip.Prefix]*peer{}
-		}
-		byLen[sn.Bits()][sn] = p
-		t.six.subnets++
+		t.six.add(byLen, sn, p)
 	}
 	t.six.setLevels(byLen)
 	return skipped
@@ -120,15 +115,20 @@ func buildTable6(network6, own6 netip.Prefix, ext backend.External, leases []sub
 			p = &peer{outer: netip.AddrPortFrom(pub, port)}
 			t.byOuter6[pub] = p
 		}
-		p.subnets6 = append(p.subnets6, sn)
-		if byLen[sn.Bits()] == nil {
-			byLen[sn.Bits()] = map[netip.Prefix]*peer{}
-		}
-		byLen[sn.Bits()][sn] = p
-		t.six.subnets++
+		t.six.add(byLen, sn, p)
 	}
 	t.six.setLevels(byLen)
 	return t, skipped
+}
+
+// add routes IPv6 subnet sn to p, in byLen (subnets by prefix length) for setLevels.
+func (s *v6) add(byLen map[int]map[netip.Prefix]*peer, sn netip.Prefix, p *peer) {
+	p.subnets6 = append(p.subnets6, sn)
+	if byLen[sn.Bits()] == nil {
+		byLen[sn.Bits()] = map[netip.Prefix]*peer{}
+	}
+	byLen[sn.Bits()][sn] = p
+	s.subnets++
 }
 
 func (s *v6) setLevels(byLen map[int]map[netip.Prefix]*peer) {

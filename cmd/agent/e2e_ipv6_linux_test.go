@@ -92,38 +92,12 @@ func testIPv6(t *testing.T, backend string, v6only bool) {
 	})
 	t.Run("leases", func(t *testing.T) { checkLeases6(t, ctx, c, backend, v6only) })
 	t.Run("traffic", func(t *testing.T) {
-		for _, from := range nodes {
-			for _, to := range nodes {
-				if from == to {
-					continue
-				}
-				dsts := []netip.Addr{to.ContainerIP6()}
-				if !v6only {
-					dsts = append(dsts, to.ContainerIP())
-				}
-				for _, dst := range dsts {
-					wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-					err := c.WaitPing(wctx, from, dst)
-					cancel()
-					if err != nil {
-						t.Errorf("%s → %s %s: %v", from.Name, to.Name, dst, err)
-						continue
-					}
-					if out, err := c.Ping(ctx, from, dst, "-c", "3"); err != nil {
-						t.Errorf("%s → %s %s: ping: %v\n%s", from.Name, to.Name, dst, err, out)
-					}
-					checkDFPings(t, ctx, c, from, dst)
-				}
-				if err := c.TCP6(ctx, from, to, 256<<10); err != nil {
-					t.Error(err)
-				}
-				if !v6only {
-					if err := c.TCP(ctx, from, to, 256<<10); err != nil {
-						t.Error(err)
-					}
-				}
+		allPairs(t, ctx, c, v6only, func(from *netcluster.Node, dst netip.Addr) {
+			if out, err := c.Ping(ctx, from, dst, "-c", "3"); err != nil {
+				t.Errorf("%s → %s: ping: %v\n%s", from.Name, dst, err, out)
 			}
-		}
+			checkDFPings(t, ctx, c, from, dst)
+		})
 	})
 	t.Run("restart-keeps-subnets", func(t *testing.T) {
 		// weftd stopped and started again (the env file says which subnets it had) keeps its subnets, and
@@ -183,6 +157,42 @@ func testIPv6(t *testing.T, backend string, v6only bool) {
 			checkTooBig(t, ctx, c, nodes[0], nodes[1].ContainerIP(), nodes[0].MTU())
 		}
 	})
+}
+
+// allPairs checks, from every node's container to every other's, that pings of the container's IPv6 address
+// (and IPv4 unless v6only) come back, then runs more on each (nil: nothing), then 256 KiB of TCP over IPv6
+// (and IPv4).
+func allPairs(t *testing.T, ctx context.Context, c *netcluster.Cluster, v6only bool, more func(from *netcluster.Node, dst netip.Addr)) {
+	t.Helper()
+	for _, from := range c.Nodes() {
+		for _, to := range c.Nodes() {
+			if from == to {
+				continue
+			}
+			dsts := []netip.Addr{to.ContainerIP6()}
+			tcp := []func(context.Context, *netcluster.Node, *netcluster.Node, int) error{c.TCP6}
+			if !v6only {
+				dsts, tcp = append(dsts, to.ContainerIP()), append(tcp, c.TCP)
+			}
+			for _, dst := range dsts {
+				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := c.WaitPing(wctx, from, dst)
+				cancel()
+				if err != nil {
+					t.Errorf("%s → %s %s: %v", from.Name, to.Name, dst, err)
+					continue
+				}
+				if more != nil {
+					more(from, dst)
+				}
+			}
+			for _, check := range tcp {
+				if err := check(ctx, from, to, 256<<10); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
 }
 
 // checkEnv6 checks node n's env file: flannel's variables in flannel's order, the IPv6 network and subnet
@@ -354,28 +364,7 @@ func TestE2EKubeIPv6(t *testing.T) {
 			})
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
-			for _, from := range c.Nodes() {
-				for _, to := range c.Nodes() {
-					if from == to {
-						continue
-					}
-					dsts := []netip.Addr{to.ContainerIP6()}
-					if !v6only {
-						dsts = append(dsts, to.ContainerIP())
-					}
-					for _, dst := range dsts {
-						wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-						err := c.WaitPing(wctx, from, dst)
-						cancel()
-						if err != nil {
-							t.Errorf("%s → %s %s: %v", from.Name, to.Name, dst, err)
-						}
-					}
-					if err := c.TCP6(ctx, from, to, 256<<10); err != nil {
-						t.Error(err)
-					}
-				}
-			}
+			allPairs(t, ctx, c, v6only, nil)
 		})
 	}
 }
