@@ -397,11 +397,11 @@ func subnetCmd(ctx context.Context, name string, args []string, env cmdEnv,
 func reserveCmd(ctx context.Context, args []string, env cmdEnv) error {
 	var pub string
 	return subnetCmd(ctx, "reserve", args, env, func(fs *pflag.FlagSet) {
-		fs.StringVar(&pub, "public-ip", "", "public IPv4 address of the node the subnet is reserved for (required)")
+		fs.StringVar(&pub, "public-ip", "", "public IPv4 address of the node the subnet is reserved for (required; its IPv6 address for an IPv6 subnet of an IPv6-only network)")
 	}, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
 		ip, err := netip.ParseAddr(pub)
-		if err != nil || !ip.Is4() {
-			return "", fmt.Errorf("reserve: --public-ip %q: want the node's IPv4 address", pub)
+		if err != nil || ip.Is4() != p.Addr().Is4() {
+			return "", fmt.Errorf("reserve: --public-ip %q: want the node's address of the family of SUBNET %s", pub, p)
 		}
 		return fmt.Sprintf("reserved %s for %s", p, ip), s.Reserve(ctx, p, ip)
 	})

@@ -436,6 +436,39 @@ func TestIPv6Only(t *testing.T) {
 	}
 }
 
+// TestReserveIPv6Only: in an IPv6-only network an IPv6 subnet is reserved for a node's PublicIPv6 (key and
+// value as flannel writes an IPv6-only lease), the node takes the reservation and it stays one; another
+// node's address conflicts, and an IPv6 subnet in a dual-stack network is refused.
+func TestReserveIPv6Only(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	ctx := testCtx(t, 30*time.Second)
+	setConfig(t, st, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	p, ip := netip.MustParsePrefix("fd00:5:0:70::/64"), netip.MustParseAddr("2001:db8::70")
+	if err := st.Reserve(ctx, p, ip); err != nil {
+		t.Fatal(err)
+	}
+	key := subnetsPrefix + "0.0.0.0-0&fd00:5:0:70::-64"
+	if v, lease, _, ok := rawGet(t, srv.Client(t), key); !ok || lease != clientv3.NoLease || v != `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::70"}` {
+		t.Errorf("reservation key %s = %q (lease %x, present %t)", key, v, lease, ok)
+	}
+	if err := st.Reserve(ctx, p, netip.MustParseAddr("2001:db8::71")); !errors.Is(err, ErrConflict) {
+		t.Errorf("reserve for another node = %v, want ErrConflict", err)
+	}
+	l := startHold(t, st, subnet.AcquireRequest{Attrs: subnet.Attrs{PublicIPv6: ip, BackendType: "vxlan"}}).next(t, 10*time.Second)
+	if l.IPv6Subnet != p || !l.Reservation {
+		t.Errorf("node took %s (reservation %t), want the reservation %s", l.IPv6Subnet, l.Reservation, p)
+	}
+	if err := st.Unreserve(ctx, p); err != nil {
+		t.Errorf("unreserve by the IPv6 subnet: %v", err)
+	}
+	setConfig(t, st, `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	if err := st.Reserve(ctx, netip.MustParsePrefix("fd00:5:0:71::/64"), ip); err == nil || !strings.Contains(err.Error(), "reserve the node's IPv4 subnet") {
+		t.Errorf("reserve an IPv6 subnet in dual stack = %v, want a pointer to the IPv4 subnet", err)
+	}
+}
+
 func TestCloseEndsHoldAndWatch(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
