@@ -15,32 +15,12 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
 	"github.com/weft-net/weft/subnet/kubestore"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
-
-// etcdFlags are the flags every command that talks to etcd takes.
-type etcdFlags struct {
-	Endpoints []string
-	Prefix    string
-	KeyFile   string
-	CertFile  string
-	CAFile    string
-	Username  string
-	Password  string
-}
-
-func (e *etcdFlags) register(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&e.Endpoints, "etcd-endpoints", []string{"http://127.0.0.1:2379"}, "etcd endpoints, comma-separated")
-	fs.StringVar(&e.Prefix, "etcd-prefix", subnet.DefaultPrefix, "etcd key prefix of the network")
-	fs.StringVar(&e.KeyFile, "etcd-keyfile", "", "TLS client key file for etcd")
-	fs.StringVar(&e.CertFile, "etcd-certfile", "", "TLS client certificate file for etcd")
-	fs.StringVar(&e.CAFile, "etcd-cafile", "", "TLS CA file to verify etcd's certificate")
-	fs.StringVar(&e.Username, "etcd-username", "", "etcd username")
-	fs.StringVar(&e.Password, "etcd-password", "", "etcd password (prefer the WEFTD_ETCD_PASSWORD environment variable)")
-}
 
 // kubeFlags select the kube subnet manager (flanneld's flags of the same names) instead of etcd.
 type kubeFlags struct {
@@ -92,7 +72,7 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 
 // Config is weftd's agent configuration, from flags and the environment.
 type Config struct {
-	Etcd etcdFlags
+	Etcd etcdstore.Config // the etcd flags (etcdstore.Config.AddFlags); LeaseTTL is set from --subnet-lease-ttl when the store opens
 	Kube kubeFlags
 	Log  logFlags
 
@@ -162,7 +142,7 @@ func (c Config) healthzAddr() string {
 
 func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("weftd", pflag.ContinueOnError)
-	c.Etcd.register(fs)
+	c.Etcd.AddFlags(fs)
 	c.Kube.register(fs)
 	c.Log.register(fs)
 	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or address (IPv4 or IPv6) for inter-node traffic (repeatable; the first that exists wins)")

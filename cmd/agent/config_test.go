@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
 )
 
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -142,7 +144,7 @@ func TestAgentConfigErrors(t *testing.T) {
 
 func TestHelpAndVersion(t *testing.T) {
 	var out bytes.Buffer
-	if _, err := agentConfig([]string{"--help"}, envOf(nil), &out); err != errHelp {
+	if _, err := agentConfig([]string{"--help"}, envOf(nil), &out); !errors.Is(err, errHelp) {
 		t.Fatalf("--help: err = %v, want errHelp", err)
 	}
 	for _, want := range []string{"--etcd-endpoints", "--subnet-lease-ttl", "WEFTD_", "FLANNELD_"} {
@@ -202,9 +204,9 @@ func TestConfigSetBuild(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var o configSetOpts
-			var ef etcdFlags
+			var ec etcdstore.Config
 			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
-			ef.register(fs)
+			ec.AddFlags(fs)
 			o.register(fs)
 			if err := fs.Parse(tt.args); err != nil {
 				t.Fatal(err)

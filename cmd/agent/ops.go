@@ -44,10 +44,10 @@ var commands = map[string]command{
 const opTimeout = 15 * time.Second
 
 // opFlags parses a subcommand's flags (the etcd flags plus extra) and opens the store.
-func opFlags(name, usage string, args []string, getenv func(string) string, extra func(*pflag.FlagSet)) (*pflag.FlagSet, *etcdFlags, error) {
-	var ef etcdFlags
+func opFlags(name, usage string, args []string, getenv func(string) string, extra func(*pflag.FlagSet)) (*pflag.FlagSet, *etcdstore.Config, error) {
+	var ec etcdstore.Config // LeaseTTL zero: the default, 24 h (no command here holds a lease)
 	fs := pflag.NewFlagSet("weftd "+name, pflag.ContinueOnError)
-	ef.register(fs)
+	ec.AddFlags(fs)
 	if extra != nil {
 		extra(fs)
 	}
@@ -58,14 +58,14 @@ func opFlags(name, usage string, args []string, getenv func(string) string, extr
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return nil, nil, err
 	}
-	return fs, &ef, nil
+	return fs, &ec, nil
 }
 
 // withStore opens the store, runs do with a context bounded by opTimeout, and closes the store. The store's
 // warnings (an unreadable lease key, say) go to stderr.
-func withStore(ctx context.Context, env cmdEnv, ef *etcdFlags, do func(context.Context, *etcdstore.Store) error) error {
+func withStore(ctx context.Context, env cmdEnv, ec *etcdstore.Config, do func(context.Context, *etcdstore.Store) error) error {
 	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	store, err := newEtcdStore(*ef, 24*time.Hour, log)
+	store, err := etcdstore.New(*ec, log) // without waiting for etcd
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 		return errors.New("usage: weftd config get|set [flags] (weftd config set --help)")
 	}
 	if args[0] == "get" {
-		fs, ef, err := opFlags("config get", "[flags]", args[1:], env.getenv, nil)
+		fs, ec, err := opFlags("config get", "[flags]", args[1:], env.getenv, nil)
 		if err != nil {
 			return err
 		}
@@ -88,7 +88,7 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 			return fmt.Errorf("config get: unexpected argument %q", fs.Arg(0))
 		}
 		var raw []byte
-		if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+		if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) (err error) {
 			raw, err = store.RawConfig(ctx)
 			return err
 		}); err != nil {
@@ -106,7 +106,7 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 		return nil
 	}
 	var o configSetOpts
-	fs, ef, err := opFlags("config set", "[flags]", args[1:], env.getenv, o.register)
+	fs, ec, err := opFlags("config set", "[flags]", args[1:], env.getenv, o.register)
 	if err != nil {
 		return err
 	}
@@ -121,12 +121,12 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 	if err != nil {
 		return err
 	}
-	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) error {
+	if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) error {
 		return store.SetConfig(ctx, raw)
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "wrote %s/config: %s\n", ef.Prefix, raw)
+	fmt.Fprintf(env.stdout, "wrote %s/config: %s\n", ec.Prefix, raw)
 	if cfg.DefaultedBackend {
 		fmt.Fprintf(env.stdout, "note: no backend type given; agents use %s\n", cfg.BackendType)
 	}
@@ -174,7 +174,7 @@ func (o *configSetOpts) build(fs *pflag.FlagSet) ([]byte, error) {
 	if o.raw != "" {
 		n := 0
 		fs.Visit(func(f *pflag.Flag) {
-			if f.Name != "json" && !isEtcdFlag(f.Name) {
+			if f.Name != "json" && !etcdstore.IsFlag(f) {
 				n++
 			}
 		})
@@ -241,14 +241,6 @@ func (o *configSetOpts) build(fs *pflag.FlagSet) ([]byte, error) {
 	return json.Marshal(cfg)
 }
 
-func isEtcdFlag(name string) bool {
-	switch name {
-	case "etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password":
-		return true
-	}
-	return false
-}
-
 // validateConfig checks a config as an agent would: the network fields, then the backend's own keys by
 // constructing the backend (constructors validate and touch no kernel state).
 func validateConfig(raw []byte) (*subnet.Config, error) {
@@ -282,7 +274,7 @@ func leasesCmd(ctx context.Context, args []string, env cmdEnv) error {
 		})
 	}
 	var asJSON bool
-	fs, ef, err := opFlags("leases", "[--json] | delete SUBNET", args, env.getenv, func(fs *pflag.FlagSet) {
+	fs, ec, err := opFlags("leases", "[--json] | delete SUBNET", args, env.getenv, func(fs *pflag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print JSON")
 	})
 	if err != nil {
@@ -292,7 +284,7 @@ func leasesCmd(ctx context.Context, args []string, env cmdEnv) error {
 		return fmt.Errorf("leases: unexpected argument %q (did you mean `weftd leases delete SUBNET`?)", fs.Arg(0))
 	}
 	var leases []subnet.Lease
-	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+	if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) (err error) {
 		leases, err = store.Leases(ctx)
 		return err
 	}); err != nil {
@@ -372,7 +364,7 @@ func printLeases(w io.Writer, leases []subnet.Lease, now time.Time) error {
 // subnetCmd runs a command that takes one SUBNET argument.
 func subnetCmd(ctx context.Context, name string, args []string, env cmdEnv,
 	extra func(*pflag.FlagSet), do func(context.Context, *etcdstore.Store, netip.Prefix) (string, error)) error {
-	fs, ef, err := opFlags(name, "SUBNET [flags]", args, env.getenv, extra)
+	fs, ec, err := opFlags(name, "SUBNET [flags]", args, env.getenv, extra)
 	if err != nil {
 		return err
 	}
@@ -384,7 +376,7 @@ func subnetCmd(ctx context.Context, name string, args []string, env cmdEnv,
 		return fmt.Errorf("%s: SUBNET %q: want a subnet such as 10.5.7.0/24", name, fs.Arg(0))
 	}
 	var msg string
-	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+	if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) (err error) {
 		msg, err = do(ctx, store, p)
 		return err
 	}); err != nil {

@@ -18,6 +18,10 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
+// fullRetry is how often Hold tries again in a full network: only an operator can free a subnet, and a
+// shorter backoff would only log more.
+const fullRetry = 10 * time.Second
+
 // maxAcquireAttempts bounds how often one acquisition re-lists after losing a race for a subnet.
 const maxAcquireAttempts = 20
 
@@ -64,12 +68,13 @@ func (h *held) done() <-chan struct{} {
 // While held, an etcd keepalive renews the etcd lease. If the keepalive ends, or the key is deleted or
 // re-written by another holder (another PublicIP, or another etcd lease: a twin), Hold logs a warning and
 // acquires again, preferring the same subnet unless a twin holds it. If
-// etcd is unreachable, or the config is missing or invalid, it logs and retries with backoff.
+// etcd is unreachable, the config is missing or invalid, or the network is full (logged as an error: an
+// operator must free a subnet), it logs and retries with backoff.
 //
 // Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
-// its TTL unless the node comes back). It returns an error only when it cannot go on: a *subnet.NetworkFullError,
-// an invalid req (no public address of an enabled family), a stored config that differs from req.Config (subnet.ErrConfigChanged),
-// or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+// its TTL unless the node comes back). It returns an error only when retrying cannot help: an invalid req
+// (no public address of an enabled family), a stored config that differs from req.Config
+// (subnet.ErrConfigChanged), or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
 	if !req.Attrs.PublicIP.IsValid() {
 		req.Attrs.PublicIP = netip.IPv4Unspecified() // IPv6 only: as flannel writes it, and as it reads back
@@ -102,17 +107,21 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 			return nil
 		}
 		if err != nil {
-			var full *subnet.NetworkFullError
-			if errors.As(err, &full) || errors.Is(err, errNoPublicIP) || errors.Is(err, subnet.ErrConfigChanged) {
+			if errors.Is(err, errNoPublicIP) || errors.Is(err, subnet.ErrConfigChanged) {
 				return err
 			}
 			if s.closed() {
 				return fmt.Errorf("hold lease: %w", ErrClosed)
 			}
 			d := bo.next()
-			if errors.Is(err, subnet.ErrNoConfig) {
+			var full *subnet.NetworkFullError
+			switch {
+			case errors.Is(err, subnet.ErrNoConfig):
 				log.Warn("network config missing; waiting for an operator to create it", "key", s.configKey(), "retry_in", d)
-			} else {
+			case errors.As(err, &full):
+				d = fullRetry
+				log.Error("cannot acquire a lease; retrying", "err", err, "retry_in", d)
+			default:
 				log.Warn("acquire lease failed; retrying", "err", err, "retry_in", d)
 			}
 			if !sleep(ctx, d) {

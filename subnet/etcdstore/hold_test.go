@@ -3,6 +3,8 @@ package etcdstore
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
@@ -62,37 +64,54 @@ func TestConcurrentAcquire(t *testing.T) {
 	}
 }
 
+// TestNetworkFull checks that Hold retries a full network by itself: it logs an error naming the network,
+// the subnet length and the lease count, neither returns nor delivers, and takes the first subnet freed.
 func TestNetworkFull(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	var logs lockedBuffer
 	st := newStore(t, srv)
+	full, err := New(Config{Endpoints: srv.Endpoints(), RequestTimeout: 5 * time.Second},
+		slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { full.Close() })
 	setConfig(t, st, net4)
-	got := map[netip.Prefix]bool{}
+	got := map[netip.Prefix]*holder{}
 	for i := range 4 {
-		l := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs(fmt.Sprintf("198.51.100.%d", i+1))}).next(t, 10*time.Second)
-		got[l.Subnet] = true
+		h := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs(fmt.Sprintf("198.51.100.%d", i+1))})
+		got[h.next(t, 10*time.Second).Subnet] = h
 	}
 	if len(got) != 4 {
 		t.Fatalf("four holders got %d distinct subnets: %v", len(got), got)
 	}
-	h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.5")})
-	var err error
+	h := startHold(t, full, subnet.AcquireRequest{Attrs: attrs("198.51.100.5")})
+	eventually(t, 10*time.Second, "the fifth Hold logs an error", func() bool { return strings.Contains(logs.String(), "level=ERROR") })
+	for _, want := range []string{"network full", "10.6.0.0/22", "/24", "4 leases"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the fifth Hold's log does not mention %q:\n%s", want, logs.String())
+		}
+	}
 	select {
-	case err = <-h.done:
+	case err := <-h.done:
+		close(h.done)
+		t.Fatalf("fifth Hold returned %v in a full network; want it to keep retrying", err)
 	case l := <-h.leases:
 		t.Fatalf("fifth holder got %s in a full network", l.Subnet)
-	case <-time.After(10 * time.Second):
-		t.Fatal("fifth Hold did not fail")
+	case <-time.After(time.Second):
 	}
-	close(h.done)
-	var full *subnet.NetworkFullError
-	if !errors.As(err, &full) {
-		t.Fatalf("fifth Hold: %v, want a *subnet.NetworkFullError", err)
+
+	freed := netip.MustParsePrefix("10.6.2.0/24")
+	if err := got[freed].stop(t); err != nil {
+		t.Errorf("Hold after its context ended: %v, want nil", err)
 	}
-	for _, want := range []string{"10.6.0.0/22", "/24", "4 leases"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not mention %q", err, want)
-		}
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), subnetsPrefix+"10.6.2.0-24"); err != nil {
+		t.Fatal(err)
+	}
+	if l := h.next(t, 15*time.Second); l.Subnet != freed {
+		t.Errorf("fifth Hold got %s once %s was freed", l.Subnet, freed)
 	}
 }
 

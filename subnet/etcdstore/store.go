@@ -40,7 +40,7 @@ var (
 	ErrNotReservation = errors.New("lease is not a reservation")
 	// ErrConflict means the subnet is held by another node, or its key changed while we updated it.
 	ErrConflict = errors.New("lease conflict")
-	// ErrClosed is returned by Hold and Watch when the store is closed while they run.
+	// ErrClosed is returned by WaitConfig, Hold and Watch when the store is closed while they run.
 	ErrClosed = errors.New("etcd store closed")
 )
 
@@ -149,6 +149,19 @@ func (s *Store) Config(ctx context.Context) (*subnet.Config, error) {
 		return nil, fmt.Errorf("etcd key %s: %w", s.configKey(), err)
 	}
 	return cfg, nil
+}
+
+// WaitConfig implements subnet.Store: Config until it succeeds (subnet.PollConfig), reporting each failure,
+// with an unreachable etcd explained (see Explain).
+func (s *Store) WaitConfig(ctx context.Context, report func(error)) (*subnet.Config, error) {
+	cfg, err := subnet.PollConfig(ctx, s.cli.Ctx().Done(), func(ctx context.Context) (*subnet.Config, error) {
+		cfg, err := s.Config(ctx)
+		return cfg, s.Explain(ctx, err)
+	}, report)
+	if err != nil && ctx.Err() == nil && s.closed() {
+		return nil, fmt.Errorf("read etcd key %s: %w", s.configKey(), ErrClosed)
+	}
+	return cfg, err
 }
 
 // RawConfig returns the network config's JSON as stored. A missing key gives an error wrapping

@@ -30,21 +30,26 @@ func (e *apiError) Unwrap() error { return e.err }
 // req's PublicIP), sets NetworkUnavailable=False if configured, and calls fn(lease, true).
 //
 // While the Node has no pod CIDR, or one outside the network, or does not exist, Hold waits and says so
-// (flanneld exits instead). Afterwards it follows the Node: annotations removed or changed by someone else
-// are written again; if the Node is deleted or its pod CIDR changes, fn(old, false) is called and the lease
-// is taken again from the Node as it is then. A failed write is retried with backoff.
+// (flanneld exits instead); so it does while the network config file is missing or invalid. Afterwards it
+// follows the Node: annotations removed or changed by someone else are written again; if the Node is deleted
+// or its pod CIDR changes, fn(old, false) is called and the lease is taken again from the Node as it is
+// then. A failed write is retried with backoff.
 //
 // In an IPv6-only network the Node's IPv6 pod CIDR is the lease, PublicIPv6 is required, and neither
 // public-ip nor backend-data is written (as flanneld's vxlan does).
 //
-// Hold returns nil when ctx ends, leaving the annotations in place; an error for an invalid req (no IPv4
-// PublicIP, or IPv6 only no PublicIPv6), or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+// Hold returns nil when ctx ends, leaving the annotations in place; an error only for what retrying cannot
+// fix: an invalid req (no IPv4 PublicIP, or IPv6 only no PublicIPv6), or ErrClosed. fn runs on Hold's
+// goroutine; nil means no callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
 	if fn == nil {
 		fn = func(subnet.Lease, bool) {}
 	}
 	cfg, err := s.netConfig(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("hold lease: %w", err)
 	}
 	switch pub, pub6 := req.Attrs.PublicIP, req.Attrs.PublicIPv6; {
