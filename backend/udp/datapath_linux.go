@@ -209,7 +209,7 @@ func (b *Backend) routineTx(dp *datapath, q int) {
 				c.add(txBytes, h.totalLen)
 			case reasonNoRoute:
 				c.inc(dropNoRoute)
-				m := buildUnreachable(icmp[0][vnetHdrLen:], pkt, h, t.tunAddr)
+				m := t.unreachable(icmp[0][vnetHdrLen:], pkt, h)
 				if m == 0 {
 					continue
 				}

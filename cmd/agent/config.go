@@ -76,10 +76,11 @@ type Config struct {
 	Kube kubeFlags
 	Log  logFlags
 
-	Ifaces       []string      // --iface: names or IPv4 addresses; empty: see IfaceRegexes
+	Ifaces       []string      // --iface: names or addresses (IPv4 or IPv6); empty: see IfaceRegexes
 	IfaceRegexes []string      // --iface-regex; empty: see CanReach
 	CanReach     netip.Addr    // --iface-can-reach; zero: the default route's interface
 	PublicIP     netip.Addr    // --public-ip (IPv4); zero: the interface's address
+	PublicIPv6   netip.Addr    // --public-ipv6; zero: the interface's IPv6 address (used when the network enables IPv6)
 	NodeID       string        // --node-id; empty: derived from the machine ID (see defaultNodeID)
 	SubnetFile   string        // --subnet-file
 	LeaseTTL     time.Duration // --subnet-lease-ttl
@@ -120,6 +121,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("iface-regex", c.IfaceRegexes),
 		slog.String("iface-can-reach", addrFlag{a: &c.CanReach}.String()),
 		slog.String("public-ip", addrFlag{a: &c.PublicIP}.String()),
+		slog.String("public-ipv6", addrFlag{a: &c.PublicIPv6}.String()),
 		slog.String("node-id", c.NodeID),
 		slog.String("subnet-file", c.SubnetFile),
 		slog.Duration("subnet-lease-ttl", c.LeaseTTL),
@@ -143,10 +145,11 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	c.Etcd.AddFlags(fs)
 	c.Kube.register(fs)
 	c.Log.register(fs)
-	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or IPv4 address for inter-node traffic (repeatable; the first that exists wins)")
+	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or address (IPv4 or IPv6) for inter-node traffic (repeatable; the first that exists wins)")
 	fs.StringSliceVar(&c.IfaceRegexes, "iface-regex", nil, "regular expression matched against interface names and addresses (repeatable)")
 	fs.Var(addrFlag{a: &c.CanReach}, "iface-can-reach", "use the interface that routes to this address")
 	fs.Var(addrFlag{a: &c.PublicIP, v4: true}, "public-ip", "IPv4 address other nodes use to reach this one (default: the interface's address)")
+	fs.Var(addrFlag{a: &c.PublicIPv6, v6: true}, "public-ipv6", "IPv6 address other nodes use to reach this one when the network enables IPv6 (default: the interface's IPv6 address)")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's identity in its lease (WeftNodeID), telling apart nodes that share a public IP (default: derived from /etc/machine-id)")
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
@@ -164,10 +167,11 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	return fs
 }
 
-// addrFlag is a flag holding an IP address (IPv4 only with v4), parsed once when it is set; empty: none.
+// addrFlag is a flag holding an IP address (IPv4 only with v4, IPv6 only with v6), parsed once when it is
+// set; empty: none.
 type addrFlag struct {
-	a  *netip.Addr
-	v4 bool
+	a      *netip.Addr
+	v4, v6 bool
 }
 
 func (f addrFlag) Set(s string) error {
@@ -179,6 +183,8 @@ func (f addrFlag) Set(s string) error {
 	switch {
 	case err != nil && f.v4, err == nil && f.v4 && !a.Unmap().Is4():
 		return errors.New("want an IPv4 address")
+	case err != nil && f.v6, err == nil && f.v6 && (!a.Is6() || a.Is4In6()):
+		return errors.New("want an IPv6 address")
 	case err != nil:
 		return errors.New("want an IP address")
 	}

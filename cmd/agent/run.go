@@ -60,6 +60,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("network config has no Backend.Type; using the default", "backend", netCfg.BackendType)
 	}
 	sel := cfg.ifaceSelector()
+	sel.NoIPv4, sel.IPv6 = !netCfg.EnableIPv4, netCfg.EnableIPv6
 	var prevData json.RawMessage // what this node published before, for a backend to keep its identity
 	if ks, ok := store.(*kubestore.Store); ok {
 		info, err := ks.NodeInfo(ctx)
@@ -70,6 +71,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Info("using the node's node-public-ip annotation as --public-ip", "public-ip", info.PublicIP)
 			sel.PublicIP = info.PublicIP
 		}
+		if info.PublicIPv6.IsValid() && !sel.PublicIPv6.IsValid() {
+			log.Info("using the node's node-public-ipv6 annotation as --public-ipv6", "public-ipv6", info.PublicIPv6)
+			sel.PublicIPv6 = info.PublicIPv6
+		}
 		if info.BackendType == netCfg.BackendType {
 			prevData = info.BackendData
 		}
@@ -78,7 +83,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("select external interface: %w", err)
 	}
-	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
+	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "addr6", ext.Addr6, "public-ipv6", ext.PublicIPv6, "mtu", ext.MTU)
 
 	a.net = netCfg
 	if a.be, a.local, err = startBackend(ctx, netCfg, ext, cfg, prevData, a.poke, log); err != nil {
@@ -105,6 +110,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("node identity", "node-id", nodeID)
 	req := subnet.AcquireRequest{Config: netCfg, Attrs: subnet.Attrs{
 		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData, NodeID: nodeID,
+		PublicIPv6: ext.PublicIPv6, BackendV6Data: a.local.BackendV6Data,
 	}}
 	if prev, err := subnet.ReadEnvFile(cfg.SubnetFile); err == nil {
 		req.Prev, req.PrevIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()
@@ -190,8 +196,9 @@ func (a *agent) watchUnderlay(ctx context.Context, sel backend.IfaceSelector, ex
 				a.log.Error("external interface lost; not ready until it is back", "iface", ext.Name, "addr", ext.Addr, "err", err)
 			}
 		case now != ext:
-			a.stop(fmt.Errorf("%w: external interface changed from %s #%d %s (public %s, mtu %d) to %s #%d %s (public %s, mtu %d)",
-				errRestart, ext.Name, ext.Index, ext.Addr, ext.PublicIP, ext.MTU, now.Name, now.Index, now.Addr, now.PublicIP, now.MTU))
+			a.stop(fmt.Errorf("%w: external interface changed from %s #%d %s %s (public %s %s, mtu %d) to %s #%d %s %s (public %s %s, mtu %d)",
+				errRestart, ext.Name, ext.Index, ext.Addr, ext.Addr6, ext.PublicIP, ext.PublicIPv6, ext.MTU,
+				now.Name, now.Index, now.Addr, now.Addr6, now.PublicIP, now.PublicIPv6, now.MTU))
 			return
 		case was:
 			a.log.Info("external interface back", "iface", ext.Name, "addr", ext.Addr)
@@ -280,7 +287,7 @@ func waitConfig(ctx context.Context, store subnet.Store, src configSource, log *
 }
 
 func (c *Config) ifaceSelector() backend.IfaceSelector {
-	return backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes, CanReach: c.CanReach, PublicIP: c.PublicIP}
+	return backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes, CanReach: c.CanReach, PublicIP: c.PublicIP, PublicIPv6: c.PublicIPv6}
 }
 
 // startBackend constructs the configured backend and brings it up. prev is the BackendData this node
@@ -422,7 +429,7 @@ func (a *agent) writeEnv() {
 	a.mu.Lock()
 	a.env = want.Marshal()
 	a.mu.Unlock()
-	a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", want.Subnet, "mtu", want.MTU)
+	a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", want.Subnet, "ipv6-subnet", want.IPv6Subnet, "mtu", want.MTU)
 	if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		a.log.Warn("sd_notify READY=1", "err", err)
 	} else if sent {
@@ -489,13 +496,19 @@ func (a *agent) desired() *backend.Config {
 	cfg := &backend.Config{Network: *a.net, Own: *a.own, Peers: make([]subnet.Lease, 0, len(a.leases))}
 	ownKey := a.own.Key()
 	for k, l := range a.leases {
-		if k != ownKey && l.Subnet != a.own.Subnet {
+		if k != ownKey && !sameSubnet(l, *a.own) {
 			cfg.Peers = append(cfg.Peers, l)
 		}
 	}
 	clear(a.changed)
 	a.takenGen = a.needGen
 	return cfg
+}
+
+// sameSubnet reports whether lease l claims a subnet of own's, of either family (a stale key of the own
+// subnet, never a peer).
+func sameSubnet(l, own subnet.Lease) bool {
+	return (own.Subnet.IsValid() && l.Subnet == own.Subnet) || (own.IPv6Subnet.IsValid() && l.IPv6Subnet == own.IPv6Subnet)
 }
 
 // change returns the lease changes since the data path last took them in, for backend.Updater, and clears
@@ -514,7 +527,7 @@ func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
 	for k := range a.changed {
 		l, present := a.leases[k]
 		switch {
-		case k == ownKey || (present && l.Subnet == a.own.Subnet):
+		case k == ownKey || (present && sameSubnet(l, *a.own)):
 			return nil, 0, false
 		case present:
 			ch.Put = append(ch.Put, l)

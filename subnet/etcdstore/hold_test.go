@@ -415,6 +415,79 @@ func TestDualStack(t *testing.T) {
 	}
 }
 
+// TestIPv6Only acquires leases in an IPv6-only network as flanneld keys them ("0.0.0.0-0&<v6>-<len>", PublicIP
+// 0.0.0.0), takes the previous IPv6 subnet, finds a node's own lease again by PublicIPv6, gives a second node
+// another subnet, and refuses a node without PublicIPv6.
+func TestIPv6Only(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	setConfig(t, st, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	v6attrs := func(ip6 string) subnet.Attrs {
+		return subnet.Attrs{PublicIPv6: netip.MustParseAddr(ip6), BackendType: "vxlan", BackendV6Data: []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}`)}
+	}
+	prev6 := netip.MustParsePrefix("fd00:5:0:7::/64")
+	h := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::1"), PrevIPv6: prev6})
+	l := h.next(t, 10*time.Second)
+	if l.Subnet.IsValid() || l.IPv6Subnet != prev6 {
+		t.Fatalf("got %s & %s, want no IPv4 subnet and the previous IPv6 subnet %s", l.Subnet, l.IPv6Subnet, prev6)
+	}
+	key := subnetsPrefix + "0.0.0.0-0&fd00:5:0:7::-64"
+	v, _, _, ok := rawGet(t, srv.Client(t), key)
+	if want := `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}`; !ok || v != want {
+		t.Errorf("key %s = %q (present %t), want %s", key, v, ok, want)
+	}
+	l2 := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::2"), PrevIPv6: prev6}).next(t, 10*time.Second)
+	if l2.Subnet.IsValid() || !l2.IPv6Subnet.IsValid() || l2.IPv6Subnet == l.IPv6Subnet {
+		t.Errorf("second node got %s & %s next to %s", l2.Subnet, l2.IPv6Subnet, l.IPv6Subnet)
+	}
+	// The first node, restarted without its env file, finds its lease by PublicIPv6.
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if again := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::1")}).next(t, 10*time.Second); again.IPv6Subnet != prev6 {
+		t.Errorf("restarted node got %s, want its lease %s again", again.IPv6Subnet, prev6)
+	}
+	ctx := testCtx(t, 10*time.Second)
+	err := st.Hold(ctx, subnet.AcquireRequest{Attrs: attrs("198.51.100.3")}, nil)
+	if !errors.Is(err, errNoPublicIP) {
+		t.Errorf("Hold without PublicIPv6 in an IPv6-only network = %v, want errNoPublicIP", err)
+	}
+}
+
+// TestReserveIPv6Only: in an IPv6-only network an IPv6 subnet is reserved for a node's PublicIPv6 (key and
+// value as flannel writes an IPv6-only lease), the node takes the reservation and it stays one; another
+// node's address conflicts, and an IPv6 subnet in a dual-stack network is refused.
+func TestReserveIPv6Only(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	ctx := testCtx(t, 30*time.Second)
+	setConfig(t, st, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	p, ip := netip.MustParsePrefix("fd00:5:0:70::/64"), netip.MustParseAddr("2001:db8::70")
+	if err := st.Reserve(ctx, p, ip); err != nil {
+		t.Fatal(err)
+	}
+	key := subnetsPrefix + "0.0.0.0-0&fd00:5:0:70::-64"
+	if v, lease, _, ok := rawGet(t, srv.Client(t), key); !ok || lease != clientv3.NoLease || v != `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::70"}` {
+		t.Errorf("reservation key %s = %q (lease %x, present %t)", key, v, lease, ok)
+	}
+	if err := st.Reserve(ctx, p, netip.MustParseAddr("2001:db8::71")); !errors.Is(err, ErrConflict) {
+		t.Errorf("reserve for another node = %v, want ErrConflict", err)
+	}
+	l := startHold(t, st, subnet.AcquireRequest{Attrs: subnet.Attrs{PublicIPv6: ip, BackendType: "vxlan"}}).next(t, 10*time.Second)
+	if l.IPv6Subnet != p || !l.Reservation {
+		t.Errorf("node took %s (reservation %t), want the reservation %s", l.IPv6Subnet, l.Reservation, p)
+	}
+	if err := st.Unreserve(ctx, p); err != nil {
+		t.Errorf("unreserve by the IPv6 subnet: %v", err)
+	}
+	setConfig(t, st, `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	if err := st.Reserve(ctx, netip.MustParsePrefix("fd00:5:0:71::/64"), ip); err == nil || !strings.Contains(err.Error(), "reserve the node's IPv4 subnet") {
+		t.Errorf("reserve an IPv6 subnet in dual stack = %v, want a pointer to the IPv4 subnet", err)
+	}
+}
+
 func TestCloseEndsHoldAndWatch(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
