@@ -75,7 +75,9 @@ type Checker interface {
 type Local struct {
 	BackendType string          // the lease's BackendType
 	BackendData json.RawMessage // the lease's BackendData; nil for none
-	MTU         int             // MTU for containers (FLANNEL_MTU)
+	// BackendV6Data is the lease's BackendV6Data (vxlan's IPv6 device, as flannel writes it); nil for none.
+	BackendV6Data json.RawMessage
+	MTU           int // MTU for containers (FLANNEL_MTU)
 }
 
 // Config is the complete desired state handed to Set.
@@ -94,8 +96,13 @@ type External struct {
 	Name     string     // interface name, e.g. "eth0"
 	Index    int        // interface index
 	MTU      int        // interface MTU
-	Addr     netip.Addr // the interface's IPv4 address used as the tunnel source
+	Addr     netip.Addr // the interface's IPv4 address used as the tunnel source; zero for an IPv6-only network
 	PublicIP netip.Addr // the address published in the lease (--public-ip); equals Addr unless behind NAT
+	// Addr6 is the interface's global IPv6 address, the source of IPv6 tunnels; zero unless the network
+	// enables IPv6.
+	Addr6 netip.Addr
+	// PublicIPv6 is the IPv6 address published in the lease (--public-ipv6); equals Addr6 unless behind NAT.
+	PublicIPv6 netip.Addr
 }
 
 // Deps is what a backend constructor gets.

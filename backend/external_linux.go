@@ -14,26 +14,34 @@ func SelectExternal(s IfaceSelector) (External, error) {
 	if s.PublicIP.IsValid() && !s.PublicIP.Is4() {
 		return External{}, fmt.Errorf("--public-ip %s: must be an IPv4 address", s.PublicIP)
 	}
+	if s.PublicIPv6.IsValid() && (!s.PublicIPv6.Is6() || s.PublicIPv6.Is4In6()) {
+		return External{}, fmt.Errorf("--public-ipv6 %s: must be an IPv6 address", s.PublicIPv6)
+	}
 	ifaces, err := listIfaces()
 	if err != nil {
 		return External{}, err
 	}
 	var i Iface
 	var addr netip.Addr
+	var how string
 	switch {
 	case len(s.Ifaces) > 0:
+		how = fmt.Sprintf("--iface %v", s.Ifaces)
 		i, addr, err = selectByName(ifaces, s.Ifaces)
 	case len(s.IfaceRegexes) > 0:
+		how = fmt.Sprintf("--iface-regex %v", s.IfaceRegexes)
 		i, addr, err = selectByRegex(ifaces, s.IfaceRegexes)
 	case s.CanReach.IsValid():
-		i, addr, err = routeTo(ifaces, s.CanReach, "--iface-can-reach "+s.CanReach.String())
+		how = "--iface-can-reach " + s.CanReach.String()
+		i, addr, err = routeTo(ifaces, s.CanReach, how)
 	default:
-		i, addr, err = defaultRouteIface(ifaces)
+		how = "the default route"
+		i, addr, err = defaultRouteIface(ifaces, s.NoIPv4)
 	}
 	if err != nil {
 		return External{}, err
 	}
-	return external(i, addr, s.PublicIP), nil
+	return external(i, addr, s, how)
 }
 
 func listIfaces() ([]Iface, error) {
@@ -53,7 +61,7 @@ func listIfaces() ([]Iface, error) {
 		}
 		for _, a := range addrs {
 			if n, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() && !ip.IsLinkLocalUnicast() {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.Unmap().IsLinkLocalUnicast() {
 					i.Addrs = append(i.Addrs, ip.Unmap())
 				}
 			}
@@ -73,31 +81,38 @@ func routeTo(ifaces []Iface, dst netip.Addr, what string) (Iface, netip.Addr, er
 		if i.Index != r.LinkIndex {
 			continue
 		}
-		if r.Src.Is4() {
+		if r.Src.IsValid() && slices.Contains(i.Addrs, r.Src) {
 			return i, r.Src, nil
 		}
 		if len(i.Addrs) > 0 {
-			return i, i.Addrs[0], nil
+			return i, netip.Addr{}, nil
 		}
-		return Iface{}, netip.Addr{}, fmt.Errorf("%s: interface %s has no IPv4 address: %w", what, i.Name, ErrNoIface)
+		return Iface{}, netip.Addr{}, fmt.Errorf("%s: interface %s has no IPv4 or global IPv6 address: %w", what, i.Name, ErrNoIface)
 	}
 	return Iface{}, netip.Addr{}, fmt.Errorf("%s: route uses link #%d, which is not a usable interface: %w", what, r.LinkIndex, ErrNoIface)
 }
 
-func defaultRouteIface(ifaces []Iface) (Iface, netip.Addr, error) {
-	routes, err := kernel.DefaultRoutes4()
+// defaultRouteIface returns the interface of the IPv4 default route, or of the IPv6 one when v6 (an
+// IPv6-only network).
+func defaultRouteIface(ifaces []Iface, v6 bool) (Iface, netip.Addr, error) {
+	list, fam := kernel.DefaultRoutes4, "IPv4"
+	if v6 {
+		list, fam = kernel.DefaultRoutes6, "IPv6"
+	}
+	routes, err := list()
 	if err != nil {
 		return Iface{}, netip.Addr{}, err
 	}
 	for _, r := range routes {
 		for _, i := range ifaces {
-			if i.Index == r.LinkIndex && len(i.Addrs) > 0 {
-				if r.Src.Is4() {
-					return i, r.Src, nil
-				}
-				return i, i.Addrs[0], nil
+			if i.Index != r.LinkIndex || !slices.ContainsFunc(i.Addrs, func(a netip.Addr) bool { return a.Is6() == v6 }) {
+				continue
 			}
+			if r.Src.IsValid() && r.Src.Is6() == v6 && slices.Contains(i.Addrs, r.Src) {
+				return i, r.Src, nil
+			}
+			return i, netip.Addr{}, nil
 		}
 	}
-	return Iface{}, netip.Addr{}, fmt.Errorf("no default route with an IPv4 interface; choose one with --iface, --iface-regex or --iface-can-reach: %w", ErrNoIface)
+	return Iface{}, netip.Addr{}, fmt.Errorf("no default route for %s with an %s address on its interface; choose one with --iface, --iface-regex or --iface-can-reach: %w", fam, fam, ErrNoIface)
 }

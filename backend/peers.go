@@ -16,37 +16,45 @@ type Skip struct {
 	Quiet  bool // expected rather than broken (a peer of another backend type): logged at debug level only
 }
 
-// CheckPeer says why a backend that reaches a peer's subnet via the peer's PublicIP over ext must leave the
-// lease p out, or "" if it need not: p has no IPv4 subnet or no unicast IPv4 PublicIP, claims own (this node's
-// subnet, in any form) or one of this node's addresses (ext.Addr, ext.PublicIP), lies outside network (when
-// valid), or overlaps own (a longer prefix inside own would take part of this node's subnet away from its
-// containers). Such a lease is broken or hostile: routing it could hijack this node's subnet or the
-// underlay. The checks run in that order and the first that fails gives the reason. The peer's backend type
-// and BackendData are the caller's to check.
+// CheckPeer is IPv4.CheckPeer.
 func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) string {
+	return IPv4.CheckPeer(p, own, ext, network)
+}
+
+// CheckPeer says why a backend that reaches a peer's subnet of family f via the peer's public address of f
+// over ext must leave the lease p out, or "" if it need not: p has no subnet or no unicast public address of
+// f, claims own (this node's subnet of f, in any form) or one of this node's addresses (of f: the
+// interface's, the published one), lies outside network (when valid), or overlaps own (a longer prefix
+// inside own would take part of this node's subnet away from its containers). Such a lease is broken or
+// hostile: routing it could hijack this node's subnet or the underlay. The checks run in that order and the
+// first that fails gives the reason. The peer's backend type and backend data are the caller's to check.
+func (f Family) CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) string {
+	sub, pub := f.Subnet(p), f.PublicIP(p.Attrs)
 	switch {
-	case !p.Subnet.IsValid() || !p.Subnet.Addr().Is4():
-		return "no IPv4 subnet"
-	case !p.Attrs.PublicIP.Is4():
-		return "no IPv4 PublicIP"
-	case !unicast(p.Attrs.PublicIP):
-		return fmt.Sprintf("its PublicIP %s is not a unicast address", p.Attrs.PublicIP)
-	case p.Subnet.Masked() == own.Masked():
+	case !sub.IsValid() || !f.Is(sub.Addr()):
+		return fmt.Sprintf("no %s subnet", f)
+	case !f.Is(pub):
+		return fmt.Sprintf("no %s PublicIP", f)
+	case !unicast(pub):
+		return fmt.Sprintf("its PublicIP %s is not a unicast address", pub)
+	case sub.Masked() == own.Masked():
 		return "it is this node's own subnet"
-	case p.Attrs.PublicIP == ext.Addr || p.Attrs.PublicIP == ext.PublicIP:
-		return fmt.Sprintf("its PublicIP %s is this node's", p.Attrs.PublicIP)
-	case network.IsValid() && !(network.Bits() <= p.Subnet.Bits() && network.Contains(p.Subnet.Addr())):
-		return fmt.Sprintf("subnet %s is outside the network %s", p.Subnet, network)
-	case own.IsValid() && p.Subnet.Overlaps(own):
-		return fmt.Sprintf("subnet %s overlaps this node's own subnet %s", p.Subnet, own.Masked())
+	case pub == f.Addr(ext) || pub == f.Public(ext):
+		return fmt.Sprintf("its PublicIP %s is this node's", pub)
+	case network.IsValid() && !(network.Bits() <= sub.Bits() && network.Contains(sub.Addr())):
+		return fmt.Sprintf("subnet %s is outside the network %s", sub, network)
+	case own.IsValid() && sub.Overlaps(own):
+		return fmt.Sprintf("subnet %s overlaps this node's own subnet %s", sub, own.Masked())
 	}
 	return ""
 }
 
-// unicast reports whether a, an IPv4 address, can be a peer's PublicIP: not 0.0.0.0, loopback, multicast or
-// the limited broadcast, which the kernel refuses as a gateway (or, for 0.0.0.0, takes as "no gateway").
+// unicast reports whether a can be a peer's public address: not unspecified, loopback, multicast, IPv6
+// link-local (a gateway that needs a zone) or the IPv4 limited broadcast, which the kernel refuses as a
+// gateway (or, for 0.0.0.0, takes as "no gateway").
 func unicast(a netip.Addr) bool {
-	return !a.IsUnspecified() && !a.IsLoopback() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	return !a.IsUnspecified() && !a.IsLoopback() && !a.IsMulticast() && !(a.Is6() && a.IsLinkLocalUnicast()) &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // SkipLog logs the peers a backend skips without repeating a warning on every Set: a skip is warned about
@@ -101,23 +109,29 @@ func (l *SkipLog) Change(log *slog.Logger, keys []string, skipped []Skip) {
 }
 
 // DropOverlapping removes from peers every lease that overlaps another lease (own, this node's, or a
-// peer's) and does not fit the network config n (another length, or outside [SubnetMin, SubnetMax]): such a
-// lease can only come from a garbage or hostile write, since the store never hands out overlapping subnets,
-// and routing it would take part of a live node's subnet. Leases that fit n never overlap each other (equal
-// length, distinct keys), so a legitimate peer is never dropped; two misfits that overlap are both dropped.
-// It returns the peers kept, in their order, and a Skip for each one dropped.
+// peer's) in either family and does not fit the network config n (another length, or outside
+// [SubnetMin, SubnetMax]): such a lease can only come from a garbage or hostile write, since the store never
+// hands out overlapping subnets, and routing it would take part of a live node's subnet. Leases that fit n
+// never overlap each other (equal length, distinct keys), so a legitimate peer is never dropped; two misfits
+// that overlap are both dropped. It returns the peers kept, in their order, and a Skip for each one dropped.
 func DropOverlapping(n *subnet.Config, own subnet.Lease, peers []subnet.Lease) ([]subnet.Lease, []Skip) {
+	kept, skips := IPv4.dropOverlapping(n, own, peers)
+	kept, skips6 := IPv6.dropOverlapping(n, own, kept)
+	return kept, append(skips, skips6...)
+}
+
+func (f Family) dropOverlapping(n *subnet.Config, own subnet.Lease, peers []subnet.Lease) ([]subnet.Lease, []Skip) {
 	all := append(slices.Clip(peers), own) // own is last; it is never dropped
 	idx := make([]int, 0, len(all))
 	for i, p := range all {
-		if p.Subnet.IsValid() {
+		if f.Subnet(p).IsValid() {
 			idx = append(idx, i)
 		}
 	}
 	// Sorted by address then length, a prefix overlaps an earlier one only by lying inside it, and then it
 	// also lies inside the last prefix that was not inside any earlier one (the cover).
 	slices.SortFunc(idx, func(a, b int) int {
-		pa, pb := all[a].Subnet.Masked(), all[b].Subnet.Masked()
+		pa, pb := f.Subnet(all[a]).Masked(), f.Subnet(all[b]).Masked()
 		if c := pa.Addr().Compare(pb.Addr()); c != 0 {
 			return c
 		}
@@ -126,7 +140,7 @@ func DropOverlapping(n *subnet.Config, own subnet.Lease, peers []subnet.Lease) (
 	overlaps := map[int]string{} // peer index → the key of a lease it overlaps
 	cover := -1
 	for _, i := range idx {
-		if cover >= 0 && all[cover].Subnet.Masked().Contains(all[i].Subnet.Addr()) {
+		if cover >= 0 && f.Subnet(all[cover]).Masked().Contains(f.Subnet(all[i]).Addr()) {
 			overlaps[i], overlaps[cover] = all[cover].Key(), all[i].Key()
 			continue
 		}
@@ -135,13 +149,17 @@ func DropOverlapping(n *subnet.Config, own subnet.Lease, peers []subnet.Lease) (
 	if len(overlaps) == 0 {
 		return peers, nil
 	}
+	bits, lo, hi := n.SubnetLen, n.SubnetMin, n.SubnetMax
+	if f.V6 {
+		bits, lo, hi = n.IPv6SubnetLen, n.IPv6SubnetMin, n.IPv6SubnetMax
+	}
 	var kept []subnet.Lease
 	var skips []Skip
 	for i, p := range peers {
 		other, ok := overlaps[i]
 		if ok && !n.Fits(p) {
 			skips = append(skips, Skip{Key: p.Key(), Reason: fmt.Sprintf("subnet %s overlaps lease %s and does not fit the network config (/%d subnets in %s..%s)",
-				p.Subnet, other, n.SubnetLen, n.SubnetMin, n.SubnetMax)})
+				f.Subnet(p), other, bits, lo, hi)})
 			continue
 		}
 		kept = append(kept, p)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -88,7 +89,7 @@ func TestParseArgsErrors(t *testing.T) {
 			switch {
 			case err == nil:
 				t.Fatalf("parseArgs(%q) succeeded", tt.args)
-			case tt.want == "" && err != errHelp:
+			case tt.want == "" && !errors.Is(err, errHelp):
 				t.Errorf("parseArgs(%q) = %v, want errHelp", tt.args, err)
 			case tt.want != "" && err.Error() != tt.want:
 				t.Errorf("parseArgs(%q) = %q, want %q", tt.args, err, tt.want)

@@ -222,22 +222,74 @@ type AcquireRequest struct {
 	Config *Config
 }
 
-// HoldFunc receives Store.Hold's events: held is true for a lease just (re)acquired, false for a lease
+// HoldFunc receives Store.Hold's reports: held is true for a lease just (re)acquired, false for a lease
 // just lost (Hold is acquiring again).
 type HoldFunc func(l Lease, held bool)
 
 // Store is the lease store as the agent consumes it.
+//
+// Retrying is the store's: WaitConfig, Hold and Watch (and ChangeWatcher.WatchChanges) retry, with backoff
+// and by themselves, whatever a retry may fix (the store unreachable, the config missing or invalid, a lost
+// race for a subnet, a full network), and report what happens through their callbacks. A caller reacts to
+// the reports and does not call them again in a retry loop of its own. Each returns nil or ctx's error when
+// ctx ends, and otherwise only an error that retrying cannot fix (the store closed, say), which it names.
 type Store interface {
-	// Config reads and validates the network config. It returns an error wrapping ErrNoConfig if the key is absent.
+	// Config reads and validates the network config once. It returns an error wrapping ErrNoConfig if the
+	// config is absent. (For a caller that only looks: it does not retry.)
 	Config(ctx context.Context) (*Config, error)
+	// WaitConfig reads the network config until a valid one is read, and returns it. Each failed read is
+	// passed to report (nil: none) before the next attempt, on WaitConfig's goroutine: an error wrapping
+	// ErrNoConfig while the config is absent, a validation error, or why the store cannot be read (naming an
+	// unreachable endpoint and the cause, where the store can tell). It returns ctx's error when ctx ends, and
+	// an error wrapping the store's ErrClosed when the store is closed.
+	WaitConfig(ctx context.Context, report func(error)) (*Config, error)
 	// Hold acquires a lease for req and keeps it until ctx ends, calling fn(lease, true) after every
 	// (re)acquisition. If the lease is deleted or expires it calls fn(lost, false) and acquires again,
-	// preferring the same subnet. When ctx ends, the lease is left in place. It returns only for ctx ending
-	// or a fatal error.
+	// preferring the same subnet. A failed acquisition (the store unreachable, the config missing, a full
+	// network) is logged and retried; the caller sees only that no fn(lease, true) came yet. When ctx ends,
+	// the lease is left in place and Hold returns nil. Otherwise it returns only for what retrying cannot
+	// fix: a stored config that differs from req.Config (an error wrapping ErrConfigChanged), an invalid req,
+	// a config the store cannot lease under, or the store closed.
 	Hold(ctx context.Context, req AcquireRequest, fn HoldFunc) error
 	// Watch calls fn with the complete set of leases (own included) at start and after every change,
-	// until ctx ends; it resumes after disconnects and compactions without missing changes.
+	// until ctx ends (then it returns nil); it resumes after disconnects and compactions without missing
+	// changes, and returns early only when the store is closed.
 	Watch(ctx context.Context, fn func([]Lease)) error
+}
+
+// PollConfig is the loop behind the stores' WaitConfig: it calls read until it returns a config, passing each
+// error to report (nil: none) and waiting between attempts, 1 s growing to 5 s. It returns ctx's error when
+// ctx ends, and read's last error when done (the store's "closed" channel; nil: never) is closed.
+func PollConfig(ctx context.Context, done <-chan struct{}, read func(context.Context) (*Config, error), report func(error)) (*Config, error) {
+	delay := time.Second
+	for {
+		c, err := read(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		select {
+		case <-done:
+			return nil, err
+		default:
+		}
+		if report != nil {
+			report(err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-done:
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
 }
 
 // Changes is one batch of a ChangeWatcher: with Full, Put holds every lease (a fresh listing that replaces
@@ -254,6 +306,6 @@ type Changes struct {
 type ChangeWatcher interface {
 	// WatchChanges calls fn with a Full batch at start and after every re-listing (a compaction, a long
 	// disconnect), and with each batch of changes in between, until ctx ends; no change is missed. fn runs
-	// on WatchChanges' goroutine.
+	// on WatchChanges' goroutine. It retries and returns as Store.Watch does.
 	WatchChanges(ctx context.Context, fn func(Changes)) error
 }

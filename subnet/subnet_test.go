@@ -1,7 +1,10 @@
 package subnet_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -231,5 +234,55 @@ func TestParseKeyNameErrors(t *testing.T) {
 		if v4.IsValid() || v6.IsValid() {
 			t.Errorf("ParseKeyName(%q) returned %v, %v with its error", tt.name, v4, v6)
 		}
+	}
+}
+
+// TestPollConfig checks the loop behind the stores' WaitConfig: every failed read is reported and retried
+// until one succeeds; the end of ctx, or the store's done channel, ends it with ctx's or the last error.
+func TestPollConfig(t *testing.T) {
+	want := &subnet.Config{Network: netip.MustParsePrefix("10.5.0.0/16")}
+	errMissing := fmt.Errorf("etcd key /x/config: %w", subnet.ErrNoConfig)
+	for _, tc := range []struct {
+		name       string
+		fails      int  // reads that fail before one succeeds; -1: all
+		cancel     bool // cancel ctx at the first report
+		closeDone  bool // close done at the first report
+		wantCfg    bool
+		wantErr    error
+		wantReport int
+	}{
+		{"at once", 0, false, false, true, nil, 0},
+		{"after a failure", 1, false, false, true, nil, 1},
+		{"ctx ends", -1, true, false, false, context.Canceled, 1},
+		{"store closed", -1, false, true, false, subnet.ErrNoConfig, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			done := make(chan struct{})
+			reads, reports := 0, 0
+			read := func(context.Context) (*subnet.Config, error) {
+				reads++
+				if tc.fails >= 0 && reads > tc.fails {
+					return want, nil
+				}
+				return nil, errMissing
+			}
+			got, err := subnet.PollConfig(ctx, done, read, func(err error) {
+				reports++
+				if !errors.Is(err, subnet.ErrNoConfig) {
+					t.Errorf("reported %v, want the read's error", err)
+				}
+				if tc.cancel {
+					cancel()
+				}
+				if tc.closeDone {
+					close(done)
+				}
+			})
+			if (got == want) != tc.wantCfg || !errors.Is(err, tc.wantErr) || reports != tc.wantReport {
+				t.Errorf("PollConfig = %v, %v after %d reports; want config %v, error %v, %d reports", got, err, reports, tc.wantCfg, tc.wantErr, tc.wantReport)
+			}
+		})
 	}
 }

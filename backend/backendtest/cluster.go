@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/weft-net/weft/backend"
@@ -18,9 +19,11 @@ import (
 // Node is a topology node that runs a backend. The test creates Be (with Deps) and calls Up and Set.
 type Node struct {
 	*kerneltest.Node
-	Ext   backend.External // the node's eth0, with PublicIP = Addr
+	Ext   backend.External // the node's eth0, with PublicIP = Addr and PublicIPv6 = Addr6
 	Be    backend.Backend  // the backend under test; set by the test
 	Local backend.Local    // what Be's Up returned
+	// Net is the network config given to Deps (nil before): Lease and Set follow the families it enables.
+	Net *subnet.Config
 }
 
 // NewCluster builds a kerneltest.Topology of n nodes (see kerneltest.NewTopology); no backend is created yet.
@@ -43,22 +46,48 @@ func NewCluster(t testing.TB, n int) (*kerneltest.Topology, []*Node) {
 		}
 		nd.Ext.Addr = nd.Underlay
 		nd.Ext.PublicIP = nd.Ext.Addr
+		nd.Ext.Addr6, nd.Ext.PublicIPv6 = nd.Underlay6, nd.Underlay6
 		nodes = append(nodes, nd)
 	}
 	return tp, nodes
 }
 
 // Deps returns the dependencies of a backend for the node: its External, the network config and a logger
-// that writes to t at debug level.
+// that writes to t at debug level. It records network as n.Net.
 func (n *Node) Deps(t testing.TB, network *subnet.Config) backend.Deps {
+	n.Net = network
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	return backend.Deps{Log: log.With("node", fmt.Sprintf("n%d", n.I)), External: n.Ext, Network: network}
 }
 
-// Lease is the node's lease: its subnet, with its PublicIP and what its backend published.
+// Start creates each node's backend with newBackend and n.Deps(t, network), closes it in t.Cleanup, and
+// brings it up.
+func Start(t testing.TB, nodes []*Node, newBackend backend.Factory, network *subnet.Config) {
+	t.Helper()
+	for _, n := range nodes {
+		be, err := newBackend(n.Deps(t, network))
+		if err != nil {
+			t.Fatalf("n%d: %v", n.I, err)
+		}
+		n.Be = be
+		t.Cleanup(func() { be.Close() })
+		n.Up(t)
+	}
+}
+
+// Lease is the node's lease: its subnet, with its PublicIP and what its backend published; with IPv6
+// enabled in n.Net also its IPv6 subnet, PublicIPv6 and BackendV6Data, and IPv6 only without the IPv4 ones
+// (PublicIP 0.0.0.0, as flannel writes it).
 func (n *Node) Lease() subnet.Lease {
-	return subnet.Lease{Subnet: n.Subnet, Attrs: subnet.Attrs{
+	l := subnet.Lease{Subnet: n.Subnet, Attrs: subnet.Attrs{
 		PublicIP: n.Ext.PublicIP, BackendType: n.Local.BackendType, BackendData: n.Local.BackendData}}
+	if n.Net != nil && n.Net.EnableIPv6 {
+		l.IPv6Subnet, l.Attrs.PublicIPv6, l.Attrs.BackendV6Data = n.Subnet6, n.Ext.PublicIPv6, n.Local.BackendV6Data
+		if !n.Net.EnableIPv4 {
+			l.Subnet, l.Attrs.PublicIP = netip.Prefix{}, netip.IPv4Unspecified()
+		}
+	}
+	return l
 }
 
 // Up calls Up on the node's backend inside the node's namespace and records Local.
@@ -91,6 +120,9 @@ func (n *Node) Update(t testing.TB, peers ...*Node) {
 func (n *Node) set(t testing.TB, resync bool, peers []*Node) {
 	t.Helper()
 	cfg := &backend.Config{Network: subnet.Config{Network: kerneltest.TopologyNetwork}, Own: n.Lease(), Resync: resync}
+	if n.Net != nil && n.Net.EnableIPv6 {
+		cfg.Network = *n.Net
+	}
 	for _, p := range peers {
 		cfg.Peers = append(cfg.Peers, p.Lease())
 	}

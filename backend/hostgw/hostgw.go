@@ -6,6 +6,10 @@
 // there; Set and Close act on that namespace through the handle, from any thread. Set owns the main-table
 // routes tagged with kernel.RouteProtocol whose destination lies in the network (kernel.Owned), so a second
 // weftd for another network on the node keeps its routes. Close leaves the routes in place.
+//
+// IPv6, as flannel: each peer's IPv6 subnet is routed via its PublicIPv6, which must be on the external
+// interface's segment as for IPv4; a dual-stack network runs both (backend.Pair), an IPv6-only one the IPv6
+// routes alone.
 package hostgw
 
 import (
@@ -33,28 +37,50 @@ var (
 	errClosed = errors.New("host-gw backend: closed")
 )
 
-// New returns the host-gw backend for d. It refuses a d.External.PublicIP that differs from
-// d.External.Addr, since peers must reach this node's subnet via the address they route to.
+// New returns the host-gw backend for d: the routes of each address family the network enables (d.Network;
+// nil: IPv4). It refuses a published address that differs from the interface's (d.External.PublicIP from
+// Addr, PublicIPv6 from Addr6), since peers must reach this node's subnet via the address they route to.
 func New(d backend.Deps) (backend.Backend, error) {
 	if d.Log == nil {
 		return nil, errors.New("host-gw backend: Deps.Log is required")
 	}
+	if n := d.Network; n != nil && n.EnableIPv6 {
+		v6, err := newFamily(d, backend.IPv6)
+		if err != nil || !n.EnableIPv4 {
+			return v6, err
+		}
+		v4, err := newFamily(d, backend.IPv4)
+		if err != nil {
+			return nil, err
+		}
+		return backend.Pair(v4, v6), nil
+	}
+	return newFamily(d, backend.IPv4)
+}
+
+func newFamily(d backend.Deps, fam backend.Family) (*hostGW, error) {
 	ext := d.External
-	if !ext.Addr.Is4() {
-		return nil, fmt.Errorf("host-gw backend: external interface %s: address %s is not IPv4", ext.Name, ext.Addr)
+	addr, pub := fam.Addr(ext), fam.Public(ext)
+	if !fam.Is(addr) {
+		return nil, fmt.Errorf("host-gw backend: external interface %s: address %s is not %s", ext.Name, addr, fam)
 	}
 	if ext.Index <= 0 {
 		return nil, fmt.Errorf("host-gw backend: external interface %s: no index", ext.Name)
 	}
-	if ext.PublicIP.IsValid() && ext.PublicIP != ext.Addr {
+	if pub.IsValid() && pub != addr {
 		return nil, fmt.Errorf("host-gw backend: public IP %s differs from the address %s of interface %s: %w",
-			ext.PublicIP, ext.Addr, ext.Name, ErrNAT)
+			pub, addr, ext.Name, ErrNAT)
 	}
-	return &hostGW{log: d.Log, ext: ext}, nil
+	log := d.Log
+	if d.Network != nil && d.Network.EnableIPv4 && d.Network.EnableIPv6 {
+		log = log.With("family", fam.String())
+	}
+	return &hostGW{log: log, fam: fam, ext: ext}, nil
 }
 
 type hostGW struct {
 	log *slog.Logger
+	fam backend.Family // the address family of the routes
 	ext backend.External
 
 	mu     sync.Mutex
@@ -78,9 +104,15 @@ func (b *hostGW) Up(ctx context.Context) (backend.Local, error) {
 		if err != nil {
 			return backend.Local{}, err
 		}
+		if b.fam.V6 {
+			if err := kernel.EnableIPv6Forwarding(); err != nil {
+				h.Close()
+				return backend.Local{}, err
+			}
+		}
 		b.h = h
 	}
-	b.log.Info("host-gw backend up", "iface", b.ext.Name, "addr", b.ext.Addr, "mtu", b.ext.MTU)
+	b.log.Info("host-gw backend up", "iface", b.ext.Name, "addr", b.fam.Addr(b.ext), "mtu", b.ext.MTU)
 	return backend.Local{BackendType: Type, MTU: b.ext.MTU}, nil
 }
 
@@ -95,11 +127,11 @@ func (b *hostGW) Set(cfg *backend.Config) error {
 	case cfg == nil:
 		return errors.New("host-gw backend: Set with a nil config")
 	}
-	routes, skipped := plan(cfg, b.ext)
+	routes, skipped := plan(cfg, b.fam, b.ext)
 	b.skips.Log(b.log, skipped)
 	var err error
 	if cfg.Resync || b.applied == nil {
-		err = b.h.SyncRoutes(false, slices.Collect(maps.Values(routes)), kernel.Owned(cfg.Network.Network))
+		err = b.h.SyncRoutes(b.fam.V6, slices.Collect(maps.Values(routes)), kernel.Owned(b.fam.Network(&cfg.Network)))
 	} else {
 		err = b.h.UpdateRoutes(slices.Collect(maps.Values(b.applied)), slices.Collect(maps.Values(routes)))
 	}
@@ -128,7 +160,7 @@ func (b *hostGW) Update(ch *backend.Change) error {
 	}
 	cfg := *b.last
 	cfg.Peers = ch.Put
-	next, skipped := plan(&cfg, b.ext)
+	next, skipped := plan(&cfg, b.fam, b.ext)
 	keys := slices.Clone(ch.Deleted)
 	var had, want []kernel.Route
 	for _, k := range ch.Deleted {

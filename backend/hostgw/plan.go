@@ -7,11 +7,11 @@ import (
 	"github.com/weft-net/weft/backend/kernel"
 )
 
-// plan computes the complete set of routes for cfg, by lease key: each host-gw peer's IPv4 subnet via its
-// PublicIP on the external interface. Peers of another backend type are skipped quietly; a lease that would
+// plan computes the complete set of routes of family fam for cfg, by lease key: each host-gw peer's subnet
+// of fam via its public address of fam on the external interface. Peers of another backend type are skipped quietly; a lease that would
 // route into the underlay, to this node, or outside the network is skipped with a warning
 // (backend.CheckPeer).
-func plan(cfg *backend.Config, ext backend.External) (map[string]kernel.Route, []backend.Skip) {
+func plan(cfg *backend.Config, fam backend.Family, ext backend.External) (map[string]kernel.Route, []backend.Skip) {
 	routes := map[string]kernel.Route{}
 	var skipped []backend.Skip
 	for _, p := range cfg.Peers {
@@ -19,11 +19,11 @@ func plan(cfg *backend.Config, ext backend.External) (map[string]kernel.Route, [
 			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: fmt.Sprintf("backend type %q, not %q", typ, Type), Quiet: true})
 			continue
 		}
-		if reason := backend.CheckPeer(p, cfg.Own.Subnet, ext, cfg.Network.Network); reason != "" {
+		if reason := fam.CheckPeer(p, fam.Subnet(cfg.Own), ext, fam.Network(&cfg.Network)); reason != "" {
 			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: reason})
 			continue
 		}
-		routes[p.Key()] = kernel.Route{Dst: p.Subnet.Masked(), Gw: p.Attrs.PublicIP, LinkIndex: ext.Index}
+		routes[p.Key()] = kernel.Route{Dst: fam.Subnet(p).Masked(), Gw: fam.PublicIP(p.Attrs), LinkIndex: ext.Index}
 	}
 	return routes, skipped
 }

@@ -71,7 +71,7 @@ func TestPlan(t *testing.T) {
 			if !tt.noNetwork {
 				cfg.Network.Network = netip.MustParsePrefix("10.5.0.0/16")
 			}
-			byKey, skipped := plan(cfg, ext)
+			byKey, skipped := plan(cfg, backend.IPv4, ext)
 			got := slices.SortedFunc(maps.Values(byKey), func(a, b kernel.Route) int { return a.Dst.Addr().Compare(b.Dst.Addr()) })
 			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
 				t.Errorf("routes = %v, want %v", got, tt.want)
@@ -84,5 +84,45 @@ func TestPlan(t *testing.T) {
 				t.Errorf("skipped = %v, want %v", gotSkip, tt.wantSkip)
 			}
 		})
+	}
+}
+
+// TestPlanIPv6 routes each peer's IPv6 subnet via its PublicIPv6, and skips a dual-stack peer without an
+// IPv6 part, a peer claiming this node's PublicIPv6, and one outside the IPv6 network.
+func TestPlanIPv6(t *testing.T) {
+	a, p := netip.MustParseAddr, netip.MustParsePrefix
+	ext := backend.External{Name: "eth0", Index: 7, MTU: 1500, Addr6: a("2001:db8::11"), PublicIPv6: a("2001:db8::11")}
+	l6 := func(v4, v6, pub6 string) subnet.Lease {
+		l := subnet.Lease{IPv6Subnet: p(v6), Attrs: subnet.Attrs{BackendType: Type, PublicIP: a("192.0.2.1")}}
+		if v4 != "" {
+			l.Subnet = p(v4)
+		}
+		if pub6 != "" {
+			l.Attrs.PublicIPv6 = a(pub6)
+		}
+		return l
+	}
+	own := l6("10.5.1.0/24", "fd00:5:0:1::/64", "2001:db8::11")
+	cfg := &backend.Config{Own: own, Peers: []subnet.Lease{
+		l6("10.5.2.0/24", "fd00:5:0:2::/64", "2001:db8::12"),
+		l6("", "fd00:5:0:3::/64", "2001:db8::13"),
+		l6("10.5.4.0/24", "fd00:5:0:4::/64", ""),
+		l6("10.5.5.0/24", "fd00:5:0:5::/64", "2001:db8::11"),
+		l6("10.5.6.0/24", "fd00:6::/64", "2001:db8::16"),
+	}}
+	cfg.Network.Network, cfg.Network.IPv6Network = p("10.5.0.0/16"), p("fd00:5::/48")
+	byKey, skipped := plan(cfg, backend.IPv6, ext)
+	got := slices.SortedFunc(maps.Values(byKey), func(a, b kernel.Route) int { return a.Dst.Addr().Compare(b.Dst.Addr()) })
+	want := "[fd00:5:0:2::/64 via 2001:db8::12 dev #7 fd00:5:0:3::/64 via 2001:db8::13 dev #7]"
+	if fmt.Sprint(got) != want {
+		t.Errorf("routes = %v, want %s", got, want)
+	}
+	var gotSkip []string
+	for _, s := range skipped {
+		gotSkip = append(gotSkip, s.Key+": "+s.Reason)
+	}
+	wantSkip := "[10.5.4.0-24&fd00:5:0:4::-64: no IPv6 PublicIP 10.5.5.0-24&fd00:5:0:5::-64: its PublicIP 2001:db8::11 is this node's 10.5.6.0-24&fd00:6::-64: subnet fd00:6::/64 is outside the network fd00:5::/48]"
+	if fmt.Sprint(gotSkip) != wantSkip {
+		t.Errorf("skipped = %v, want %s", gotSkip, wantSkip)
 	}
 }

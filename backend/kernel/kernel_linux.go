@@ -51,6 +51,14 @@ func NewForwardingHandle(link int) (*Handle, error) {
 	return h, nil
 }
 
+// EnableIPv6Forwarding turns on IPv6 forwarding (net.ipv6.conf.all.forwarding) in the calling thread's
+// network namespace, for a backend that forwards IPv6 overlay traffic. Note that with forwarding on, the
+// kernel ignores router advertisements on interfaces whose accept_ra is 1 (the default); a host that takes
+// its IPv6 default route from them needs accept_ra 2.
+func EnableIPv6Forwarding() error {
+	return WriteSysctl("net.ipv6.conf.all.forwarding", "1")
+}
+
 // retry runs a netlink dump, retrying when the kernel reports the dump was interrupted by a change.
 func retry[T any](f func() (T, error)) (T, error) {
 	var v T

@@ -50,6 +50,8 @@ func (n *Namespace) Do(f func() error) error     { return errUnsupported }
 func (n *Namespace) Close() error                { return nil }
 func LookupRoute(dst netip.Addr) (Lookup, error) { return Lookup{}, errUnsupported }
 func DefaultRoutes4() ([]Lookup, error)          { return nil, errUnsupported }
+func DefaultRoutes6() ([]Lookup, error)          { return nil, errUnsupported }
+func EnableIPv6Forwarding() error                { return errUnsupported }
 func SubscribeRoutes(size int, done <-chan struct{}) (<-chan RouteEvent, error) {
 	return nil, errUnsupported
 }

@@ -29,14 +29,19 @@ func LookupRoute(dst netip.Addr) (Lookup, error) {
 }
 
 // DefaultRoutes4 lists the IPv4 default routes of the main table in the calling thread's network namespace.
-func DefaultRoutes4() ([]Lookup, error) {
-	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+func DefaultRoutes4() ([]Lookup, error) { return defaultRoutes(netlink.FAMILY_V4) }
+
+// DefaultRoutes6 lists the IPv6 default routes of the main table in the calling thread's network namespace.
+func DefaultRoutes6() ([]Lookup, error) { return defaultRoutes(netlink.FAMILY_V6) }
+
+func defaultRoutes(family int) ([]Lookup, error) {
+	rs, err := netlink.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("list routes to find the default route: %w", err)
 	}
 	var out []Lookup
 	for _, r := range rs {
-		if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
+		if ones, _ := r.Dst.Mask.Size(); r.Dst == nil || ones == 0 {
 			out = append(out, lookupOf(r))
 		}
 	}

@@ -9,11 +9,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Neighs lists the IPv4 neighbour entries of the link, in every state.
+// Neighs lists the IPv4 and IPv6 neighbour entries of the link, in every state.
 func (h *Handle) Neighs(linkIndex int) ([]Neigh, error) {
-	nns, err := retry(func() ([]netlink.Neigh, error) { return h.nl.NeighList(linkIndex, unix.AF_INET) })
-	if err != nil {
-		return nil, fmt.Errorf("list neighbours on %s: %w", h.linkLabel(linkIndex), err)
+	var nns []netlink.Neigh
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		fam, err := retry(func() ([]netlink.Neigh, error) { return h.nl.NeighList(linkIndex, family) })
+		if err != nil {
+			return nil, fmt.Errorf("list neighbours on %s: %w", h.linkLabel(linkIndex), err)
+		}
+		nns = append(nns, fam...)
 	}
 	var out []Neigh
 	for _, nn := range nns {
@@ -35,7 +39,7 @@ func (h *Handle) Neighs(linkIndex int) ([]Neigh, error) {
 func (h *Handle) ReplaceNeigh(n Neigh) error {
 	err := h.nl.NeighSet(&netlink.Neigh{
 		LinkIndex:    n.LinkIndex,
-		Family:       unix.AF_INET,
+		Family:       neighFamily(n.IP),
 		State:        netlink.NUD_PERMANENT,
 		Type:         unix.RTN_UNICAST,
 		IP:           n.IP.AsSlice(),
@@ -49,14 +53,23 @@ func (h *Handle) ReplaceNeigh(n Neigh) error {
 
 // DeleteNeigh deletes the neighbour entry for n's IP on n's link; an entry already gone is not an error.
 func (h *Handle) DeleteNeigh(n Neigh) error {
-	err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: n.LinkIndex, Family: unix.AF_INET, IP: n.IP.AsSlice()})
+	err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: n.LinkIndex, Family: neighFamily(n.IP), IP: n.IP.AsSlice()})
 	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("delete neighbour %s on %s: %w", n.IP, h.linkLabel(n.LinkIndex), err)
 	}
 	return nil
 }
 
-// FDBs lists the forwarding-database entries of a VXLAN link that have an IPv4 remote (NTF_SELF entries).
+// neighFamily is the address family of a neighbour entry for ip.
+func neighFamily(ip netip.Addr) int {
+	if ip.Is6() && !ip.Is4In6() {
+		return unix.AF_INET6
+	}
+	return unix.AF_INET
+}
+
+// FDBs lists the forwarding-database entries of a VXLAN link that have a remote (NTF_SELF entries), IPv4
+// or IPv6.
 func (h *Handle) FDBs(linkIndex int) ([]FDB, error) {
 	nns, err := retry(func() ([]netlink.Neigh, error) { return h.nl.NeighList(linkIndex, unix.AF_BRIDGE) })
 	if err != nil {
@@ -65,7 +78,7 @@ func (h *Handle) FDBs(linkIndex int) ([]FDB, error) {
 	var out []FDB
 	for _, nn := range nns {
 		dst, ok := netip.AddrFromSlice(nn.IP)
-		if !ok || nn.LinkIndex != linkIndex || nn.Flags&netlink.NTF_SELF == 0 || !dst.Unmap().Is4() {
+		if !ok || nn.LinkIndex != linkIndex || nn.Flags&netlink.NTF_SELF == 0 || dst.IsUnspecified() {
 			continue
 		}
 		out = append(out, FDB{

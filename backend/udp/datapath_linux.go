@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -206,7 +209,7 @@ func (b *Backend) routineTx(dp *datapath, q int) {
 				c.add(txBytes, h.totalLen)
 			case reasonNoRoute:
 				c.inc(dropNoRoute)
-				m := buildUnreachable(icmp[0][vnetHdrLen:], pkt, h, t.tunAddr)
+				m := t.unreachable(icmp[0][vnetHdrLen:], pkt, h)
 				if m == 0 {
 					continue
 				}
@@ -257,7 +260,12 @@ func (b *Backend) routineRx(dp *datapath, q int) {
 	defer b.log.Debug("routine: UDP reader stopped", "queue", q)
 	dev, c := dp.devs[q], &b.rx[q]
 	rcv := newReceiver(dp.socks[q], maxPacket)
-	w := newTUNWriter(b, dp, dev, c)
+	f, err := newTUNFile(dev)
+	if err != nil {
+		b.gone(dp, err)
+		return
+	}
+	w := newTUNWriter(b, dp, f, c)
 	var failing int
 	for {
 		n, err := rcv.recv()
@@ -308,66 +316,140 @@ func deliver(t *table, c *counters, w *tunWriter, payload []byte, from netip.Add
 	}
 }
 
-// tunWriter collects a receive loop's accepted packets, each in its own buffer with room for the virtio
-// header in front and for coalescing behind, and writes them into the TUN.
+// tunWriter writes a receive loop's accepted packets into the TUN straight from the receive buffer: runs of
+// TCP segments of one flow as super-packets (see coalesce.go), anything else one packet per write. Nothing is
+// copied in user space; the packets it holds point into the receive buffer, so flush must run before the
+// next receive.
 type tunWriter struct {
-	b    *Backend
-	dp   *datapath
-	dev  wgtun.Device
-	c    *counters
-	bufs [][]byte // backing buffers, vnetHdrLen + maxPacket each
-	out  [][]byte // the batch: out[i] is bufs[i][:vnetHdrLen+len(packet)]
-	one  [][]byte // a batch of one
+	b      *Backend
+	dp     *datapath
+	out    packetWriter
+	c      *counters
+	vnet   bool     // the TUN has the virtio-net header: every write starts with one
+	g      tcpGroup // the super-packet being built
+	hdr    [vnetHdrLen]byte
+	none   [vnetHdrLen]byte // the header of a plain packet: no GSO, checksum complete
+	pieces [][]byte         // one write's pieces; cap 2+maxCoalesce
 }
 
-func newTUNWriter(b *Backend, dp *datapath, dev wgtun.Device, c *counters) *tunWriter {
-	w := &tunWriter{b: b, dp: dp, dev: dev, c: c, bufs: make([][]byte, rxWriteBatch), out: make([][]byte, 0, rxWriteBatch), one: make([][]byte, 1)}
-	for i := range w.bufs {
-		w.bufs[i] = make([]byte, vnetHdrLen+maxPacket)
-	}
-	return w
+// packetWriter writes one packet, given as pieces (the virtio-net header first when the TUN has one), with
+// one writev.
+type packetWriter interface {
+	writev(pieces [][]byte) error
 }
 
-// add copies pkt into the batch. Inner UDP packets are written at once, alone: coalescing inner UDP breaks
-// tunnels inside the overlay (two VXLAN frames in one datagram, tailscale #11026), so it stays off.
+func newTUNWriter(b *Backend, dp *datapath, out packetWriter, c *counters) *tunWriter {
+	return &tunWriter{b: b, dp: dp, out: out, c: c, vnet: dp.off&offTUN != 0, g: newTCPGroup(), pieces: make([][]byte, 0, 2+maxCoalesce)}
+}
+
+// add queues pkt, which must stay untouched until flush. Inner UDP is never coalesced: that breaks tunnels
+// inside the overlay (two VXLAN frames in one datagram, tailscale #11026).
 func (w *tunWriter) add(pkt []byte) {
-	k := len(w.out)
-	p := w.bufs[k][:vnetHdrLen+len(pkt)]
-	copy(p[vnetHdrLen:], pkt)
-	if pkt[9] == unix.IPPROTO_UDP || !w.dp.tunGRO.Load() {
-		w.one[0] = p
-		w.write(w.one)
+	if !w.vnet || !w.dp.tunGRO.Load() {
+		w.flush() // a group begun before another queue turned coalescing off
+		w.single(pkt)
 		return
 	}
-	w.out = append(w.out, p)
-	if len(w.out) == cap(w.out) {
-		w.flush()
+	s, ok := parseSegment(pkt)
+	if ok && w.g.join(s) {
+		return
 	}
+	w.flush()
+	if !ok {
+		w.single(pkt)
+		return
+	}
+	w.g.start(s)
 }
 
+// flush writes the super-packet being built, if any.
 func (w *tunWriter) flush() {
-	if len(w.out) == 0 {
+	switch len(w.g.segs) {
+	case 0:
 		return
+	case 1:
+		w.single(w.g.segs[0].pkt)
+	default:
+		err := w.write(w.g.finish(w.hdr[:], w.pieces[:0]), true)
+		if err != nil && !w.dp.tunGRO.Load() { // coalesced writes refused: write the segments one by one
+			w.g.restore()
+			for _, s := range w.g.segs {
+				w.single(s.pkt)
+			}
+		}
 	}
-	w.write(w.out)
-	w.out = w.out[:0]
+	w.g.reset()
 }
 
-func (w *tunWriter) write(batch [][]byte) {
-	_, err := w.dev.Write(batch, vnetHdrLen)
+func (w *tunWriter) single(pkt []byte) {
+	p := append(w.pieces[:0], w.none[:], pkt)
+	if !w.vnet {
+		p = p[1:]
+	}
+	w.write(p, false)
+}
+
+func (w *tunWriter) write(pieces [][]byte, coalesced bool) error {
+	err := w.out.writev(pieces)
 	if err == nil {
-		return
+		return nil
 	}
 	switch {
 	case errTUNClosed(err):
 		w.b.gone(w.dp, err)
-	case len(batch) > 1 && errors.Is(err, unix.EINVAL) && w.dp.tunGRO.Swap(false):
+	case coalesced && errors.Is(err, unix.EINVAL) && w.dp.tunGRO.Swap(false):
 		// Some kernels refuse coalesced writes (6.6.44-era virtio_net_hdr validation): write one by one.
 		w.b.ctl.inc(tunGROFallbacks)
 		w.b.log.Warn("coalesced TUN write failed; writing packets one by one from now on", "err", err)
 		w.b.refreshActive(w.dp)
 	}
 	w.c.inc(tunWriteErrors)
+	return err
+}
+
+// tunFile writes into one TUN queue with writev, through Go's poller (the fd stays non-blocking).
+type tunFile struct {
+	rc     syscall.RawConn
+	iovs   []unix.Iovec
+	n      int
+	errno  syscall.Errno
+	writer func(fd uintptr) bool // made once: no allocation per write
+}
+
+func newTUNFile(dev wgtun.Device) (*tunFile, error) {
+	rc, err := dev.File().SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("TUN %s: %w", TUNName, err)
+	}
+	f := &tunFile{rc: rc, iovs: make([]unix.Iovec, 0, 2+maxCoalesce)}
+	f.writer = func(fd uintptr) bool {
+		_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&f.iovs[0])), uintptr(len(f.iovs)))
+		if e == unix.EAGAIN {
+			return false
+		}
+		f.errno = e
+		return true
+	}
+	return f, nil
+}
+
+func (f *tunFile) writev(pieces [][]byte) error {
+	f.iovs = f.iovs[:len(pieces)]
+	for i, p := range pieces {
+		f.iovs[i].Base = unsafe.SliceData(p)
+		f.iovs[i].SetLen(len(p))
+	}
+	f.errno = 0
+	if err := f.rc.Write(f.writer); err != nil {
+		return err // closed
+	}
+	if f.errno != 0 {
+		if f.errno == unix.EBADFD {
+			return os.ErrClosed
+		}
+		return f.errno
+	}
+	return nil
 }
 
 // refreshActive publishes which offloads the data path uses now.

@@ -1,7 +1,9 @@
 package udp
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -42,12 +44,51 @@ func filterProgram(peers []uint32) []unix.SockFilter {
 	return append(p, unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: drop})
 }
 
+// netSrc6Off is the load offset of the IPv6 source address (SKF_NET_OFF + 8).
+var netSrc6Off = func() uint32 { off := int32(skfNetOff + 8); return uint32(off) }()
+
+// maxFilterPeers6 bounds the IPv6 program (nine instructions per peer).
+const maxFilterPeers6 = 400
+
+// filterProgram6 returns the program for the given peer PublicIPv6s: per peer, the four words of the IPv6
+// source are compared in turn, a mismatch jumping to the next peer's block, a full match accepting.
+func filterProgram6(peers []netip.Addr) []unix.SockFilter {
+	const (
+		accept = 0xffffffff
+		drop   = 0
+		block  = 9
+	)
+	if len(peers) > maxFilterPeers6 {
+		return []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: accept}}
+	}
+	p := make([]unix.SockFilter, 0, block*len(peers)+1)
+	for _, a := range peers {
+		b := a.As16()
+		for w := range 4 {
+			p = append(p,
+				unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: netSrc6Off + uint32(4*w)},
+				// On a mismatch, skip the rest of the block: the other words' loads and tests and the accept.
+				unix.SockFilter{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: uint8(block - 2 - 2*w), K: binary.BigEndian.Uint32(b[4*w:])})
+		}
+		p = append(p, unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: accept})
+	}
+	return append(p, unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: drop})
+}
+
+// attachFilter6 replaces the socket's filter with one admitting the IPv6 peers.
+func attachFilter6(fd int, peers []netip.Addr) error {
+	return attachProgram(fd, filterProgram6(peers), len(peers))
+}
+
 // attachFilter replaces the socket's filter (atomically, in the kernel) with one admitting peers.
 func attachFilter(fd int, peers []uint32) error {
-	prog := filterProgram(peers)
+	return attachProgram(fd, filterProgram(peers), len(peers))
+}
+
+func attachProgram(fd int, prog []unix.SockFilter, peers int) error {
 	fp := unix.SockFprog{Len: uint16(len(prog)), Filter: (*unix.SockFilter)(unsafe.Pointer(&prog[0]))}
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fp); err != nil {
-		return fmt.Errorf("attach peer filter (%d peers): %w", len(peers), err)
+		return fmt.Errorf("attach peer filter (%d peers): %w", peers, err)
 	}
 	return nil
 }

@@ -66,6 +66,8 @@ type ipv4 struct {
 	fragOff  uint16 // fragment offset, in 8-byte units (flags masked off)
 	proto    uint8
 	src, dst uint32
+	// v6 marks an IPv6 packet (see routeTx6): only totalLen is set then.
+	v6 bool
 }
 
 // parseIPv4 checks that b starts with a well-formed IPv4 packet: version 4, IHL ≥ 5 and within b, and a
@@ -115,8 +117,9 @@ func addrOf(a uint32) netip.Addr {
 
 // peer is one remote node: where to send its packets and which subnets it may source packets from.
 type peer struct {
-	outer   netip.AddrPort // PublicIP:Port
-	subnets []v4net        // every subnet leased with this PublicIP (normally one)
+	outer    netip.AddrPort // PublicIP:Port
+	subnets  []v4net        // every subnet leased with this PublicIP (normally one)
+	subnets6 []netip.Prefix // every IPv6 subnet leased with this PublicIP (see addIPv6)
 }
 
 // level is the set of peer subnets of one prefix length.
@@ -132,9 +135,11 @@ type table struct {
 	ownOK   bool   //
 	tunAddr uint32 // our TUN address (own subnet's network address): the source of ICMP errors we make
 
-	levels  []level          // peer subnets grouped by prefix length, longest first
-	byOuter map[uint32]*peer // peers by PublicIP
-	subnets int              // number of peer subnets in the table
+	levels   []level              // peer subnets grouped by prefix length, longest first
+	byOuter  map[uint32]*peer     // peers by PublicIP
+	byOuter6 map[netip.Addr]*peer // peers by PublicIPv6, over an IPv6 underlay (buildTable6); nil otherwise
+	subnets  int                  // number of peer subnets in the table
+	six      v6                   // the IPv6 side (forward6.go); zero without IPv6
 }
 
 // emptyTable is the table before the first Set: no route, nothing accepted.
@@ -209,6 +214,9 @@ func (t *table) lookup(dst uint32) *peer {
 // with an ICMP error.
 func (t *table) routeTx(pkt []byte) (p *peer, h ipv4, r reason) {
 	h, r = parseIPv4(pkt)
+	if r == reasonNotIPv4 && pkt[0]>>4 == 6 {
+		return t.routeTx6(pkt)
+	}
 	if r != reasonOK {
 		return nil, h, r
 	}
@@ -219,18 +227,24 @@ func (t *table) routeTx(pkt []byte) (p *peer, h ipv4, r reason) {
 }
 
 // acceptRx decides whether a datagram payload from outer may be written into the TUN. It accepts only a
-// well-formed IPv4 packet from a current peer's PublicIP whose inner source lies in a subnet leased by that
-// peer and whose inner destination lies in our own subnet; it then returns the packet's length (trailing
+// well-formed IPv4 (or IPv6, acceptRx6) packet from a current peer's PublicIP whose inner source lies in a
+// subnet leased by that peer and whose inner destination lies in our own subnet; it then returns the packet's length (trailing
 // bytes past the IPv4 total length are dropped). The outer source port is not checked: flanneld sends from
 // the listening port, but a faster sender may spread flows over several source ports.
 func (t *table) acceptRx(outer netip.Addr, pkt []byte) (int, reason) {
 	outer = outer.Unmap()
-	if !outer.Is4() {
-		return 0, reasonUnknownPeer
+	var p *peer
+	switch {
+	case outer.Is4():
+		p = t.byOuter[u32(outer)]
+	case t.byOuter6 != nil:
+		p = t.byOuter6[outer]
 	}
-	p := t.byOuter[u32(outer)]
 	if p == nil {
 		return 0, reasonUnknownPeer
+	}
+	if len(pkt) > 0 && pkt[0]>>4 == 6 {
+		return t.acceptRx6(p, pkt)
 	}
 	h, r := parseIPv4(pkt)
 	if r != reasonOK {

@@ -48,7 +48,12 @@ func listen(ctx context.Context, addr netip.Addr, port uint16, want offloads) (*
 				serr = fmt.Errorf("set SO_REUSEPORT: %w", serr)
 				return
 			}
-			if serr = unix.SetsockoptInt(f, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DONT); serr != nil {
+			if addr.Is6() {
+				serr = unix.SetsockoptInt(f, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DONT)
+			} else {
+				serr = unix.SetsockoptInt(f, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DONT)
+			}
+			if serr != nil {
 				serr = fmt.Errorf("set IP_MTU_DISCOVER: %w", serr)
 				return
 			}
@@ -74,7 +79,11 @@ func listen(ctx context.Context, addr netip.Addr, port uint16, want offloads) (*
 		return serr
 	}}
 	a := netip.AddrPortFrom(addr, port).String()
-	pc, err := lc.ListenPacket(ctx, "udp4", a)
+	network := "udp4"
+	if addr.Is6() {
+		network = "udp6"
+	}
+	pc, err := lc.ListenPacket(ctx, network, a)
 	if err != nil {
 		return nil, fmt.Errorf("listen on udp %s: %w", a, err)
 	}
@@ -120,14 +129,23 @@ func sockaddr4(sa *unix.RawSockaddrInet4, ap netip.AddrPort) {
 	sa.Addr = ap.Addr().As4()
 }
 
+// sockaddr6 fills a raw IPv6 socket address (port in network byte order).
+func sockaddr6(sa *unix.RawSockaddrInet6, ap netip.AddrPort) {
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(ap.Port()>>8), byte(ap.Port())
+	sa.Addr = ap.Addr().As16()
+}
+
 // sender batches the datagrams of one TUN read into sendmmsg messages: consecutive datagrams to the same
 // peer and of equal size (the last of a run may be shorter) share one UDP_SEGMENT message. It is owned by one
-// goroutine and points into the caller's packet buffers until flush returns.
+// goroutine and points into the caller's packet buffers until flush returns. Its names have room for either
+// family's socket address (sockaddr4 writes the start of one).
 type sender struct {
 	s     *sock
 	msgs  []unix.Mmsghdr
 	iovs  []unix.Iovec
-	names []unix.RawSockaddrInet4
+	names []unix.RawSockaddrInet6
 	cmsgs []byte // cmsgLen bytes per message
 	runs  []run  // per message: its datagrams in segs
 	segs  [][]byte
@@ -154,7 +172,7 @@ func newSender(s *sock, batch int) *sender {
 		s:     s,
 		msgs:  make([]unix.Mmsghdr, batch),
 		iovs:  make([]unix.Iovec, batch),
-		names: make([]unix.RawSockaddrInet4, batch),
+		names: make([]unix.RawSockaddrInet6, batch),
 		cmsgs: make([]byte, batch*cmsgLen),
 		runs:  make([]run, 0, batch),
 		segs:  make([][]byte, 0, batch),
@@ -199,9 +217,14 @@ func (sd *sender) prepare() []unix.Mmsghdr {
 	}
 	for k, r := range sd.runs {
 		m := &sd.msgs[k].Hdr
-		sockaddr4(&sd.names[k], sd.to[k])
 		m.Name = (*byte)(unsafe.Pointer(&sd.names[k]))
-		m.Namelen = unix.SizeofSockaddrInet4
+		if to := sd.to[k]; to.Addr().Is6() {
+			sockaddr6(&sd.names[k], to)
+			m.Namelen = unix.SizeofSockaddrInet6
+		} else {
+			sockaddr4((*unix.RawSockaddrInet4)(unsafe.Pointer(&sd.names[k])), to)
+			m.Namelen = unix.SizeofSockaddrInet4
+		}
 		m.Iov = &sd.iovs[r.first]
 		m.SetIovlen(r.count)
 		m.Control, m.Controllen = nil, 0
@@ -295,7 +318,7 @@ type receiver struct {
 	bufs  [][]byte
 	msgs  []unix.Mmsghdr
 	iovs  []unix.Iovec
-	names []unix.RawSockaddrInet4
+	names []unix.RawSockaddrInet6 // room for either family's address
 	cmsgs []byte
 
 	n     int
@@ -320,7 +343,7 @@ func newReceiver(s *sock, slotSize int) *receiver {
 		bufs:  make([][]byte, slots),
 		msgs:  make([]unix.Mmsghdr, slots),
 		iovs:  make([]unix.Iovec, slots),
-		names: make([]unix.RawSockaddrInet4, slots),
+		names: make([]unix.RawSockaddrInet6, slots),
 		cmsgs: make([]byte, slots*rxCmsgLen),
 	}
 	for i := range r.bufs {
@@ -346,7 +369,7 @@ func (r *receiver) recv() (int, error) {
 		m.Iov = &r.iovs[i]
 		m.SetIovlen(1)
 		m.Name = (*byte)(unsafe.Pointer(&r.names[i]))
-		m.Namelen = unix.SizeofSockaddrInet4
+		m.Namelen = unix.SizeofSockaddrInet6
 		m.Control = &r.cmsgs[i*rxCmsgLen]
 		m.SetControllen(rxCmsgLen)
 		m.Flags = 0
@@ -365,8 +388,11 @@ func (r *receiver) recv() (int, error) {
 func (r *receiver) datagram(i int) (payload []byte, from netip.Addr, seg int, truncated bool) {
 	m := &r.msgs[i]
 	payload = r.bufs[i][:m.Len]
-	if m.Hdr.Namelen >= unix.SizeofSockaddrInet4 && r.names[i].Family == unix.AF_INET {
-		from = netip.AddrFrom4(r.names[i].Addr)
+	switch name := &r.names[i]; {
+	case m.Hdr.Namelen >= unix.SizeofSockaddrInet4 && name.Family == unix.AF_INET:
+		from = netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(name)).Addr)
+	case m.Hdr.Namelen >= unix.SizeofSockaddrInet6 && name.Family == unix.AF_INET6:
+		from = netip.AddrFrom16(name.Addr).Unmap()
 	}
 	truncated = m.Hdr.Flags&unix.MSG_TRUNC != 0
 	if r.s.gro && m.Hdr.Controllen > 0 {

@@ -6,6 +6,12 @@
 // a subnet leased by that peer and an inner destination inside our own subnet, and it counts what it drops
 // by reason (Backend.Stats). Destinations in no lease get an ICMP net unreachable written back into the TUN.
 //
+// In a dual-stack network IPv6 inner packets are carried the same way, over the same IPv4 sockets, to the
+// PublicIP of the node leasing the destination's IPv6 subnet, and checked the same way on receipt
+// (forward6.go); no route gets an ICMPv6 destination unreachable. In an IPv6-only network the underlay is
+// IPv6: the sockets are bound to the interface's IPv6 address, packets go to the peers' PublicIPv6, and the
+// socket filter admits those.
+//
 // Threading: Up acts on the network namespace of the calling thread (TUN device, socket, netlink handle and
 // the ip_forward sysctl); everything after Up uses those fds, so Set and Close may run on any thread.
 //
@@ -36,6 +42,8 @@ const (
 	TUNName     = "flannel0" // the TUN device, named as by flannel
 	// Overhead is what encapsulation adds to an inner packet: an outer IPv4 header and a UDP header.
 	Overhead = 28
+	// Overhead6 is the same over an IPv6 underlay (IPv6-only networks): an outer IPv6 header and a UDP header.
+	Overhead6 = 48
 	// minMTU is the smallest MTU IPv4 allows (RFC 791).
 	minMTU = 68
 )
@@ -78,6 +86,8 @@ type Backend struct {
 	want   offloads // what the operator allows (Deps.Offload)
 	queues int      // TUN queues and sockets, one packet loop pair each
 	kick   func()   // Deps.Kick; never nil
+	ipv6   bool     // the network enables IPv6: IPv6 inner packets are carried too (forward6.go)
+	outer6 bool     // the network is IPv6 only: the underlay (sockets, peers' addresses) is IPv6 too
 
 	table atomic.Pointer[table] // the current forwarding table; never nil
 	rx    [maxQueues]counters   // rx[q] written by queue q's receive loop only
@@ -92,6 +102,7 @@ type Backend struct {
 	ns      *kernel.Namespace // the namespace Up ran in: a lost TUN is recreated there
 	dp      *datapath         // the current devices, sockets and packet loops; nil after a failed repair
 	filter  []uint32          // the peer PublicIPs the sockets' filter admits
+	filter6 []netip.Addr      // the peer PublicIPv6s the sockets' filter admits (IPv6 underlay)
 	skipLog backend.SkipLog   // peers left out, warned about once
 	broken  error             // why the data path cannot work (a failed repair); nil while it can
 	done    chan struct{}     // closed by Close, to cut short an error back-off
@@ -123,15 +134,27 @@ func New(d backend.Deps) (backend.Backend, error) {
 		return nil, fmt.Errorf("udp queues %d: want 0 (automatic) or more", d.Queues)
 	}
 	ext := d.External
-	if !ext.Addr.Unmap().Is4() {
-		return nil, fmt.Errorf("udp backend: external interface %q: address %q is not IPv4", ext.Name, ext.Addr)
+	outer6 := !d.Network.EnableIPv4 && d.Network.EnableIPv6 // IPv6 only: an IPv6 underlay
+	overhead := Overhead
+	if outer6 {
+		if !ext.Addr6.Is6() || ext.Addr6.Is4In6() {
+			return nil, fmt.Errorf("udp backend: IPv6-only network: external interface %q: address %q is not IPv6", ext.Name, ext.Addr6)
+		}
+		if !ext.PublicIPv6.IsValid() {
+			ext.PublicIPv6 = ext.Addr6
+		}
+		overhead = Overhead6
+	} else {
+		if !ext.Addr.Unmap().Is4() {
+			return nil, fmt.Errorf("udp backend: external interface %q: address %q is not IPv4", ext.Name, ext.Addr)
+		}
+		ext.Addr = ext.Addr.Unmap()
+		if !ext.PublicIP.IsValid() {
+			ext.PublicIP = ext.Addr
+		}
+		ext.PublicIP = ext.PublicIP.Unmap()
 	}
-	ext.Addr = ext.Addr.Unmap()
-	if !ext.PublicIP.IsValid() {
-		ext.PublicIP = ext.Addr
-	}
-	ext.PublicIP = ext.PublicIP.Unmap()
-	if ext.MTU-Overhead < minMTU {
+	if ext.MTU-overhead < minMTU || outer6 && ext.MTU-overhead < 1280 {
 		return nil, fmt.Errorf("udp backend: external interface %q: MTU %d leaves less than %d bytes for the TUN", ext.Name, ext.MTU, minMTU)
 	}
 	log := d.Log
@@ -143,8 +166,8 @@ func New(d backend.Deps) (backend.Backend, error) {
 		kick = func() {}
 	}
 	b := &Backend{
-		log: log, ext: ext, port: uint16(cfg.Port), mtu: ext.MTU - Overhead, want: want,
-		queues: queues(d.Queues), kick: kick, done: make(chan struct{}),
+		log: log, ext: ext, port: uint16(cfg.Port), mtu: ext.MTU - overhead, want: want,
+		queues: queues(d.Queues), kick: kick, done: make(chan struct{}), ipv6: d.Network.EnableIPv6, outer6: outer6,
 	}
 	b.table.Store(emptyTable())
 	return b, nil
@@ -217,6 +240,12 @@ func (b *Backend) backOff(stop <-chan struct{}, failing *int, k counter, c *coun
 // they expect as our source); behind NAT it is not local, the bind fails with EADDRNOTAVAIL, and the
 // interface address is used (the NAT translates both ways).
 func (b *Backend) bindCandidates() []netip.Addr {
+	if b.outer6 {
+		if b.ext.PublicIPv6 != b.ext.Addr6 {
+			return []netip.Addr{b.ext.PublicIPv6, b.ext.Addr6}
+		}
+		return []netip.Addr{b.ext.Addr6}
+	}
 	if b.ext.PublicIP != b.ext.Addr {
 		return []netip.Addr{b.ext.PublicIP, b.ext.Addr}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -12,7 +13,8 @@ import (
 )
 
 // Up creates and brings up the TUN device, opens the sockets and starts the packet loops, all in the calling
-// thread's network namespace, and turns on IPv4 forwarding there.
+// thread's network namespace, and turns on IPv4 forwarding there (and IPv6 forwarding in a dual-stack
+// network).
 func (b *Backend) Up(ctx context.Context) (_ backend.Local, err error) {
 	if err := ctx.Err(); err != nil {
 		return backend.Local{}, err
@@ -48,6 +50,11 @@ func (b *Backend) Up(ctx context.Context) (_ backend.Local, err error) {
 	if err = kernel.WriteSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return backend.Local{}, err
 	}
+	if b.ipv6 {
+		if err = kernel.EnableIPv6Forwarding(); err != nil {
+			return backend.Local{}, err
+		}
+	}
 	dp, err := b.openDatapath(ctx, h)
 	if err != nil {
 		return backend.Local{}, err
@@ -65,12 +72,15 @@ func (b *Backend) Up(ctx context.Context) (_ backend.Local, err error) {
 // The table is swapped first, so traffic to a new peer flows as soon as possible; kernel errors are
 // returned after that (partial progress kept).
 func (b *Backend) Set(cfg *backend.Config) error {
-	own := cfg.Own.Subnet
-	if !own.IsValid() || !own.Addr().Is4() {
+	own, network := cfg.Own.Subnet, cfg.Network.Network
+	own6, network6 := cfg.Own.IPv6Subnet, cfg.Network.IPv6Network
+	switch {
+	case b.outer6 && (!own6.IsValid() || !own6.Addr().Is6() || !network6.IsValid()):
+		return fmt.Errorf("udp backend: IPv6-only network %q: own lease %s has no IPv6 subnet", network6, cfg.Own.Key())
+	case b.outer6:
+	case !own.IsValid() || !own.Addr().Is4():
 		return fmt.Errorf("udp backend: own lease subnet %q is not IPv4", own)
-	}
-	network := cfg.Network.Network
-	if !network.IsValid() || !network.Addr().Is4() {
+	case !network.IsValid() || !network.Addr().Is4():
 		return fmt.Errorf("udp backend: network %q is not IPv4", network)
 	}
 	b.mu.Lock()
@@ -82,10 +92,21 @@ func (b *Backend) Set(cfg *backend.Config) error {
 		return ErrClosed
 	}
 
-	t, skipped := buildTable(network.Masked(), own, b.ext, cfg.Peers, b.port)
+	var t *table
+	var skipped []backend.Skip
+	switch {
+	case b.outer6:
+		t, skipped = buildTable6(network6, own6, b.ext, cfg.Peers, b.port)
+	default:
+		t, skipped = buildTable(network.Masked(), own, b.ext, cfg.Peers, b.port)
+		if b.ipv6 {
+			skipped = append(skipped, t.addIPv6(network6, own6, cfg.Peers)...)
+		}
+	}
 	b.table.Store(t)
 	b.skipLog.Log(b.log, skipped)
-	b.log.Debug("peer table swapped", "own", own.Masked(), "peers", len(t.byOuter), "subnets", t.subnets)
+	b.log.Debug("peer table swapped", "own", own.Masked(), "own6", own6.Masked(), "peers", len(t.byOuter)+len(t.byOuter6),
+		"subnets", t.subnets+t.six.subnets)
 
 	st, err := b.h.LinkStateByName(TUNName)
 	if errors.Is(err, kernel.ErrNoLink) && b.dp != nil {
@@ -115,13 +136,25 @@ func (b *Backend) Set(cfg *backend.Config) error {
 			return err
 		}
 	}
-	if err := b.h.SetLinkAddrs(st.Index, netip.PrefixFrom(own.Masked().Addr(), 32)); err != nil {
+	if !b.outer6 {
+		if err := b.h.SetLinkAddrs(st.Index, netip.PrefixFrom(own.Masked().Addr(), 32)); err != nil {
+			return err
+		}
+		// The backend owns the routes of ours in its network or through flannel0 (another weftd's, for
+		// another network, are left alone); a stale one among them is removed.
+		want := []kernel.Route{{Dst: network.Masked(), LinkIndex: st.Index}}
+		if err := b.h.SyncRoutes(false, want, kernel.Owned(network.Masked(), st.Index)); err != nil || !b.ipv6 {
+			return err
+		}
+	}
+	if !own6.IsValid() || !network6.IsValid() {
+		return fmt.Errorf("udp backend: own lease %s has no IPv6 subnet in the dual-stack network %s", cfg.Own.Key(), network6)
+	}
+	if err := b.h.SetLinkAddrs(st.Index, netip.PrefixFrom(own6.Masked().Addr(), 128)); err != nil {
 		return err
 	}
-	// The backend owns the routes of ours in its network or through flannel0 (another weftd's, for another
-	// network, are left alone); a stale one among them is removed.
-	want := []kernel.Route{{Dst: network.Masked(), LinkIndex: st.Index}}
-	return b.h.SyncRoutes(false, want, kernel.Owned(network.Masked(), st.Index))
+	want6 := []kernel.Route{{Dst: network6.Masked(), LinkIndex: st.Index}}
+	return b.h.SyncRoutes(true, want6, kernel.Owned(network6.Masked(), st.Index))
 }
 
 // repairLocked replaces a lost data path with a new one, in the namespace Up ran in.
@@ -129,7 +162,7 @@ func (b *Backend) repairLocked() error {
 	if b.dp != nil {
 		b.dp.close()
 		b.dp = nil
-		b.filter = nil
+		b.filter, b.filter6 = nil, nil
 		b.active.Store(0)
 	}
 	var dp *datapath
@@ -151,6 +184,9 @@ func (b *Backend) repairLocked() error {
 
 // setFilterLocked narrows every socket's filter to the peers of t, when they changed.
 func (b *Backend) setFilterLocked(t *table) error {
+	if b.outer6 {
+		return b.setFilter6Locked(t)
+	}
 	peers := make([]uint32, 0, len(t.byOuter))
 	for a := range t.byOuter {
 		peers = append(peers, a)
@@ -165,6 +201,24 @@ func (b *Backend) setFilterLocked(t *table) error {
 		}
 	}
 	b.filter = peers
+	return nil
+}
+
+// setFilter6Locked is setFilterLocked over an IPv6 underlay.
+func (b *Backend) setFilter6Locked(t *table) error {
+	peers := slices.SortedFunc(maps.Keys(t.byOuter6), netip.Addr.Compare)
+	if b.filter6 != nil && slices.Equal(peers, b.filter6) {
+		return nil
+	}
+	for _, s := range b.dp.socks {
+		if err := s.control(func(fd int) error { return attachFilter6(fd, peers) }); err != nil {
+			return fmt.Errorf("udp backend: %w", err)
+		}
+	}
+	b.filter6 = peers
+	if b.filter6 == nil {
+		b.filter6 = []netip.Addr{}
+	}
 	return nil
 }
 

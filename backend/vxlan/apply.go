@@ -83,10 +83,10 @@ func ensureDevice(h *kernel.Handle, want kernel.VXLAN) (*kernel.VXLAN, deviceAct
 // directPeers returns the PublicIPs of vxlan peers that the kernel reaches directly (no gateway) on the
 // external interface. It asks the kernel only about addresses not in direct already, and records the answers
 // there.
-func directPeers(h *kernel.Handle, ext backend.External, peers []subnet.Lease, direct map[netip.Addr]bool, log *slog.Logger) map[netip.Addr]bool {
+func directPeers(h *kernel.Handle, fam backend.Family, ext backend.External, peers []subnet.Lease, direct map[netip.Addr]bool, log *slog.Logger) map[netip.Addr]bool {
 	for _, p := range peers {
-		ip := p.Attrs.PublicIP
-		if p.Attrs.BackendType != Type || !ip.Is4() {
+		ip := fam.PublicIP(p.Attrs)
+		if p.Attrs.BackendType != Type || !fam.Is(ip) {
 			continue
 		}
 		if _, done := direct[ip]; done {
@@ -134,7 +134,7 @@ func apply(h *kernel.Handle, dev int, d desired, learning bool, network netip.Pr
 	for _, f := range putF {
 		keep(h.ReplaceFDB(f))
 	}
-	keep(h.SyncRoutes(false, d.routes, kernel.Owned(network, dev)))
+	keep(h.SyncRoutes(d.addr.Addr().Is6(), d.routes, kernel.Owned(network, dev)))
 	for _, f := range delF {
 		keep(h.DeleteFDB(f))
 	}

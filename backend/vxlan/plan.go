@@ -15,6 +15,7 @@ import (
 
 // planInput is what plan needs besides the config.
 type planInput struct {
+	fam    backend.Family // the family of the subnets, addresses and backend data used
 	ext    backend.External
 	dev    int                 // the VXLAN device's index
 	direct map[netip.Addr]bool // PublicIPs reachable directly on the external link (DirectRouting); nil: none
@@ -84,7 +85,8 @@ func (d *desired) flatten() {
 // the leases sharing a MAC the one that held it at the last plan keeps it, else the key created first.
 // cfg.Own.Subnet must be valid.
 func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
-	d := desired{dev: in.dev, addr: netip.PrefixFrom(cfg.Own.Subnet.Masked().Addr(), 32), owners: map[string]string{},
+	fam := in.fam
+	d := desired{dev: in.dev, addr: netip.PrefixFrom(fam.Subnet(cfg.Own).Masked().Addr(), fam.Bits()), owners: map[string]string{},
 		byKey: map[string]peerEntries{}, macOf: map[string]string{}, contested: map[string]bool{}}
 	type checked struct {
 		reason string
@@ -97,15 +99,15 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 		if p.Attrs.BackendType != Type {
 			c.reason = fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type)
 		} else {
-			c.reason = backend.CheckPeer(p, cfg.Own.Subnet, in.ext, cfg.Network.Network)
+			c.reason = fam.CheckPeer(p, fam.Subnet(cfg.Own), in.ext, fam.Network(&cfg.Network))
 		}
 		if c.reason == "" {
 			var err error
-			if _, c.mac, err = parseLeaseData(p.Attrs.BackendData); err != nil {
+			if _, c.mac, err = parseLeaseData(fam.Data(p.Attrs)); err != nil {
 				c.reason = err.Error()
 			}
 		}
-		if c.reason != "" || in.direct[p.Attrs.PublicIP] {
+		if c.reason != "" || in.direct[fam.PublicIP(p.Attrs)] {
 			continue // a direct route does not use the MAC
 		}
 		mac := c.mac.String()
@@ -128,7 +130,7 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 	var skipped []backend.Skip
 	for i, p := range cfg.Peers {
 		c := peers[i]
-		if c.reason == "" && !in.direct[p.Attrs.PublicIP] {
+		if c.reason == "" && !in.direct[fam.PublicIP(p.Attrs)] {
 			if owner := d.owners[c.mac.String()]; owner != p.Key() {
 				c.reason = fmt.Sprintf("%s%s is lease %s's", macConflictPrefix, c.mac, owner)
 			}
@@ -137,15 +139,15 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: c.reason})
 			continue
 		}
-		sub := p.Subnet.Masked()
-		if in.direct[p.Attrs.PublicIP] {
-			d.byKey[p.Key()] = peerEntries{route: kernel.Route{Dst: sub, Gw: p.Attrs.PublicIP, LinkIndex: in.ext.Index}}
+		sub, pub := fam.Subnet(p).Masked(), fam.PublicIP(p.Attrs)
+		if in.direct[pub] {
+			d.byKey[p.Key()] = peerEntries{route: kernel.Route{Dst: sub, Gw: pub, LinkIndex: in.ext.Index}}
 			continue
 		}
 		// Permanent, as installed: the state applied last is compared with the next plan (update).
 		d.byKey[p.Key()] = peerEntries{
 			neigh: &kernel.Neigh{LinkIndex: in.dev, IP: sub.Addr(), MAC: c.mac, Permanent: true},
-			fdb:   &kernel.FDB{LinkIndex: in.dev, MAC: c.mac, Dst: p.Attrs.PublicIP, Permanent: true},
+			fdb:   &kernel.FDB{LinkIndex: in.dev, MAC: c.mac, Dst: pub, Permanent: true},
 			route: kernel.Route{Dst: sub, Gw: sub.Addr(), LinkIndex: in.dev, OnLink: true},
 		}
 	}

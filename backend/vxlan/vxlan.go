@@ -11,6 +11,12 @@
 // another network (another VNI) on the node keeps its own. Between Sets, Update (backend.Updater)
 // programs single changed leases. Close leaves the device and its state in place, and a restarted agent
 // reuses a compatible device with its MAC, so peers' state stays valid and no packet is lost.
+//
+// IPv6, as flannel: a network that enables IPv6 gets a second device "flannel-v6.<VNI>" over the external
+// interface's IPv6 address, with its own MAC (published in BackendV6Data), and per peer the same three
+// entries for the peer's IPv6 subnet, with the FDB entry pointing at the peer's PublicIPv6. Its MTU is the
+// underlay's − 70 (an IPv6 outer header is 20 bytes longer; flannel subtracts 50). In a dual-stack network
+// the two devices run side by side (backend.Pair); in an IPv6-only one the IPv6 device alone.
 package vxlan
 
 import (
@@ -41,8 +47,10 @@ const (
 	// Overhead is what VXLAN encapsulation adds to an inner packet over IPv4: outer IP 20, UDP 8, VXLAN 8,
 	// inner Ethernet 14.
 	Overhead = 50
-	maxVNI   = 1<<24 - 1
-	minMTU   = 68 // IPv4's minimum
+	// Overhead6 is what VXLAN encapsulation adds over IPv6: outer IP 40, UDP 8, VXLAN 8, inner Ethernet 14.
+	Overhead6 = 70
+	maxVNI    = 1<<24 - 1
+	minMTU    = 68 // IPv4's minimum
 )
 
 // Config is the backend's part of the network config (its Backend object), flannel-compatible. Field names
@@ -83,6 +91,9 @@ func (c Config) validate() error {
 // DeviceName is the VXLAN device's name for vni, as flannel names it.
 func DeviceName(vni int) string { return fmt.Sprintf("flannel.%d", vni) }
 
+// DeviceName6 is the IPv6 VXLAN device's name for vni, as flannel names it.
+func DeviceName6(vni int) string { return fmt.Sprintf("flannel-v6.%d", vni) }
+
 // LeaseData is the lease's BackendData for the vxlan backend, as flannel writes it:
 // {"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}.
 type LeaseData struct {
@@ -122,7 +133,8 @@ var (
 	errClosed = errors.New("vxlan backend: closed")
 )
 
-// New returns the vxlan backend for d, validating the config's vxlan keys. It changes nothing in the kernel.
+// New returns the vxlan backend for d, validating the config's vxlan keys: one device per address family
+// the network enables. It changes nothing in the kernel.
 func New(d backend.Deps) (backend.Backend, error) {
 	if d.Log == nil {
 		return nil, errors.New("vxlan backend: Deps.Log is required")
@@ -134,9 +146,28 @@ func New(d backend.Deps) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch n := d.Network; {
+	case n.EnableIPv4 && n.EnableIPv6:
+		v4, err := newFamily(d, cfg, backend.IPv4)
+		if err != nil {
+			return nil, err
+		}
+		v6, err := newFamily(d, cfg, backend.IPv6)
+		if err != nil {
+			return nil, err
+		}
+		return backend.Pair(v4, v6), nil
+	case n.EnableIPv6:
+		return newFamily(d, cfg, backend.IPv6)
+	}
+	return newFamily(d, cfg, backend.IPv4)
+}
+
+// newFamily returns the data path of one address family: flannel.<VNI> for IPv4, flannel-v6.<VNI> for IPv6.
+func newFamily(d backend.Deps, cfg Config, fam backend.Family) (*vxlan, error) {
 	ext := d.External
-	if !ext.Addr.Is4() {
-		return nil, fmt.Errorf("vxlan backend: external interface %s: address %s is not IPv4", ext.Name, ext.Addr)
+	if a := fam.Addr(ext); !fam.Is(a) {
+		return nil, fmt.Errorf("vxlan backend: external interface %s: no %s address (have %q)", ext.Name, fam, a)
 	}
 	if ext.Index <= 0 {
 		return nil, fmt.Errorf("vxlan backend: external interface %s: no index", ext.Name)
@@ -145,39 +176,52 @@ func New(d backend.Deps) (backend.Backend, error) {
 	if underlay == 0 {
 		underlay = ext.MTU
 	}
-	if underlay-Overhead < minMTU {
-		return nil, fmt.Errorf("vxlan backend: underlay MTU %d of %s leaves less than %d for the device", underlay, ext.Name, minMTU)
+	overhead, name := Overhead, DeviceName(cfg.VNI)
+	if fam.V6 {
+		overhead, name = Overhead6, DeviceName6(cfg.VNI)
+	}
+	if underlay-overhead < minMTU {
+		return nil, fmt.Errorf("vxlan backend: underlay MTU %d of %s leaves less than %d for the %s device", underlay, ext.Name, minMTU, fam)
+	}
+	if fam.V6 && underlay-overhead < 1280 {
+		return nil, fmt.Errorf("vxlan backend: underlay MTU %d of %s leaves less than IPv6's minimum 1280 for device %s", underlay, ext.Name, name)
+	}
+	log := d.Log
+	if d.Network.EnableIPv4 && d.Network.EnableIPv6 {
+		log = log.With("family", fam.String())
 	}
 	port := cfg.Port
 	if port == 0 {
 		port = DefaultPort
 	}
 	var prevMAC net.HardwareAddr
-	if len(d.PrevData) > 0 {
+	if len(d.PrevData) > 0 && !fam.V6 {
 		if prev, mac, err := parseLeaseData(d.PrevData); err == nil && prev.VNI == cfg.VNI {
 			prevMAC = mac
 		}
 	}
 	return &vxlan{
-		log:     d.Log,
+		log:     log,
+		fam:     fam,
 		ext:     ext,
 		cfg:     cfg,
 		prevMAC: prevMAC,
 		want: kernel.VXLAN{
-			Name:      DeviceName(cfg.VNI),
+			Name:      name,
 			VNI:       cfg.VNI,
-			Local:     ext.Addr,
+			Local:     fam.Addr(ext),
 			VtepIndex: ext.Index,
 			Port:      port,
 			Learning:  cfg.Learning,
 			GBP:       cfg.GBP,
-			MTU:       underlay - Overhead,
+			MTU:       underlay - overhead,
 		},
 	}, nil
 }
 
 type vxlan struct {
 	log  *slog.Logger
+	fam  backend.Family // the address family of the device, its peers' subnets and the underlay
 	ext  backend.External
 	cfg  Config
 	want kernel.VXLAN // the device we want; MAC is set by Up
@@ -220,6 +264,12 @@ func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
 		if err != nil {
 			return backend.Local{}, err
 		}
+		if b.fam.V6 {
+			if err := kernel.EnableIPv6Forwarding(); err != nil {
+				h.Close()
+				return backend.Local{}, err
+			}
+		}
 		b.h = h
 	}
 	dev, err := b.ensure(true)
@@ -229,6 +279,9 @@ func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
 	data, err := json.Marshal(LeaseData{VNI: b.cfg.VNI, VtepMAC: dev.MAC.String()})
 	if err != nil {
 		return backend.Local{}, fmt.Errorf("vxlan backend: encode lease data: %w", err)
+	}
+	if b.fam.V6 {
+		return backend.Local{BackendType: Type, BackendV6Data: data, MTU: b.want.MTU}, nil
 	}
 	return backend.Local{BackendType: Type, BackendData: data, MTU: b.want.MTU}, nil
 }
@@ -290,8 +343,8 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 		return errNotUp
 	case cfg == nil:
 		return errors.New("vxlan backend: Set with a nil config")
-	case !cfg.Own.Subnet.IsValid() || !cfg.Own.Subnet.Addr().Is4():
-		return fmt.Errorf("vxlan backend: own lease %s has no IPv4 subnet", cfg.Own.Key())
+	case !b.fam.Is(b.fam.Subnet(cfg.Own).Addr()):
+		return fmt.Errorf("vxlan backend: own lease %s has no %s subnet", cfg.Own.Key(), b.fam)
 	}
 	if _, err := b.ensure(false); err != nil {
 		return err
@@ -305,9 +358,9 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 		if full || b.direct == nil {
 			b.direct = map[netip.Addr]bool{}
 		}
-		direct = directPeers(b.h, b.ext, cfg.Peers, b.direct, b.log)
+		direct = directPeers(b.h, b.fam, b.ext, cfg.Peers, b.direct, b.log)
 	}
-	want, skipped := plan(cfg, planInput{ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, macOwners: b.owners})
+	want, skipped := plan(cfg, planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, macOwners: b.owners})
 	b.skips.Log(b.log, skipped)
 	b.owners = want.owners
 	copied := map[string]bool{}
@@ -322,7 +375,7 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 	b.copied = copied
 	var err error
 	if full {
-		err = apply(b.h, b.dev, want, b.cfg.Learning, cfg.Network.Network)
+		err = apply(b.h, b.dev, want, b.cfg.Learning, b.fam.Network(&cfg.Network))
 	} else {
 		err = update(b.h, b.dev, *b.applied, want)
 	}
@@ -367,9 +420,9 @@ func (b *vxlan) Update(ch *backend.Change) error {
 		if b.direct == nil {
 			b.direct = map[netip.Addr]bool{}
 		}
-		direct = directPeers(b.h, b.ext, ch.Put, b.direct, b.log)
+		direct = directPeers(b.h, b.fam, b.ext, ch.Put, b.direct, b.log)
 	}
-	in := planInput{ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC}
+	in := planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC}
 	deleted := map[string]bool{}
 	for _, k := range ch.Deleted {
 		deleted[k] = true

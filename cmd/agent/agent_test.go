@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
+	"github.com/weft-net/weft/subnet/etcdstore/etcdtest"
 )
 
 // TestLeaseLossKeepsForwardingButNotReady checks the agent's reaction to Hold's events: a lost lease makes
@@ -153,3 +156,55 @@ type fakeBackend struct{}
 func (fakeBackend) Up(context.Context) (backend.Local, error) { return backend.Local{}, nil }
 func (fakeBackend) Set(*backend.Config) error                 { return nil }
 func (fakeBackend) Close() error                              { return nil }
+
+// TestStoreEndingLeavesAgentNotReady checks the agent's side of the retry contract (subnet.Store): the store
+// retries by itself, so Hold or a lease watch that returns while weftd runs ended for good (here: the store
+// is closed). The agent does not call them again; it stays up, ready no more, with the error logged.
+func TestStoreEndingLeavesAgentNotReady(t *testing.T) {
+	srv := etcdtest.Start(t)
+	st, err := etcdstore.New(etcdstore.Config{Endpoints: srv.Endpoints()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	netCfg, err := subnet.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		run    func(*agent, context.Context)
+		failed func(*agent) bool
+	}{
+		{"hold", func(a *agent, ctx context.Context) {
+			a.holdLease(ctx, st, subnet.AcquireRequest{Config: netCfg, Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("192.0.2.11")}})
+		}, func(a *agent) bool { return a.holdFailed }},
+		{"watch", func(a *agent, ctx context.Context) { a.watchLeases(ctx, st) }, func(a *agent) bool { return a.watchFailed }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncBuffer
+			a := &agent{cfg: Config{SubnetFile: filepath.Join(t.TempDir(), "subnet.env")}, log: slog.New(slog.NewTextHandler(&logs, nil)),
+				net: netCfg, kick: make(chan struct{}, 1), health: newHealth()}
+			a.onLease(subnet.Lease{Subnet: netip.MustParsePrefix("10.5.7.0/24"), Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("192.0.2.11")}}, true)
+			a.mu.Lock()
+			a.synced = true
+			a.mu.Unlock()
+			if !a.ready() {
+				t.Fatal("not ready before the store ended")
+			}
+			done := make(chan struct{})
+			go func() { tc.run(a, t.Context()); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the agent's loop did not return after the store ended")
+			}
+			a.mu.Lock()
+			failed := tc.failed(a)
+			a.mu.Unlock()
+			if !failed || a.ready() || !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "etcd store closed") {
+				t.Errorf("after the store ended: failed %v, ready %v; want failed, not ready, and an error naming the closed store:\n%s", failed, a.ready(), logs.String())
+			}
+		})
+	}
+}

@@ -15,32 +15,12 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
 	"github.com/weft-net/weft/subnet/kubestore"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
-
-// etcdFlags are the flags every command that talks to etcd takes.
-type etcdFlags struct {
-	Endpoints []string
-	Prefix    string
-	KeyFile   string
-	CertFile  string
-	CAFile    string
-	Username  string
-	Password  string
-}
-
-func (e *etcdFlags) register(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&e.Endpoints, "etcd-endpoints", []string{"http://127.0.0.1:2379"}, "etcd endpoints, comma-separated")
-	fs.StringVar(&e.Prefix, "etcd-prefix", subnet.DefaultPrefix, "etcd key prefix of the network")
-	fs.StringVar(&e.KeyFile, "etcd-keyfile", "", "TLS client key file for etcd")
-	fs.StringVar(&e.CertFile, "etcd-certfile", "", "TLS client certificate file for etcd")
-	fs.StringVar(&e.CAFile, "etcd-cafile", "", "TLS CA file to verify etcd's certificate")
-	fs.StringVar(&e.Username, "etcd-username", "", "etcd username")
-	fs.StringVar(&e.Password, "etcd-password", "", "etcd password (prefer the WEFTD_ETCD_PASSWORD environment variable)")
-}
 
 // kubeFlags select the kube subnet manager (flanneld's flags of the same names) instead of etcd.
 type kubeFlags struct {
@@ -92,14 +72,15 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 
 // Config is weftd's agent configuration, from flags and the environment.
 type Config struct {
-	Etcd etcdFlags
+	Etcd etcdstore.Config // the etcd flags (etcdstore.Config.AddFlags); LeaseTTL is set from --subnet-lease-ttl when the store opens
 	Kube kubeFlags
 	Log  logFlags
 
-	Ifaces       []string      // --iface: names or IPv4 addresses; empty: see IfaceRegexes
+	Ifaces       []string      // --iface: names or addresses (IPv4 or IPv6); empty: see IfaceRegexes
 	IfaceRegexes []string      // --iface-regex; empty: see CanReach
 	CanReach     netip.Addr    // --iface-can-reach; zero: the default route's interface
 	PublicIP     netip.Addr    // --public-ip (IPv4); zero: the interface's address
+	PublicIPv6   netip.Addr    // --public-ipv6; zero: the interface's IPv6 address (used when the network enables IPv6)
 	NodeID       string        // --node-id; empty: derived from the machine ID (see defaultNodeID)
 	SubnetFile   string        // --subnet-file
 	LeaseTTL     time.Duration // --subnet-lease-ttl
@@ -141,6 +122,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("iface-regex", c.IfaceRegexes),
 		slog.String("iface-can-reach", addrFlag{a: &c.CanReach}.String()),
 		slog.String("public-ip", addrFlag{a: &c.PublicIP}.String()),
+		slog.String("public-ipv6", addrFlag{a: &c.PublicIPv6}.String()),
 		slog.String("node-id", c.NodeID),
 		slog.String("subnet-file", c.SubnetFile),
 		slog.Duration("subnet-lease-ttl", c.LeaseTTL),
@@ -162,13 +144,14 @@ func (c Config) healthzAddr() string {
 
 func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("weftd", pflag.ContinueOnError)
-	c.Etcd.register(fs)
+	c.Etcd.AddFlags(fs)
 	c.Kube.register(fs)
 	c.Log.register(fs)
-	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or IPv4 address for inter-node traffic (repeatable; the first that exists wins)")
+	fs.StringSliceVar(&c.Ifaces, "iface", nil, "interface name or address (IPv4 or IPv6) for inter-node traffic (repeatable; the first that exists wins)")
 	fs.StringSliceVar(&c.IfaceRegexes, "iface-regex", nil, "regular expression matched against interface names and addresses (repeatable)")
 	fs.Var(addrFlag{a: &c.CanReach}, "iface-can-reach", "use the interface that routes to this address")
 	fs.Var(addrFlag{a: &c.PublicIP, v4: true}, "public-ip", "IPv4 address other nodes use to reach this one (default: the interface's address)")
+	fs.Var(addrFlag{a: &c.PublicIPv6, v6: true}, "public-ipv6", "IPv6 address other nodes use to reach this one when the network enables IPv6 (default: the interface's IPv6 address)")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's identity in its lease (WeftNodeID), telling apart nodes that share a public IP (default: derived from /etc/machine-id)")
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnet.DefaultEnvFile, "subnet env file to write")
 	fs.DurationVar(&c.LeaseTTL, "subnet-lease-ttl", 24*time.Hour, "TTL of the subnet lease; it is kept alive while weftd runs")
@@ -187,10 +170,11 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	return fs
 }
 
-// addrFlag is a flag holding an IP address (IPv4 only with v4), parsed once when it is set; empty: none.
+// addrFlag is a flag holding an IP address (IPv4 only with v4, IPv6 only with v6), parsed once when it is
+// set; empty: none.
 type addrFlag struct {
-	a  *netip.Addr
-	v4 bool
+	a      *netip.Addr
+	v4, v6 bool
 }
 
 func (f addrFlag) Set(s string) error {
@@ -202,6 +186,8 @@ func (f addrFlag) Set(s string) error {
 	switch {
 	case err != nil && f.v4, err == nil && f.v4 && !a.Unmap().Is4():
 		return errors.New("want an IPv4 address")
+	case err != nil && f.v6, err == nil && f.v6 && (!a.Is6() || a.Is4In6()):
+		return errors.New("want an IPv6 address")
 	case err != nil:
 		return errors.New("want an IP address")
 	}

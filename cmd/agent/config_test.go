@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcdstore"
 )
 
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -142,7 +144,7 @@ func TestAgentConfigErrors(t *testing.T) {
 
 func TestHelpAndVersion(t *testing.T) {
 	var out bytes.Buffer
-	if _, err := agentConfig([]string{"--help"}, envOf(nil), &out); err != errHelp {
+	if _, err := agentConfig([]string{"--help"}, envOf(nil), &out); !errors.Is(err, errHelp) {
 		t.Fatalf("--help: err = %v, want errHelp", err)
 	}
 	for _, want := range []string{"--etcd-endpoints", "--subnet-lease-ttl", "WEFTD_", "FLANNELD_"} {
@@ -192,6 +194,8 @@ func TestConfigSetBuild(t *testing.T) {
 		{"backend json merged with type", []string{"--network=10.5.0.0/16", `--backend-json={"VNI":7}`, "--backend=vxlan"},
 			`{"Backend":{"Type":"vxlan","VNI":7},"Network":"10.5.0.0/16"}`, ""},
 		{"dual stack", []string{"--network=10.5.0.0/16", "--ipv6-network=fd00:5::/48"}, `{"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Network":"10.5.0.0/16"}`, ""},
+		{"IPv6 only with ranges", []string{"--disable-ipv4", "--ipv6-network=fd00:5::/48", "--ipv6-subnet-len=64", "--ipv6-subnet-min=fd00:5:0:10::", "--ipv6-subnet-max=fd00:5:0:20::"},
+			`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetLen":64,"IPv6SubnetMax":"fd00:5:0:20::","IPv6SubnetMin":"fd00:5:0:10::"}`, ""},
 		{"nftables", []string{"--network=10.5.0.0/16", "--enable-nftables"}, `{"EnableNFTables":true,"Network":"10.5.0.0/16"}`, ""},
 		{"raw json", []string{`--json={"Network":"10.6.0.0/16"}`, "--etcd-prefix=/x"}, `{"Network":"10.6.0.0/16"}`, ""},
 		{"raw json mixed", []string{`--json={"Network":"10.6.0.0/16"}`, "--network=10.5.0.0/16"}, "", "--json cannot be combined"},
@@ -200,9 +204,9 @@ func TestConfigSetBuild(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var o configSetOpts
-			var ef etcdFlags
+			var ec etcdstore.Config
 			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
-			ef.register(fs)
+			ec.AddFlags(fs)
 			o.register(fs)
 			if err := fs.Parse(tt.args); err != nil {
 				t.Fatal(err)
@@ -228,6 +232,15 @@ func TestValidateConfigBackendKeys(t *testing.T) {
 	if _, err := validateConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}`)); err != nil {
 		t.Errorf("alloc config rejected: %v", err)
 	}
+	for _, raw := range []string{
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`,
+		`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"host-gw"}}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"host-gw"}}`,
+	} {
+		if _, err := validateConfig([]byte(raw)); err != nil {
+			t.Errorf("IPv6 config %s rejected: %v", raw, err)
+		}
+	}
 	_, err := validateConfig([]byte(`{"Network":"10.5.0.0/16","SubnetLen":31}`))
 	if err == nil || !strings.Contains(err.Error(), "SubnetLen 31") {
 		t.Errorf("err = %v, want the SubnetLen rule", err)
@@ -251,6 +264,27 @@ func TestPrintLeases(t *testing.T) {
 	want := "SUBNET       PUBLIC-IP   BACKEND  TTL-LEFT       KIND\n" +
 		"10.5.1.0/24  192.0.2.11  vxlan    1m30s          lease\n" +
 		"10.5.2.0/24  192.0.2.12  -        never expires  reservation\n"
+	if b.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+// TestPrintLeasesIPv6 shows both families' subnets and public addresses once a lease has IPv6, and "-"
+// for what an IPv6-only lease lacks (flannel writes its PublicIP as 0.0.0.0).
+func TestPrintLeasesIPv6(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	a, p := netip.MustParseAddr, netip.MustParsePrefix
+	leases := []subnet.Lease{
+		{Subnet: p("10.5.1.0/24"), IPv6Subnet: p("fd00:5:0:1::/64"), Attrs: subnet.Attrs{PublicIP: a("192.0.2.11"), PublicIPv6: a("2001:db8::11"), BackendType: "vxlan"}, Expires: now.Add(90 * time.Second)},
+		{IPv6Subnet: p("fd00:5:0:2::/64"), Attrs: subnet.Attrs{PublicIP: a("0.0.0.0"), PublicIPv6: a("2001:db8::12"), BackendType: "vxlan"}, Reservation: true},
+	}
+	var b bytes.Buffer
+	if err := printLeases(&b, leases, now); err != nil {
+		t.Fatal(err)
+	}
+	want := "SUBNET       IPV6-SUBNET      PUBLIC-IP   PUBLIC-IPV6   BACKEND  TTL-LEFT       KIND\n" +
+		"10.5.1.0/24  fd00:5:0:1::/64  192.0.2.11  2001:db8::11  vxlan    1m30s          lease\n" +
+		"-            fd00:5:0:2::/64  -           2001:db8::12  vxlan    never expires  reservation\n"
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
 	}

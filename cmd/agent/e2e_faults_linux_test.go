@@ -496,8 +496,9 @@ func testAlloc(t *testing.T) {
 		}
 		var links []string
 		for _, l := range nonEmptyLines(out) {
-			f := strings.Fields(l) // "3: eth0@if5: <...> ..."
-			if len(f) > 1 {
+			f := strings.Fields(l) // "3: eth0@if5: <...> ..."; skip anything else ip prints, such as
+			// "Peer netns reference is invalid." while a peer namespace is busy
+			if len(f) > 1 && strings.HasSuffix(f[0], ":") && strings.Trim(f[0], "0123456789") == ":" {
 				name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
 				links = append(links, name)
 			}

@@ -38,6 +38,10 @@ type kubeE2E struct {
 	netConf    string
 	srv        *kubetest.Server
 	cli        *kubernetes.Clientset
+	// conf is net-conf.json ("": IPv4 10.244.0.0/16, vxlan); podCIDRs gives node i's pod CIDRs (nil:
+	// 10.244.<i>.0/24).
+	conf     string
+	podCIDRs func(i int) []string
 }
 
 func TestE2EKube(t *testing.T) {
@@ -130,7 +134,11 @@ func (k *kubeE2E) setup(ctx context.Context, c *netcluster.Cluster, nodes []*net
 	if err := srv.WriteKubeconfig(k.kubeconfig); err != nil {
 		return err
 	}
-	if err := os.WriteFile(k.netConf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+	conf := k.conf
+	if conf == "" {
+		conf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+	}
+	if err := os.WriteFile(k.netConf, []byte(conf), 0o644); err != nil {
 		return err
 	}
 	for _, n := range nodes {
@@ -142,10 +150,13 @@ func (k *kubeE2E) setup(ctx context.Context, c *netcluster.Cluster, nodes []*net
 }
 
 func (k *kubeE2E) createNode(ctx context.Context, name string, i int, ann map[string]string) error {
-	cidr := fmt.Sprintf("10.244.%d.0/24", i)
+	cidrs := []string{fmt.Sprintf("10.244.%d.0/24", i)}
+	if k.podCIDRs != nil {
+		cidrs = k.podCIDRs(i)
+	}
 	_, err := k.cli.CoreV1().Nodes().Create(ctx, &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-		Spec:       corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}},
+		Spec:       corev1.NodeSpec{PodCIDR: cidrs[0], PodCIDRs: cidrs},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create node %s: %w", name, err)

@@ -76,7 +76,7 @@ func TestE2EMasq(t *testing.T) {
 
 // TestE2EMasqIPv6IPTables: with a dual-stack network config and the iptables engine, the agent keeps
 // flanneld's chains in ip6tables too, for the IPv6 network and its IPv6 subnet, and restores a rule deleted
-// behind its back. (The IPv6 data path is not there yet, so no IPv6 traffic is checked.)
+// behind its back. (IPv6 traffic is checked by TestE2EIPv6.)
 func TestE2EMasqIPv6IPTables(t *testing.T) {
 	requireE2E(t)
 	kerneltest.RequireCommand(t, "iptables", "ip6tables")

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -47,7 +48,7 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 }
 
 func report(stderr io.Writer, err error) int {
-	if err == errHelp {
+	if errors.Is(err, errHelp) {
 		return 0
 	}
 	fmt.Fprintln(stderr, "weftd:", err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -44,10 +45,10 @@ var commands = map[string]command{
 const opTimeout = 15 * time.Second
 
 // opFlags parses a subcommand's flags (the etcd flags plus extra) and opens the store.
-func opFlags(name, usage string, args []string, getenv func(string) string, extra func(*pflag.FlagSet)) (*pflag.FlagSet, *etcdFlags, error) {
-	var ef etcdFlags
+func opFlags(name, usage string, args []string, getenv func(string) string, extra func(*pflag.FlagSet)) (*pflag.FlagSet, *etcdstore.Config, error) {
+	var ec etcdstore.Config // LeaseTTL zero: the default, 24 h (no command here holds a lease)
 	fs := pflag.NewFlagSet("weftd "+name, pflag.ContinueOnError)
-	ef.register(fs)
+	ec.AddFlags(fs)
 	if extra != nil {
 		extra(fs)
 	}
@@ -58,14 +59,14 @@ func opFlags(name, usage string, args []string, getenv func(string) string, extr
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return nil, nil, err
 	}
-	return fs, &ef, nil
+	return fs, &ec, nil
 }
 
 // withStore opens the store, runs do with a context bounded by opTimeout, and closes the store. The store's
 // warnings (an unreadable lease key, say) go to stderr.
-func withStore(ctx context.Context, env cmdEnv, ef *etcdFlags, do func(context.Context, *etcdstore.Store) error) error {
+func withStore(ctx context.Context, env cmdEnv, ec *etcdstore.Config, do func(context.Context, *etcdstore.Store) error) error {
 	log := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	store, err := newEtcdStore(*ef, 24*time.Hour, log)
+	store, err := etcdstore.New(*ec, log) // without waiting for etcd
 	if err != nil {
 		return err
 	}
@@ -80,7 +81,7 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 		return errors.New("usage: weftd config get|set [flags] (weftd config set --help)")
 	}
 	if args[0] == "get" {
-		fs, ef, err := opFlags("config get", "[flags]", args[1:], env.getenv, nil)
+		fs, ec, err := opFlags("config get", "[flags]", args[1:], env.getenv, nil)
 		if err != nil {
 			return err
 		}
@@ -88,7 +89,7 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 			return fmt.Errorf("config get: unexpected argument %q", fs.Arg(0))
 		}
 		var raw []byte
-		if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+		if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) (err error) {
 			raw, err = store.RawConfig(ctx)
 			return err
 		}); err != nil {
@@ -106,7 +107,7 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 		return nil
 	}
 	var o configSetOpts
-	fs, ef, err := opFlags("config set", "[flags]", args[1:], env.getenv, o.register)
+	fs, ec, err := opFlags("config set", "[flags]", args[1:], env.getenv, o.register)
 	if err != nil {
 		return err
 	}
@@ -121,12 +122,12 @@ func configCmd(ctx context.Context, args []string, env cmdEnv) error {
 	if err != nil {
 		return err
 	}
-	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) error {
+	if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) error {
 		return store.SetConfig(ctx, raw)
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "wrote %s/config: %s\n", ef.Prefix, raw)
+	fmt.Fprintf(env.stdout, "wrote %s/config: %s\n", ec.Prefix, raw)
 	if cfg.DefaultedBackend {
 		fmt.Fprintf(env.stdout, "note: no backend type given; agents use %s\n", cfg.BackendType)
 	}
@@ -139,6 +140,7 @@ type configSetOpts struct {
 	subnetLen                     int
 	ipv6Network                   string
 	ipv6SubnetLen                 int
+	ipv6SubnetMin, ipv6SubnetMax  string
 	disableIPv4, nftables         bool
 	backendType, backendJSON      string
 	vni, port, mtu                int
@@ -154,7 +156,9 @@ func (o *configSetOpts) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.subnetMax, "subnet-max", "", "last allocatable subnet address")
 	fs.BoolVar(&o.disableIPv4, "disable-ipv4", false, "IPv6 only")
 	fs.StringVar(&o.ipv6Network, "ipv6-network", "", "IPv6 overlay network (enables IPv6)")
-	fs.IntVar(&o.ipv6SubnetLen, "ipv6-subnet-len", 0, "per-node IPv6 subnet length")
+	fs.IntVar(&o.ipv6SubnetLen, "ipv6-subnet-len", 0, "per-node IPv6 subnet length (default 64, or the IPv6 network's length + 2 for a network smaller than /62)")
+	fs.StringVar(&o.ipv6SubnetMin, "ipv6-subnet-min", "", "first allocatable IPv6 subnet address")
+	fs.StringVar(&o.ipv6SubnetMax, "ipv6-subnet-max", "", "last allocatable IPv6 subnet address")
 	fs.BoolVar(&o.nftables, "enable-nftables", false, "packet filter rules with nftables instead of iptables (EnableNFTables)")
 	fs.StringVar(&o.backendType, "backend", "", "backend type: vxlan, udp, host-gw or alloc (default vxlan)")
 	fs.StringVar(&o.backendJSON, "backend-json", "", `the Backend object as JSON, e.g. '{"Type":"vxlan","VNI":4}'`)
@@ -171,7 +175,7 @@ func (o *configSetOpts) build(fs *pflag.FlagSet) ([]byte, error) {
 	if o.raw != "" {
 		n := 0
 		fs.Visit(func(f *pflag.Flag) {
-			if f.Name != "json" && !isEtcdFlag(f.Name) {
+			if f.Name != "json" && !etcdstore.IsFlag(f) {
 				n++
 			}
 		})
@@ -203,6 +207,12 @@ func (o *configSetOpts) build(fs *pflag.FlagSet) ([]byte, error) {
 	if o.ipv6SubnetLen != 0 {
 		cfg["IPv6SubnetLen"] = o.ipv6SubnetLen
 	}
+	if o.ipv6SubnetMin != "" {
+		cfg["IPv6SubnetMin"] = o.ipv6SubnetMin
+	}
+	if o.ipv6SubnetMax != "" {
+		cfg["IPv6SubnetMax"] = o.ipv6SubnetMax
+	}
 	if o.nftables {
 		cfg["EnableNFTables"] = true
 	}
@@ -232,14 +242,6 @@ func (o *configSetOpts) build(fs *pflag.FlagSet) ([]byte, error) {
 	return json.Marshal(cfg)
 }
 
-func isEtcdFlag(name string) bool {
-	switch name {
-	case "etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password":
-		return true
-	}
-	return false
-}
-
 // validateConfig checks a config as an agent would: the network fields, then the backend's own keys by
 // constructing the backend (constructors validate and touch no kernel state).
 func validateConfig(raw []byte) (*subnet.Config, error) {
@@ -251,8 +253,15 @@ func validateConfig(raw []byte) (*subnet.Config, error) {
 	if !ok {
 		return nil, fmt.Errorf("network config: Backend.Type %q: not supported by this weftd", cfg.BackendType)
 	}
-	probe := netip.MustParseAddr("192.0.2.1")
-	ext := backend.External{Name: "validate", Index: 1, MTU: 1500, Addr: probe, PublicIP: probe}
+	ext := backend.External{Name: "validate", Index: 1, MTU: 1500}
+	if cfg.EnableIPv4 {
+		ext.Addr = netip.MustParseAddr("192.0.2.1")
+		ext.PublicIP = ext.Addr
+	}
+	if cfg.EnableIPv6 {
+		ext.Addr6 = netip.MustParseAddr("2001:db8::1")
+		ext.PublicIPv6 = ext.Addr6
+	}
 	if _, err := factory(backend.Deps{Log: slog.New(slog.DiscardHandler), External: ext, Network: cfg}); err != nil {
 		return nil, err
 	}
@@ -266,7 +275,7 @@ func leasesCmd(ctx context.Context, args []string, env cmdEnv) error {
 		})
 	}
 	var asJSON bool
-	fs, ef, err := opFlags("leases", "[--json] | delete SUBNET", args, env.getenv, func(fs *pflag.FlagSet) {
+	fs, ec, err := opFlags("leases", "[--json] | delete SUBNET", args, env.getenv, func(fs *pflag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print JSON")
 	})
 	if err != nil {
@@ -276,7 +285,7 @@ func leasesCmd(ctx context.Context, args []string, env cmdEnv) error {
 		return fmt.Errorf("leases: unexpected argument %q (did you mean `weftd leases delete SUBNET`?)", fs.Arg(0))
 	}
 	var leases []subnet.Lease
-	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+	if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) (err error) {
 		leases, err = store.Leases(ctx)
 		return err
 	}); err != nil {
@@ -285,14 +294,21 @@ func leasesCmd(ctx context.Context, args []string, env cmdEnv) error {
 	if asJSON {
 		type row struct {
 			Key         string
-			Subnet      string
+			Subnet      string `json:",omitempty"` // empty for an IPv6-only lease
+			IPv6Subnet  string `json:",omitempty"`
 			Attrs       subnet.Attrs
 			Reservation bool
 			Expires     *time.Time `json:",omitempty"`
 		}
 		rows := []row{}
 		for _, l := range leases {
-			r := row{Key: l.Key(), Subnet: l.Subnet.String(), Attrs: l.Attrs, Reservation: l.Reservation}
+			r := row{Key: l.Key(), Attrs: l.Attrs, Reservation: l.Reservation}
+			if l.Subnet.IsValid() {
+				r.Subnet = l.Subnet.String()
+			}
+			if l.IPv6Subnet.IsValid() {
+				r.IPv6Subnet = l.IPv6Subnet.String()
+			}
 			if !l.Expires.IsZero() {
 				r.Expires = &l.Expires
 			}
@@ -305,10 +321,22 @@ func leasesCmd(ctx context.Context, args []string, env cmdEnv) error {
 	return printLeases(env.stdout, leases, time.Now())
 }
 
-// printLeases writes the lease table.
+// printLeases writes the lease table. Columns for IPv6 (IPV6-SUBNET, PUBLIC-IPV6) appear when a lease has
+// an IPv6 subnet; an IPv6-only lease shows "-" for its IPv4 subnet and PublicIP.
 func printLeases(w io.Writer, leases []subnet.Lease, now time.Time) error {
+	v6 := slices.ContainsFunc(leases, func(l subnet.Lease) bool { return l.IPv6Subnet.IsValid() })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tPUBLIC-IP\tBACKEND\tTTL-LEFT\tKIND")
+	if v6 {
+		fmt.Fprintln(tw, "SUBNET\tIPV6-SUBNET\tPUBLIC-IP\tPUBLIC-IPV6\tBACKEND\tTTL-LEFT\tKIND")
+	} else {
+		fmt.Fprintln(tw, "SUBNET\tPUBLIC-IP\tBACKEND\tTTL-LEFT\tKIND")
+	}
+	orDash := func(v interface{ IsValid() bool }, s string) string {
+		if !v.IsValid() {
+			return "-"
+		}
+		return s
+	}
 	for _, l := range leases {
 		kind, ttl := "lease", "?"
 		if l.Reservation {
@@ -316,15 +344,20 @@ func printLeases(w io.Writer, leases []subnet.Lease, now time.Time) error {
 		} else if !l.Expires.IsZero() {
 			ttl = l.Expires.Sub(now).Round(time.Second).String()
 		}
-		sub := l.Subnet.String()
-		if l.IPv6Subnet.IsValid() {
-			sub += "," + l.IPv6Subnet.String()
-		}
 		bt := l.Attrs.BackendType
 		if bt == "" {
 			bt = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", sub, l.Attrs.PublicIP, bt, ttl, kind)
+		sub, pub := orDash(l.Subnet, l.Subnet.String()), l.Attrs.PublicIP.String()
+		if !l.Subnet.IsValid() && l.Attrs.PublicIP.IsUnspecified() {
+			pub = "-" // IPv6 only: flannel writes 0.0.0.0
+		}
+		if v6 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sub, orDash(l.IPv6Subnet, l.IPv6Subnet.String()), pub,
+				orDash(l.Attrs.PublicIPv6, l.Attrs.PublicIPv6.String()), bt, ttl, kind)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", sub, pub, bt, ttl, kind)
 	}
 	return tw.Flush()
 }
@@ -332,7 +365,7 @@ func printLeases(w io.Writer, leases []subnet.Lease, now time.Time) error {
 // subnetCmd runs a command that takes one SUBNET argument.
 func subnetCmd(ctx context.Context, name string, args []string, env cmdEnv,
 	extra func(*pflag.FlagSet), do func(context.Context, *etcdstore.Store, netip.Prefix) (string, error)) error {
-	fs, ef, err := opFlags(name, "SUBNET [flags]", args, env.getenv, extra)
+	fs, ec, err := opFlags(name, "SUBNET [flags]", args, env.getenv, extra)
 	if err != nil {
 		return err
 	}
@@ -344,7 +377,7 @@ func subnetCmd(ctx context.Context, name string, args []string, env cmdEnv,
 		return fmt.Errorf("%s: SUBNET %q: want a subnet such as 10.5.7.0/24", name, fs.Arg(0))
 	}
 	var msg string
-	if err := withStore(ctx, env, ef, func(ctx context.Context, store *etcdstore.Store) (err error) {
+	if err := withStore(ctx, env, ec, func(ctx context.Context, store *etcdstore.Store) (err error) {
 		msg, err = do(ctx, store, p)
 		return err
 	}); err != nil {
@@ -357,11 +390,11 @@ func subnetCmd(ctx context.Context, name string, args []string, env cmdEnv,
 func reserveCmd(ctx context.Context, args []string, env cmdEnv) error {
 	var pub string
 	return subnetCmd(ctx, "reserve", args, env, func(fs *pflag.FlagSet) {
-		fs.StringVar(&pub, "public-ip", "", "public IPv4 address of the node the subnet is reserved for (required)")
+		fs.StringVar(&pub, "public-ip", "", "public IPv4 address of the node the subnet is reserved for (required; its IPv6 address for an IPv6 subnet of an IPv6-only network)")
 	}, func(ctx context.Context, s *etcdstore.Store, p netip.Prefix) (string, error) {
 		ip, err := netip.ParseAddr(pub)
-		if err != nil || !ip.Is4() {
-			return "", fmt.Errorf("reserve: --public-ip %q: want the node's IPv4 address", pub)
+		if err != nil || ip.Is4() != p.Addr().Is4() {
+			return "", fmt.Errorf("reserve: --public-ip %q: want the node's address of the family of SUBNET %s", pub, p)
 		}
 		return fmt.Sprintf("reserved %s for %s", p, ip), s.Reserve(ctx, p, ip)
 	})

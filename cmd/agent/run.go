@@ -59,6 +59,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("network config has no Backend.Type; using the default", "backend", netCfg.BackendType)
 	}
 	sel := cfg.ifaceSelector()
+	sel.NoIPv4, sel.IPv6 = !netCfg.EnableIPv4, netCfg.EnableIPv6
 	var prevData json.RawMessage // what this node published before, for a backend to keep its identity
 	if ks, ok := store.(*kubestore.Store); ok {
 		info, err := ks.NodeInfo(ctx)
@@ -69,6 +70,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			log.Info("using the node's node-public-ip annotation as --public-ip", "public-ip", info.PublicIP)
 			sel.PublicIP = info.PublicIP
 		}
+		if info.PublicIPv6.IsValid() && !sel.PublicIPv6.IsValid() {
+			log.Info("using the node's node-public-ipv6 annotation as --public-ipv6", "public-ipv6", info.PublicIPv6)
+			sel.PublicIPv6 = info.PublicIPv6
+		}
 		if info.BackendType == netCfg.BackendType {
 			prevData = info.BackendData
 		}
@@ -77,7 +82,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("select external interface: %w", err)
 	}
-	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "mtu", ext.MTU)
+	log.Info("using external interface", "iface", ext.Name, "addr", ext.Addr, "public-ip", ext.PublicIP, "addr6", ext.Addr6, "public-ipv6", ext.PublicIPv6, "mtu", ext.MTU)
 
 	a.net = netCfg
 	if a.be, a.local, err = startBackend(ctx, netCfg, ext, cfg, prevData, a.poke, log); err != nil {
@@ -105,6 +110,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("node identity", "node-id", nodeID)
 	req := subnet.AcquireRequest{Config: netCfg, Attrs: subnet.Attrs{
 		PublicIP: ext.PublicIP, BackendType: a.local.BackendType, BackendData: a.local.BackendData, NodeID: nodeID,
+		PublicIPv6: ext.PublicIPv6, BackendV6Data: a.local.BackendV6Data,
 	}}
 	if prev, err := subnet.ReadEnvFile(cfg.SubnetFile); err == nil {
 		req.Prev, req.PrevIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()
@@ -192,8 +198,9 @@ func (a *agent) watchUnderlay(ctx context.Context, sel backend.IfaceSelector, ex
 				a.log.Error("external interface lost; not ready until it is back", "iface", ext.Name, "addr", ext.Addr, "err", err)
 			}
 		case now != ext:
-			a.stop(fmt.Errorf("%w: external interface changed from %s #%d %s (public %s, mtu %d) to %s #%d %s (public %s, mtu %d)",
-				errRestart, ext.Name, ext.Index, ext.Addr, ext.PublicIP, ext.MTU, now.Name, now.Index, now.Addr, now.PublicIP, now.MTU))
+			a.stop(fmt.Errorf("%w: external interface changed from %s #%d %s %s (public %s %s, mtu %d) to %s #%d %s %s (public %s %s, mtu %d)",
+				errRestart, ext.Name, ext.Index, ext.Addr, ext.Addr6, ext.PublicIP, ext.PublicIPv6, ext.MTU,
+				now.Name, now.Index, now.Addr, now.Addr6, now.PublicIP, now.PublicIPv6, now.MTU))
 			return
 		case was:
 			a.log.Info("external interface back", "iface", ext.Name, "addr", ext.Addr)
@@ -224,44 +231,30 @@ type agentStore interface {
 	Close() error
 }
 
-// openStore creates the lease store, waiting and retrying with backoff while it cannot: etcd's Connect
-// waits for etcd itself (naming the endpoint and the cause); the kube store is retried here (up to
-// storeRetryMax apart). weftd stays up, alive and not ready, until ctx ends.
+// openStore creates the lease store; the store's Connect waits and retries while it cannot (etcd: naming the
+// endpoint and the cause; kube: the API server or the kubeconfig). weftd stays up, alive and not ready, until
+// ctx ends.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (agentStore, error) {
 	if !cfg.Kube.SubnetMgr {
-		s, err := etcdstore.Connect(ctx, storeConfig(cfg.Etcd, cfg.LeaseTTL), log)
+		ec := cfg.Etcd
+		ec.LeaseTTL = cfg.LeaseTTL
+		s, err := etcdstore.Connect(ctx, ec, log)
 		if err != nil {
 			return nil, err
 		}
 		return s, nil
 	}
-	delay := time.Second
-	for {
-		s, err := newKubeStore(ctx, cfg.Kube, log)
-		if err == nil {
-			return s, nil
-		}
-		log.Error("cannot open the lease store; retrying", "err", err, "retry", delay)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, storeRetryMax)
-	}
-}
-
-// storeRetryMax is the longest wait between attempts to open the lease store.
-const storeRetryMax = 30 * time.Second
-
-// newKubeStore creates the kube subnet manager's store.
-func newKubeStore(ctx context.Context, k kubeFlags, log *slog.Logger) (*kubestore.Store, error) {
-	return kubestore.New(ctx, kubestore.Config{
+	k := cfg.Kube
+	s, err := kubestore.Connect(ctx, kubestore.Config{
 		APIURL: k.APIURL, Kubeconfig: k.Kubeconfig,
 		NodeName: k.NodeName, PodName: k.PodName, PodNamespace: k.PodNamespace,
 		AnnotationPrefix: k.AnnotationPrefix, NetConfPath: k.NetConfPath,
 		SetNodeNetworkUnavailable: k.SetNodeNetworkUnavailable,
 	}, log)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // configWhere names where the network config lives, for the hints logged while it is missing.
@@ -275,20 +268,6 @@ func (c *Config) configWhere() configSource {
 // configSource says where the network config is read from.
 type configSource struct{ what, where, hint string }
 
-// newEtcdStore connects to etcd, without waiting for it (see etcdstore.New): for the operator commands.
-func newEtcdStore(f etcdFlags, ttl time.Duration, log *slog.Logger) (*etcdstore.Store, error) {
-	return etcdstore.New(storeConfig(f, ttl), log)
-}
-
-func storeConfig(f etcdFlags, ttl time.Duration) etcdstore.Config {
-	return etcdstore.Config{
-		Endpoints: f.Endpoints, Prefix: f.Prefix,
-		CertFile: f.CertFile, KeyFile: f.KeyFile, CAFile: f.CAFile,
-		Username: f.Username, Password: f.Password,
-		LeaseTTL: ttl,
-	}
-}
-
 func nilIfDone(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return nil
@@ -296,35 +275,21 @@ func nilIfDone(ctx context.Context, err error) error {
 	return err
 }
 
-// waitConfig reads the network config, waiting while it is missing or unreadable; an invalid config is
-// also waited on (an operator may fix it), with the validation error logged.
+// waitConfig waits for a valid network config: the store retries (subnet.Store.WaitConfig); each failed read
+// it reports is logged here, with the hint of where the config comes from. An invalid config is waited on
+// too (an operator may fix it), with the validation error logged.
 func waitConfig(ctx context.Context, store subnet.Store, src configSource, log *slog.Logger) (*subnet.Config, error) {
-	const retry = 5 * time.Second
-	for {
-		c, err := store.Config(ctx)
-		if err == nil {
-			return c, nil
-		}
+	return store.WaitConfig(ctx, func(err error) {
 		if errors.Is(err, subnet.ErrNoConfig) {
-			log.Warn("network config missing; waiting for it ("+src.hint+")", src.what, src.where, "retry", retry)
-		} else {
-			if e, ok := store.(interface {
-				Explain(context.Context, error) error
-			}); ok {
-				err = e.Explain(ctx, err) // etcd: names an unreachable endpoint and the cause
-			}
-			log.Error("cannot use the network config; waiting for it to be fixed", src.what, src.where, "err", err, "retry", retry)
+			log.Warn("network config missing; waiting for it ("+src.hint+")", src.what, src.where)
+			return
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(retry):
-		}
-	}
+		log.Error("cannot use the network config; waiting for it to be fixed", src.what, src.where, "err", err)
+	})
 }
 
 func (c *Config) ifaceSelector() backend.IfaceSelector {
-	return backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes, CanReach: c.CanReach, PublicIP: c.PublicIP}
+	return backend.IfaceSelector{Ifaces: c.Ifaces, IfaceRegexes: c.IfaceRegexes, CanReach: c.CanReach, PublicIP: c.PublicIP, PublicIPv6: c.PublicIPv6}
 }
 
 // startBackend constructs the configured backend and brings it up. prev is the BackendData this node
@@ -375,7 +340,8 @@ type agent struct {
 	env          []byte                  // content of the env file last written; nil until wantEnv is written
 	lost         bool                    // the own lease was lost and is being re-acquired
 	underlayLost bool                    // the external interface cannot be selected now
-	holdFailed   bool                    // Hold gave up (a full network, say) and is retried
+	holdFailed   bool                    // Hold ended with an error retrying cannot fix (see holdLease)
+	watchFailed  bool                    // the lease watch ended with an error (see watchLeases)
 	synced       bool                    // the last Set succeeded
 }
 
@@ -384,7 +350,7 @@ type agent struct {
 func (a *agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.env != nil && !a.lost && !a.holdFailed && a.synced && !a.underlayLost
+	return a.env != nil && !a.lost && !a.holdFailed && !a.watchFailed && a.synced && !a.underlayLost
 }
 
 func (a *agent) poke() {
@@ -394,27 +360,23 @@ func (a *agent) poke() {
 	}
 }
 
-// holdLease acquires and keeps this node's lease, retrying after failures such as a full network.
+// holdLease acquires and keeps this node's lease: the store's Hold retries what can be retried and reports
+// each acquisition and loss to onLease. Hold returns early only for what retrying cannot fix: a changed
+// network config stops weftd so that it starts again with it; anything else (an IPv6-only config, say)
+// leaves weftd running but not ready until it is restarted (a config change does that, see watchConfig).
 func (a *agent) holdLease(ctx context.Context, store subnet.Store, req subnet.AcquireRequest) {
-	for {
-		err := store.Hold(ctx, req, a.onLease)
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, subnet.ErrConfigChanged) && a.stop != nil {
-			a.stop(fmt.Errorf("%w: %w", errRestart, err))
-			return
-		}
-		a.log.Error("cannot hold a subnet lease; retrying", "err", err, "retry", 10*time.Second)
-		a.mu.Lock()
-		a.holdFailed = true
-		a.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(10 * time.Second):
-		}
+	err := store.Hold(ctx, req, a.onLease)
+	if ctx.Err() != nil || err == nil {
+		return
 	}
+	if errors.Is(err, subnet.ErrConfigChanged) && a.stop != nil {
+		a.stop(fmt.Errorf("%w: %w", errRestart, err))
+		return
+	}
+	a.log.Error("cannot hold a subnet lease; not ready until weftd restarts", "err", err)
+	a.mu.Lock()
+	a.holdFailed = true
+	a.mu.Unlock()
 }
 
 func (a *agent) onLease(l subnet.Lease, held bool) {
@@ -468,7 +430,7 @@ func (a *agent) writeEnv() {
 	a.mu.Lock()
 	a.env = want.Marshal()
 	a.mu.Unlock()
-	a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", want.Subnet, "mtu", want.MTU)
+	a.log.Info("wrote env file", "path", a.cfg.SubnetFile, "subnet", want.Subnet, "ipv6-subnet", want.IPv6Subnet, "mtu", want.MTU)
 	if sent, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		a.log.Warn("sd_notify READY=1", "err", err)
 	} else if sent {
@@ -477,25 +439,22 @@ func (a *agent) writeEnv() {
 }
 
 // watchLeases keeps the lease set current, from the store's changes where it reports them
-// (subnet.ChangeWatcher), else from its complete listings.
+// (subnet.ChangeWatcher), else from its complete listings. The store resumes the watch after failures
+// itself; a watch that ends early (the store closed) leaves weftd not ready.
 func (a *agent) watchLeases(ctx context.Context, store subnet.Store) {
-	for {
-		var err error
-		if cw, ok := store.(subnet.ChangeWatcher); ok {
-			err = cw.WatchChanges(ctx, a.onChanges)
-		} else {
-			err = store.Watch(ctx, func(all []subnet.Lease) { a.onChanges(subnet.Changes{Full: true, Put: all}) })
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		a.log.Error("lease watch stopped; restarting", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+	var err error
+	if cw, ok := store.(subnet.ChangeWatcher); ok {
+		err = cw.WatchChanges(ctx, a.onChanges)
+	} else {
+		err = store.Watch(ctx, func(all []subnet.Lease) { a.onChanges(subnet.Changes{Full: true, Put: all}) })
 	}
+	if ctx.Err() != nil || err == nil {
+		return
+	}
+	a.log.Error("lease watch ended; peers are no longer followed; not ready until weftd restarts", "err", err)
+	a.mu.Lock()
+	a.watchFailed = true
+	a.mu.Unlock()
 }
 
 // onChanges takes in a batch of lease changes from the watch.
@@ -539,7 +498,7 @@ func (a *agent) desired() *backend.Config {
 	cfg := &backend.Config{Network: *a.net, Own: *a.own, Peers: make([]subnet.Lease, 0, len(a.leases))}
 	ownKey := a.own.Key()
 	for k, l := range a.leases {
-		if k != ownKey && l.Subnet != a.own.Subnet {
+		if k != ownKey && !sameSubnet(l, *a.own) {
 			cfg.Peers = append(cfg.Peers, l)
 		}
 	}
@@ -547,6 +506,12 @@ func (a *agent) desired() *backend.Config {
 	a.health.metrics.lat.take()
 	a.takenGen = a.needGen
 	return cfg
+}
+
+// sameSubnet reports whether lease l claims a subnet of own's, of either family (a stale key of the own
+// subnet, never a peer).
+func sameSubnet(l, own subnet.Lease) bool {
+	return (own.Subnet.IsValid() && l.Subnet == own.Subnet) || (own.IPv6Subnet.IsValid() && l.IPv6Subnet == own.IPv6Subnet)
 }
 
 // change returns the lease changes since the data path last took them in, for backend.Updater, and clears
@@ -565,7 +530,7 @@ func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
 	for k := range a.changed {
 		l, present := a.leases[k]
 		switch {
-		case k == ownKey || (present && l.Subnet == a.own.Subnet):
+		case k == ownKey || (present && sameSubnet(l, *a.own)):
 			return nil, 0, false
 		case present:
 			ch.Put = append(ch.Put, l)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/subnet/etcdstore"
 	"github.com/weft-net/weft/subnet/etcdstore/etcdtest"
 )
 
@@ -63,7 +64,7 @@ func TestStartWaitsForEtcd(t *testing.T) {
 			t.Parallel()
 			srv := etcdtest.Start(t)
 			cfg := Config{
-				Etcd:       etcdFlags{Endpoints: srv.Endpoints(), Prefix: "/weft/start"},
+				Etcd:       etcdstore.Config{Endpoints: srv.Endpoints(), Prefix: "/weft/start"},
 				SubnetFile: filepath.Join(t.TempDir(), "subnet.env"),
 				LeaseTTL:   time.Minute,
 				Reconcile:  time.Second,
@@ -129,7 +130,7 @@ func TestOneAgentPerSubnetFile(t *testing.T) {
 	srv := etcdtest.Start(t)
 	srv.Stop() // the first agent waits for etcd: it is running but gets no further
 	cfg := Config{
-		Etcd:       etcdFlags{Endpoints: srv.Endpoints(), Prefix: "/weft/lock"},
+		Etcd:       etcdstore.Config{Endpoints: srv.Endpoints(), Prefix: "/weft/lock"},
 		SubnetFile: filepath.Join(t.TempDir(), "subnet.env"),
 		LeaseTTL:   time.Minute,
 		Reconcile:  time.Second,

@@ -291,6 +291,10 @@ func (r benchRow) gbps4() float64 { return median(r.Runs4) / 1e9 }
 func (r benchRow) rttMedian() float64 { return ms(percentile(r.RTTs, 50)) }
 func (r benchRow) rttP99() float64    { return ms(percentile(r.RTTs, 99)) }
 
+func usText(d time.Duration) string {
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // benchMachine describes where the bench ran.

@@ -43,6 +43,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdBench(ctx, args[1:], stdout, stderr)
 	case "bench-scale":
 		err = cmdBenchScale(ctx, args[1:], stdout, stderr)
+	case "bench-wakeup":
+		err = cmdBenchWakeup(ctx, args[1:], stdout, stderr)
 	case "bench-scale-node":
 		err = cmdBenchScaleNode(ctx, args[1:], stdout, stderr)
 	case "etcd":

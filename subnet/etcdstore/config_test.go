@@ -182,6 +182,48 @@ func TestNetworkConfigKey(t *testing.T) {
 	}
 }
 
+// TestWaitConfig checks WaitConfig's retries: a missing config is reported (wrapping subnet.ErrNoConfig) and
+// waited for; once an operator writes it, it is returned. On a closed store WaitConfig ends with ErrClosed.
+func TestWaitConfig(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	reports := make(chan error, 100)
+	done := make(chan error, 1)
+	go func() {
+		cfg, err := st.WaitConfig(testCtx(t, 30*time.Second), func(err error) { reports <- err })
+		if err == nil && cfg.Network.String() != "10.5.0.0/16" {
+			err = fmt.Errorf("got network %s, want 10.5.0.0/16", cfg.Network)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-reports:
+		if !errors.Is(err, subnet.ErrNoConfig) {
+			t.Errorf("first report %v, want subnet.ErrNoConfig", err)
+		}
+	case err := <-done:
+		t.Fatalf("WaitConfig returned %v without a config", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no report of the missing config")
+	}
+	setConfig(t, st, net16)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("WaitConfig: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitConfig did not return the config written")
+	}
+
+	closed := newStore(t, srv)
+	closed.Close()
+	if _, err := closed.WaitConfig(testCtx(t, 10*time.Second), nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("WaitConfig on a closed store: %v, want ErrClosed", err)
+	}
+}
+
 func TestLeasesExpiry(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)

@@ -18,11 +18,16 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
+// fullRetry is how often Hold tries again in a full network: only an operator can free a subnet, and a
+// shorter backoff would only log more.
+const fullRetry = 10 * time.Second
+
 // maxAcquireAttempts bounds how often one acquisition re-lists after losing a race for a subnet.
 const maxAcquireAttempts = 20
 
-// errIPv6Only is returned by Hold for a network config with IPv4 disabled.
-var errIPv6Only = errors.New("IPv6-only networks (EnableIPv4 false) are not supported: lease keys are named by their IPv4 subnet")
+// errNoPublicIP is returned by Hold when the request lacks the public address of a family the network
+// config enables.
+var errNoPublicIP = errors.New("no public address for an address family the network config enables")
 
 // held is a lease this store holds.
 type held struct {
@@ -51,6 +56,9 @@ func (h *held) done() <-chan struct{} {
 // every (re)acquisition and when an operator turns it into a reservation (held true), and with the lost
 // lease (held false) before acquiring again.
 //
+// In an IPv6-only network (EnableIPv4 false) leases are keyed "0.0.0.0-0&<v6>-<len6>", as flannel writes
+// them, PublicIP is written as 0.0.0.0, and a node's own lease is found by PublicIPv6 instead of PublicIP.
+//
 // Acquisition order: (1) an existing lease whose PublicIP is req.Attrs.PublicIP and that fits the config is
 // re-written with req.Attrs (a reservation stays one; an ordinary lease gets a fresh etcd lease of ours),
 // unless another node (another Attrs.NodeID) holds it under a live etcd lease;
@@ -60,15 +68,22 @@ func (h *held) done() <-chan struct{} {
 // While held, an etcd keepalive renews the etcd lease. If the keepalive ends, or the key is deleted or
 // re-written by another holder (another PublicIP, or another etcd lease: a twin), Hold logs a warning and
 // acquires again, preferring the same subnet unless a twin holds it. If
-// etcd is unreachable, or the config is missing or invalid, it logs and retries with backoff.
+// etcd is unreachable, the config is missing or invalid, or the network is full (logged as an error: an
+// operator must free a subnet), it logs and retries with backoff.
 //
 // Hold returns nil when ctx ends, leaving the key and its etcd lease in place (the lease then expires after
-// its TTL unless the node comes back). It returns an error only when it cannot go on: a *subnet.NetworkFullError,
-// an invalid req, an IPv6-only config, a stored config that differs from req.Config (subnet.ErrConfigChanged),
-// or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+// its TTL unless the node comes back). It returns an error only when retrying cannot help: an invalid req
+// (no public address of an enabled family), a stored config that differs from req.Config
+// (subnet.ErrConfigChanged), or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
+	if !req.Attrs.PublicIP.IsValid() {
+		req.Attrs.PublicIP = netip.IPv4Unspecified() // IPv6 only: as flannel writes it, and as it reads back
+	}
 	if !req.Attrs.PublicIP.Is4() {
 		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
+	}
+	if a := req.Attrs.PublicIPv6; a.IsValid() && (!a.Is6() || a.Is4In6()) {
+		return fmt.Errorf("hold lease: PublicIPv6 %s: must be an IPv6 address", a)
 	}
 	value, err := json.Marshal(req.Attrs)
 	if err != nil {
@@ -78,6 +93,9 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 		fn = func(subnet.Lease, bool) {}
 	}
 	log := s.log.With("public_ip", req.Attrs.PublicIP)
+	if req.Attrs.PublicIPv6.IsValid() {
+		log = log.With("public_ipv6", req.Attrs.PublicIPv6)
+	}
 	prev, prev6 := req.Prev.Masked(), req.PrevIPv6.Masked()
 	var bo backoff
 	for {
@@ -89,17 +107,21 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 			return nil
 		}
 		if err != nil {
-			var full *subnet.NetworkFullError
-			if errors.As(err, &full) || errors.Is(err, errIPv6Only) || errors.Is(err, subnet.ErrConfigChanged) {
+			if errors.Is(err, errNoPublicIP) || errors.Is(err, subnet.ErrConfigChanged) {
 				return err
 			}
 			if s.closed() {
 				return fmt.Errorf("hold lease: %w", ErrClosed)
 			}
 			d := bo.next()
-			if errors.Is(err, subnet.ErrNoConfig) {
+			var full *subnet.NetworkFullError
+			switch {
+			case errors.Is(err, subnet.ErrNoConfig):
 				log.Warn("network config missing; waiting for an operator to create it", "key", s.configKey(), "retry_in", d)
-			} else {
+			case errors.As(err, &full):
+				d = fullRetry
+				log.Error("cannot acquire a lease; retrying", "err", err, "retry_in", d)
+			default:
 				log.Warn("acquire lease failed; retrying", "err", err, "retry_in", d)
 			}
 			if !sleep(ctx, d) {
@@ -214,8 +236,12 @@ func (s *Store) acquire(ctx context.Context, log *slog.Logger, want *subnet.Conf
 			return nil, fmt.Errorf("acquire lease: etcd key %s: %w: %s", s.configKey(), subnet.ErrConfigChanged, d)
 		}
 	}
-	if !cfg.EnableIPv4 {
-		return nil, fmt.Errorf("hold lease: %w", errIPv6Only)
+	switch {
+	case cfg.EnableIPv4 && attrs.PublicIP.IsUnspecified():
+		return nil, fmt.Errorf("hold lease: the network config enables IPv4 (Network %s) and PublicIP is unset: %w", cfg.Network, errNoPublicIP)
+	case !cfg.EnableIPv4 && !attrs.PublicIPv6.IsValid():
+		// In dual stack a lease without PublicIPv6 is only unreachable over IPv6; IPv6 only, it names the node.
+		return nil, fmt.Errorf("hold lease: the network config is IPv6-only (IPv6Network %s) and PublicIPv6 is unset: %w", cfg.IPv6Network, errNoPublicIP)
 	}
 	g := &leaseGrant{s: s}
 	defer g.drop(ctx) // a lease granted but not taken
@@ -228,7 +254,7 @@ func (s *Store) acquire(ctx context.Context, log *slog.Logger, want *subnet.Conf
 			return nil, err
 		}
 		// (1) Our own lease from before.
-		if own := findOwn(entries, cfg, attrs, prev); own != nil {
+		if own := findOwn(entries, cfg, attrs, prev, prev6); own != nil {
 			var opts []clientv3.OpOption
 			id := clientv3.NoLease
 			if !own.lease.Reservation {
@@ -327,25 +353,30 @@ func (s *Store) lostIPv6Race(ctx context.Context, key string, v6 netip.Prefix, r
 	return false, nil
 }
 
-// findOwn returns the readable lease of attrs' PublicIP that fits cfg: a reservation first, then the previous
-// subnet, then the first by key. Nil if none. A key held under a live etcd lease by another node (a NodeID
+// findOwn returns the readable lease of attrs' PublicIP (PublicIPv6 in an IPv6-only network) that fits cfg:
+// a reservation first, then the previous subnet, then the first by key. Nil if none. A key held under a live etcd lease by another node (a NodeID
 // that differs from attrs.NodeID, both set) is not ours, even with our PublicIP: two nodes behind one NAT
 // address each keep their own. A key without a NodeID (flanneld's, or an older weftd's) is taken by PublicIP.
-func findOwn(entries []entry, cfg *subnet.Config, attrs subnet.Attrs, prev netip.Prefix) *entry {
-	publicIP := attrs.PublicIP
+func findOwn(entries []entry, cfg *subnet.Config, attrs subnet.Attrs, prev, prev6 netip.Prefix) *entry {
+	ours := func(a subnet.Attrs) bool { return a.PublicIP == attrs.PublicIP }
+	isPrev := func(l subnet.Lease) bool { return l.Subnet == prev }
+	if !cfg.EnableIPv4 {
+		ours = func(a subnet.Attrs) bool { return a.PublicIPv6 == attrs.PublicIPv6 }
+		isPrev = func(l subnet.Lease) bool { return l.IPv6Subnet == prev6 }
+	}
 	var best *entry
 	rank := func(e *entry) int {
 		switch {
 		case e.lease.Reservation:
 			return 2
-		case e.lease.Subnet == prev:
+		case isPrev(e.lease):
 			return 1
 		}
 		return 0
 	}
 	for i := range entries {
 		e := &entries[i]
-		if e.err != nil || e.lease.Attrs.PublicIP != publicIP || !cfg.Fits(e.lease) || otherNode(e, attrs.NodeID) {
+		if e.err != nil || !ours(e.lease.Attrs) || !cfg.Fits(e.lease) || otherNode(e, attrs.NodeID) {
 			continue
 		}
 		if best == nil || rank(e) > rank(best) {
@@ -385,6 +416,14 @@ func choose(cfg *subnet.Config, entries []entry, prev, prev6 netip.Prefix) (subn
 			return p, &subnet.NetworkFullError{Network: cfg.Network, SubnetLen: cfg.SubnetLen, Leases: len(taken)}
 		}
 		return p, nil
+	}
+	if !cfg.EnableIPv4 {
+		// IPv6 only: the key names no IPv4 subnet.
+		if prev6.IsValid() && free(prev6, taken6) && cfg.Fits(subnet.Lease{IPv6Subnet: prev6}) {
+			return subnet.Lease{IPv6Subnet: prev6}, nil
+		}
+		p, err := pick(true)
+		return subnet.Lease{IPv6Subnet: p}, err
 	}
 	if prev.IsValid() && free(prev, taken4) {
 		l := subnet.Lease{Subnet: prev}
@@ -523,6 +562,8 @@ func (s *Store) ownKeyWritten(ctx context.Context, log *slog.Logger, h *held, kv
 		return fmt.Sprintf("lease key re-written with an unreadable value: %v", e.err)
 	case e.lease.Attrs.PublicIP != h.lease.Attrs.PublicIP:
 		return fmt.Sprintf("lease key taken over by public IP %s", e.lease.Attrs.PublicIP)
+	case e.lease.Attrs.PublicIPv6 != h.lease.Attrs.PublicIPv6:
+		return fmt.Sprintf("lease key taken over by public IPv6 %s", e.lease.Attrs.PublicIPv6)
 	case e.etcdLease == h.leaseID():
 		// Our own write, or a harmless update.
 	case e.etcdLease == clientv3.NoLease:

@@ -3,6 +3,8 @@ package etcdstore
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
@@ -62,37 +64,54 @@ func TestConcurrentAcquire(t *testing.T) {
 	}
 }
 
+// TestNetworkFull checks that Hold retries a full network by itself: it logs an error naming the network,
+// the subnet length and the lease count, neither returns nor delivers, and takes the first subnet freed.
 func TestNetworkFull(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	var logs lockedBuffer
 	st := newStore(t, srv)
+	full, err := New(Config{Endpoints: srv.Endpoints(), RequestTimeout: 5 * time.Second},
+		slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { full.Close() })
 	setConfig(t, st, net4)
-	got := map[netip.Prefix]bool{}
+	got := map[netip.Prefix]*holder{}
 	for i := range 4 {
-		l := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs(fmt.Sprintf("198.51.100.%d", i+1))}).next(t, 10*time.Second)
-		got[l.Subnet] = true
+		h := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs(fmt.Sprintf("198.51.100.%d", i+1))})
+		got[h.next(t, 10*time.Second).Subnet] = h
 	}
 	if len(got) != 4 {
 		t.Fatalf("four holders got %d distinct subnets: %v", len(got), got)
 	}
-	h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.5")})
-	var err error
+	h := startHold(t, full, subnet.AcquireRequest{Attrs: attrs("198.51.100.5")})
+	eventually(t, 10*time.Second, "the fifth Hold logs an error", func() bool { return strings.Contains(logs.String(), "level=ERROR") })
+	for _, want := range []string{"network full", "10.6.0.0/22", "/24", "4 leases"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the fifth Hold's log does not mention %q:\n%s", want, logs.String())
+		}
+	}
 	select {
-	case err = <-h.done:
+	case err := <-h.done:
+		close(h.done)
+		t.Fatalf("fifth Hold returned %v in a full network; want it to keep retrying", err)
 	case l := <-h.leases:
 		t.Fatalf("fifth holder got %s in a full network", l.Subnet)
-	case <-time.After(10 * time.Second):
-		t.Fatal("fifth Hold did not fail")
+	case <-time.After(time.Second):
 	}
-	close(h.done)
-	var full *subnet.NetworkFullError
-	if !errors.As(err, &full) {
-		t.Fatalf("fifth Hold: %v, want a *subnet.NetworkFullError", err)
+
+	freed := netip.MustParsePrefix("10.6.2.0/24")
+	if err := got[freed].stop(t); err != nil {
+		t.Errorf("Hold after its context ended: %v, want nil", err)
 	}
-	for _, want := range []string{"10.6.0.0/22", "/24", "4 leases"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not mention %q", err, want)
-		}
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), subnetsPrefix+"10.6.2.0-24"); err != nil {
+		t.Fatal(err)
+	}
+	if l := h.next(t, 15*time.Second); l.Subnet != freed {
+		t.Errorf("fifth Hold got %s once %s was freed", l.Subnet, freed)
 	}
 }
 
@@ -393,6 +412,79 @@ func TestDualStack(t *testing.T) {
 	l2 := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("198.51.100.2"), Prev: netip.MustParsePrefix("10.5.7.0/24")}).next(t, 10*time.Second)
 	if l2.Subnet == l.Subnet || l2.IPv6Subnet == l.IPv6Subnet || !l2.IPv6Subnet.IsValid() {
 		t.Errorf("second node got %s & %s next to %s & %s", l2.Subnet, l2.IPv6Subnet, l.Subnet, l.IPv6Subnet)
+	}
+}
+
+// TestIPv6Only acquires leases in an IPv6-only network as flanneld keys them ("0.0.0.0-0&<v6>-<len>", PublicIP
+// 0.0.0.0), takes the previous IPv6 subnet, finds a node's own lease again by PublicIPv6, gives a second node
+// another subnet, and refuses a node without PublicIPv6.
+func TestIPv6Only(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	setConfig(t, st, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	v6attrs := func(ip6 string) subnet.Attrs {
+		return subnet.Attrs{PublicIPv6: netip.MustParseAddr(ip6), BackendType: "vxlan", BackendV6Data: []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}`)}
+	}
+	prev6 := netip.MustParsePrefix("fd00:5:0:7::/64")
+	h := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::1"), PrevIPv6: prev6})
+	l := h.next(t, 10*time.Second)
+	if l.Subnet.IsValid() || l.IPv6Subnet != prev6 {
+		t.Fatalf("got %s & %s, want no IPv4 subnet and the previous IPv6 subnet %s", l.Subnet, l.IPv6Subnet, prev6)
+	}
+	key := subnetsPrefix + "0.0.0.0-0&fd00:5:0:7::-64"
+	v, _, _, ok := rawGet(t, srv.Client(t), key)
+	if want := `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}`; !ok || v != want {
+		t.Errorf("key %s = %q (present %t), want %s", key, v, ok, want)
+	}
+	l2 := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::2"), PrevIPv6: prev6}).next(t, 10*time.Second)
+	if l2.Subnet.IsValid() || !l2.IPv6Subnet.IsValid() || l2.IPv6Subnet == l.IPv6Subnet {
+		t.Errorf("second node got %s & %s next to %s", l2.Subnet, l2.IPv6Subnet, l.IPv6Subnet)
+	}
+	// The first node, restarted without its env file, finds its lease by PublicIPv6.
+	if err := h.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if again := startHold(t, st, subnet.AcquireRequest{Attrs: v6attrs("2001:db8::1")}).next(t, 10*time.Second); again.IPv6Subnet != prev6 {
+		t.Errorf("restarted node got %s, want its lease %s again", again.IPv6Subnet, prev6)
+	}
+	ctx := testCtx(t, 10*time.Second)
+	err := st.Hold(ctx, subnet.AcquireRequest{Attrs: attrs("198.51.100.3")}, nil)
+	if !errors.Is(err, errNoPublicIP) {
+		t.Errorf("Hold without PublicIPv6 in an IPv6-only network = %v, want errNoPublicIP", err)
+	}
+}
+
+// TestReserveIPv6Only: in an IPv6-only network an IPv6 subnet is reserved for a node's PublicIPv6 (key and
+// value as flannel writes an IPv6-only lease), the node takes the reservation and it stays one; another
+// node's address conflicts, and an IPv6 subnet in a dual-stack network is refused.
+func TestReserveIPv6Only(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	st := newStore(t, srv)
+	ctx := testCtx(t, 30*time.Second)
+	setConfig(t, st, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	p, ip := netip.MustParsePrefix("fd00:5:0:70::/64"), netip.MustParseAddr("2001:db8::70")
+	if err := st.Reserve(ctx, p, ip); err != nil {
+		t.Fatal(err)
+	}
+	key := subnetsPrefix + "0.0.0.0-0&fd00:5:0:70::-64"
+	if v, lease, _, ok := rawGet(t, srv.Client(t), key); !ok || lease != clientv3.NoLease || v != `{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::70"}` {
+		t.Errorf("reservation key %s = %q (lease %x, present %t)", key, v, lease, ok)
+	}
+	if err := st.Reserve(ctx, p, netip.MustParseAddr("2001:db8::71")); !errors.Is(err, ErrConflict) {
+		t.Errorf("reserve for another node = %v, want ErrConflict", err)
+	}
+	l := startHold(t, st, subnet.AcquireRequest{Attrs: subnet.Attrs{PublicIPv6: ip, BackendType: "vxlan"}}).next(t, 10*time.Second)
+	if l.IPv6Subnet != p || !l.Reservation {
+		t.Errorf("node took %s (reservation %t), want the reservation %s", l.IPv6Subnet, l.Reservation, p)
+	}
+	if err := st.Unreserve(ctx, p); err != nil {
+		t.Errorf("unreserve by the IPv6 subnet: %v", err)
+	}
+	setConfig(t, st, `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}`)
+	if err := st.Reserve(ctx, netip.MustParsePrefix("fd00:5:0:71::/64"), ip); err == nil || !strings.Contains(err.Error(), "reserve the node's IPv4 subnet") {
+		t.Errorf("reserve an IPv6 subnet in dual stack = %v, want a pointer to the IPv4 subnet", err)
 	}
 }
 

@@ -40,7 +40,7 @@ var (
 	ErrNotReservation = errors.New("lease is not a reservation")
 	// ErrConflict means the subnet is held by another node, or its key changed while we updated it.
 	ErrConflict = errors.New("lease conflict")
-	// ErrClosed is returned by Hold and Watch when the store is closed while they run.
+	// ErrClosed is returned by WaitConfig, Hold and Watch when the store is closed while they run.
 	ErrClosed = errors.New("etcd store closed")
 )
 
@@ -149,6 +149,19 @@ func (s *Store) Config(ctx context.Context) (*subnet.Config, error) {
 		return nil, fmt.Errorf("etcd key %s: %w", s.configKey(), err)
 	}
 	return cfg, nil
+}
+
+// WaitConfig implements subnet.Store: Config until it succeeds (subnet.PollConfig), reporting each failure,
+// with an unreachable etcd explained (see Explain).
+func (s *Store) WaitConfig(ctx context.Context, report func(error)) (*subnet.Config, error) {
+	cfg, err := subnet.PollConfig(ctx, s.cli.Ctx().Done(), func(ctx context.Context) (*subnet.Config, error) {
+		cfg, err := s.Config(ctx)
+		return cfg, s.Explain(ctx, err)
+	}, report)
+	if err != nil && ctx.Err() == nil && s.closed() {
+		return nil, fmt.Errorf("read etcd key %s: %w", s.configKey(), ErrClosed)
+	}
+	return cfg, err
 }
 
 // RawConfig returns the network config's JSON as stored. A missing key gives an error wrapping
@@ -308,10 +321,11 @@ func (s *Store) Leases(ctx context.Context) ([]subnet.Lease, error) {
 	return out, nil
 }
 
-// findSubnet returns the entry whose key names IPv4 subnet p (see entry.claim4), or nil.
+// findSubnet returns the entry whose key names IPv4 subnet p (see entry.claim4), or for an IPv6 p the
+// entry whose key names IPv6 subnet p; nil if none.
 func findSubnet(entries []entry, p netip.Prefix) *entry {
 	for i := range entries {
-		if entries[i].claim4 == p {
+		if entries[i].claim4 == p || (p.Addr().Is6() && entries[i].lease.IPv6Subnet == p) {
 			return &entries[i]
 		}
 	}
@@ -333,6 +347,11 @@ func takenLeases(entries []entry) []subnet.Lease {
 // unclaimed returns transaction conditions that hold while no key names l's IPv4 subnet ("<v4>" or
 // "<v4>&...") and l's own key does not exist: the guard of a claim.
 func (s *Store) unclaimed(l subnet.Lease) []clientv3.Cmp {
+	if !l.Subnet.IsValid() {
+		// IPv6 only: every such key starts "0.0.0.0-0&"; the key itself is the guard, and a claim of the same
+		// IPv6 subnet under another key name is caught after the fact (lostIPv6Race).
+		return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(s.leaseKey(l)), "=", 0)}
+	}
 	v4Key := s.subnetsPrefix() + subnet.KeyName(l.Subnet, netip.Prefix{})
 	return []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(s.leaseKey(l)), "=", 0),
@@ -346,7 +365,12 @@ func (s *Store) unclaimed(l subnet.Lease) []clientv3.Cmp {
 // another node is an ErrConflict. If p is free it must fit the network config; in a dual-stack network a free
 // IPv6 subnet is reserved along with it. The value of a new reservation holds only PublicIP, as flannel's
 // documentation suggests; the node fills in its backend data when it takes the lease.
+//
+// In an IPv6-only network p is an IPv6 subnet and publicIP the node's PublicIPv6 (see reserve6).
 func (s *Store) Reserve(ctx context.Context, p netip.Prefix, publicIP netip.Addr) error {
+	if p.IsValid() && p.Addr().Is6() {
+		return s.reserve6(ctx, p, publicIP)
+	}
 	if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {
 		return fmt.Errorf("reserve %s: want a masked IPv4 subnet", p)
 	}
@@ -360,25 +384,7 @@ func (s *Store) Reserve(ctx context.Context, p netip.Prefix, publicIP netip.Addr
 	rctx, cancel := s.reqCtx(ctx)
 	defer cancel()
 	if e := findSubnet(entries, p); e != nil {
-		switch {
-		case e.err != nil:
-			return fmt.Errorf("reserve %s: key is unreadable, not changing it: %w", p, e.err)
-		case e.lease.Attrs.PublicIP != publicIP:
-			return fmt.Errorf("reserve %s for %s: etcd key %s is held by %s: %w", p, publicIP, e.key, e.lease.Attrs.PublicIP, ErrConflict)
-		case e.lease.Reservation:
-			return nil
-		}
-		resp, err := s.cli.Txn(rctx).
-			If(clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)).
-			Then(clientv3.OpPut(e.key, string(e.value))).Commit()
-		if err != nil {
-			return fmt.Errorf("reserve %s: update etcd key %s: %w", p, e.key, err)
-		}
-		if !resp.Succeeded {
-			return fmt.Errorf("reserve %s: etcd key %s changed meanwhile: %w", p, e.key, ErrConflict)
-		}
-		s.log.Info("lease converted to a reservation", "key", e.key, "public_ip", publicIP)
-		return nil
+		return s.reserveExisting(rctx, e, p, publicIP, e.lease.Attrs.PublicIP)
 	}
 	cfg, err := s.Config(ctx)
 	if err != nil {
@@ -396,20 +402,87 @@ func (s *Store) Reserve(ctx context.Context, p netip.Prefix, publicIP netip.Addr
 	if !cfg.Fits(l) {
 		return fmt.Errorf("reserve %s: outside the network config's allocatable range %s-%s /%d", p, cfg.SubnetMin, cfg.SubnetMax, cfg.SubnetLen)
 	}
+	return s.createReservation(rctx, p, l)
+}
+
+// createReservation creates the key of lease l (for subnet p) without an etcd lease, if no key claims it.
+func (s *Store) createReservation(ctx context.Context, p netip.Prefix, l subnet.Lease) error {
 	value, err := json.Marshal(l.Attrs)
 	if err != nil {
 		return fmt.Errorf("reserve %s: %w", p, err)
 	}
 	key := s.leaseKey(l)
-	resp, err := s.cli.Txn(rctx).If(s.unclaimed(l)...).Then(clientv3.OpPut(key, string(value))).Commit()
+	resp, err := s.cli.Txn(ctx).If(s.unclaimed(l)...).Then(clientv3.OpPut(key, string(value))).Commit()
 	if err != nil {
 		return fmt.Errorf("reserve %s: create etcd key %s: %w", p, key, err)
 	}
 	if !resp.Succeeded {
 		return fmt.Errorf("reserve %s: a key for it was created meanwhile: %w", p, ErrConflict)
 	}
-	s.log.Info("reservation created", "key", key, "public_ip", publicIP)
+	log := s.log.With("key", key, "public_ip", l.Attrs.PublicIP)
+	if l.Attrs.PublicIPv6.IsValid() {
+		log = log.With("public_ipv6", l.Attrs.PublicIPv6)
+	}
+	log.Info("reservation created")
 	return nil
+}
+
+// reserveExisting converts e, the key of subnet p, into a reservation (keeping its value) for the node
+// with publicIP; holder is the address of that family in e's lease. Another holder is an ErrConflict, a
+// reservation already is left as it is.
+func (s *Store) reserveExisting(ctx context.Context, e *entry, p netip.Prefix, publicIP, holder netip.Addr) error {
+	switch {
+	case e.err != nil:
+		return fmt.Errorf("reserve %s: key is unreadable, not changing it: %w", p, e.err)
+	case holder != publicIP:
+		return fmt.Errorf("reserve %s for %s: etcd key %s is held by %s: %w", p, publicIP, e.key, holder, ErrConflict)
+	case e.lease.Reservation:
+		return nil
+	}
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(e.key), "=", e.modRev)).
+		Then(clientv3.OpPut(e.key, string(e.value))).Commit()
+	if err != nil {
+		return fmt.Errorf("reserve %s: update etcd key %s: %w", p, e.key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("reserve %s: etcd key %s changed meanwhile: %w", p, e.key, ErrConflict)
+	}
+	s.log.Info("lease converted to a reservation", "key", e.key, "public_ip", publicIP)
+	return nil
+}
+
+// reserve6 is Reserve in an IPv6-only network: IPv6 subnet p for the node with PublicIPv6 publicIP. The key
+// is "0.0.0.0-0&<p>" and the value holds PublicIP 0.0.0.0 and PublicIPv6, as flannel writes an IPv6-only
+// lease; an existing lease of p held by publicIP is converted in place.
+func (s *Store) reserve6(ctx context.Context, p netip.Prefix, publicIP netip.Addr) error {
+	if p.Masked() != p {
+		return fmt.Errorf("reserve %s: want a masked IPv6 subnet", p)
+	}
+	if !publicIP.Is6() || publicIP.Is4In6() {
+		return fmt.Errorf("reserve %s: public IP %s: must be the node's IPv6 address", p, publicIP)
+	}
+	cfg, err := s.Config(ctx)
+	if err != nil {
+		return fmt.Errorf("reserve %s: %w", p, err)
+	}
+	if cfg.EnableIPv4 {
+		return fmt.Errorf("reserve %s: the network has IPv4 (Network %s): reserve the node's IPv4 subnet; its IPv6 subnet comes with it", p, cfg.Network)
+	}
+	entries, _, err := s.list(ctx)
+	if err != nil {
+		return fmt.Errorf("reserve %s: %w", p, err)
+	}
+	rctx, cancel := s.reqCtx(ctx)
+	defer cancel()
+	if e := findSubnet(entries, p); e != nil {
+		return s.reserveExisting(rctx, e, p, publicIP, e.lease.Attrs.PublicIPv6)
+	}
+	l := subnet.Lease{IPv6Subnet: p, Attrs: subnet.Attrs{PublicIP: netip.IPv4Unspecified(), PublicIPv6: publicIP}}
+	if !cfg.Fits(l) {
+		return fmt.Errorf("reserve %s: outside the network config's allocatable range %s-%s /%d", p, cfg.IPv6SubnetMin, cfg.IPv6SubnetMax, cfg.IPv6SubnetLen)
+	}
+	return s.createReservation(rctx, p, l)
 }
 
 // Unreserve deletes the reservation of subnet p (even one with an unreadable value). It refuses an ordinary
@@ -423,7 +496,7 @@ func (s *Store) Unreserve(ctx context.Context, p netip.Prefix) error {
 	})
 }
 
-// DeleteLease deletes the key holding IPv4 subnet p, lease or reservation, even one with an unreadable value.
+// DeleteLease deletes the key holding subnet p (IPv4, or IPv6 for a dual-stack or IPv6-only lease), lease or reservation, even one with an unreadable value.
 // A node still running re-acquires a subnet (preferring the same one); stop its agent first to evict it. A
 // missing key is ErrNotFound.
 func (s *Store) DeleteLease(ctx context.Context, p netip.Prefix) error {

@@ -3,6 +3,8 @@ package etcdstore
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -211,17 +213,25 @@ func TestUnreadableKeys(t *testing.T) {
 		t.Errorf("got %s, want the one free subnet 10.6.3.0/24", l.Subnet)
 	}
 	w.waitFor(t, "10.6.1.0/24=198.51.100.1 10.6.3.0/24=198.51.100.3")
-	h := startHold(t, newStore(t, srv), subnet.AcquireRequest{Attrs: attrs("198.51.100.4")})
+	// A full network is Hold's to retry: it logs an error naming the leases, and neither returns nor delivers.
+	var logs lockedBuffer
+	full, err := New(Config{Endpoints: srv.Endpoints(), RequestTimeout: 5 * time.Second},
+		slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { full.Close() })
+	h := startHold(t, full, subnet.AcquireRequest{Attrs: attrs("198.51.100.4")})
+	eventually(t, 10*time.Second, "Hold logs the full network", func() bool {
+		return strings.Contains(logs.String(), "level=ERROR") && strings.Contains(logs.String(), "(5 leases exist)")
+	})
 	select {
 	case err := <-h.done:
 		close(h.done)
-		if err == nil || !strings.Contains(err.Error(), "(5 leases exist)") {
-			t.Errorf("Hold in a full network: %v, want network full with 5 leases (all keys naming a subnet)", err)
-		}
+		t.Errorf("Hold in a full network returned %v; want it to keep retrying", err)
 	case l := <-h.leases:
 		t.Errorf("got %s in a full network", l.Subnet)
-	case <-time.After(10 * time.Second):
-		t.Error("Hold in a full network did not fail")
+	case <-time.After(time.Second):
 	}
 	// Operations on a subnet named by an unreadable key refuse, or leave it alone.
 	if err := st.Reserve(testCtx(t, 5*time.Second), netip.MustParsePrefix("10.6.2.0/24"), netip.MustParseAddr("198.51.100.9")); err == nil {
@@ -242,6 +252,13 @@ func TestUnreadableKeys(t *testing.T) {
 		if got, _, rev, ok := rawGet(t, cli, k); !ok || got != v || rev != revs[k] {
 			t.Errorf("unreadable key %s was changed: %q rev %d", k, got, rev)
 		}
+	}
+	// Once a key that takes a subnet goes, the Hold still retrying takes that subnet.
+	if _, err := cli.Delete(testCtx(t, 5*time.Second), subnetsPrefix+"10.6.0.0-24"); err != nil {
+		t.Fatal(err)
+	}
+	if l := h.next(t, 15*time.Second); l.Subnet.String() != "10.6.0.0/24" {
+		t.Errorf("Hold after a subnet was freed got %s, want 10.6.0.0/24", l.Subnet)
 	}
 }
 

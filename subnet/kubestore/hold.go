@@ -30,25 +30,35 @@ func (e *apiError) Unwrap() error { return e.err }
 // req's PublicIP), sets NetworkUnavailable=False if configured, and calls fn(lease, true).
 //
 // While the Node has no pod CIDR, or one outside the network, or does not exist, Hold waits and says so
-// (flanneld exits instead). Afterwards it follows the Node: annotations removed or changed by someone else
-// are written again; if the Node is deleted or its pod CIDR changes, fn(old, false) is called and the lease
-// is taken again from the Node as it is then. A failed write is retried with backoff.
+// (flanneld exits instead); so it does while the network config file is missing or invalid. Afterwards it
+// follows the Node: annotations removed or changed by someone else are written again; if the Node is deleted
+// or its pod CIDR changes, fn(old, false) is called and the lease is taken again from the Node as it is
+// then. A failed write is retried with backoff.
 //
-// Hold returns nil when ctx ends, leaving the annotations in place; an error for an invalid req, an
-// IPv6-only network config, or ErrClosed. fn runs on Hold's goroutine; nil means no callback.
+// In an IPv6-only network the Node's IPv6 pod CIDR is the lease, PublicIPv6 is required, and neither
+// public-ip nor backend-data is written (as flanneld's vxlan does).
+//
+// Hold returns nil when ctx ends, leaving the annotations in place; an error only for what retrying cannot
+// fix: an invalid req (no IPv4 PublicIP, or IPv6 only no PublicIPv6), or ErrClosed. fn runs on Hold's
+// goroutine; nil means no callback.
 func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.HoldFunc) error {
-	if !req.Attrs.PublicIP.Is4() {
-		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", req.Attrs.PublicIP)
-	}
 	if fn == nil {
 		fn = func(subnet.Lease, bool) {}
 	}
 	cfg, err := s.netConfig(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("hold lease: %w", err)
 	}
-	if !cfg.EnableIPv4 {
-		return errors.New("hold lease: IPv6-only networks (EnableIPv4 false) are not supported yet")
+	switch pub, pub6 := req.Attrs.PublicIP, req.Attrs.PublicIPv6; {
+	case cfg.EnableIPv4 && !pub.Is4():
+		return fmt.Errorf("hold lease: PublicIP %s: must be an IPv4 address", pub)
+	case !cfg.EnableIPv4 && (!pub6.Is6() || pub6.Is4In6()):
+		return fmt.Errorf("hold lease: IPv6-only network: PublicIPv6 %s: must be an IPv6 address", pub6)
+	case !cfg.EnableIPv4:
+		req.Attrs.PublicIP = netip.Addr{}
 	}
 	if err := s.waitSynced(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -124,6 +134,9 @@ func (s *Store) announce(ctx context.Context, n *corev1.Node, attrs subnet.Attrs
 		v6 = netip.Prefix{}
 	}
 	pub4, pub6, problems := s.ann.published(n, attrs)
+	if !cfg.EnableIPv4 {
+		pub4 = netip.Addr{}
+	}
 	for _, p := range problems {
 		s.warnOnce("overwrite/"+p, p, func() { s.log.Warn("ignoring an admin annotation", "node", n.Name, "problem", p) })
 	}

@@ -44,7 +44,7 @@ const DefaultNetConfPath = "/etc/kube-flannel/net-conf.json"
 // DefaultRequestTimeout bounds one API request when Config.RequestTimeout is zero.
 const DefaultRequestTimeout = 10 * time.Second
 
-// ErrClosed is returned by Hold and Watch when the store is closed while they run.
+// ErrClosed is returned by WaitConfig, Hold and Watch when the store is closed while they run.
 var ErrClosed = errors.New("kube store closed")
 
 // Config says how to reach the API server and which Node is this one.
@@ -123,6 +123,40 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	rc.UserAgent = "weftd"
 	return newStore(ctx, cfg, rc, ann, log)
 }
+
+// Connect is New, waiting while it fails (the API server does not answer the pod lookup, the kubeconfig is
+// not there yet, ...): it logs an error naming the cause and retries, 1 s growing to ConnectRetryMax apart,
+// until it succeeds or ctx ends (then it returns ctx's error). An invalid AnnotationPrefix, which no retry
+// fixes, is returned at once.
+func Connect(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
+	if cfg.AnnotationPrefix != "" {
+		if _, err := NewAnnotations(cfg.AnnotationPrefix); err != nil {
+			return nil, err
+		}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	delay := time.Second
+	for {
+		s, err := New(ctx, cfg, log)
+		if err == nil {
+			return s, nil
+		}
+		log.Error("cannot open the kube lease store; retrying", "component", "kubestore", "err", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, ConnectRetryMax)
+	}
+}
+
+// ConnectRetryMax is the longest wait between Connect's attempts.
+const ConnectRetryMax = 30 * time.Second
 
 func newStore(ctx context.Context, cfg Config, rc *rest.Config, ann Annotations, log *slog.Logger) (*Store, error) {
 	cli, err := kubernetes.NewForConfig(rc)
@@ -209,7 +243,17 @@ func (s *Store) Config(context.Context) (*subnet.Config, error) {
 	return cfg, nil
 }
 
-// netConfig returns the network config, reading it if Config was not called yet.
+// WaitConfig implements subnet.Store: Config until it succeeds (subnet.PollConfig), reporting each failure.
+func (s *Store) WaitConfig(ctx context.Context, report func(error)) (*subnet.Config, error) {
+	cfg, err := subnet.PollConfig(ctx, s.done, s.Config, report)
+	if err != nil && ctx.Err() == nil && s.closed() {
+		return nil, fmt.Errorf("network config file %s: %w", s.netConf, ErrClosed)
+	}
+	return cfg, err
+}
+
+// netConfig returns the network config, waiting for a valid one (warning once per problem) if Config did
+// not succeed yet. It fails only when ctx ends or the store is closed.
 func (s *Store) netConfig(ctx context.Context) (*subnet.Config, error) {
 	s.mu.Lock()
 	cfg := s.net
@@ -217,7 +261,11 @@ func (s *Store) netConfig(ctx context.Context) (*subnet.Config, error) {
 	if cfg != nil {
 		return cfg, nil
 	}
-	return s.Config(ctx)
+	cfg, err := s.WaitConfig(ctx, func(err error) {
+		s.warnOnce("config", err.Error(), func() { s.log.Warn("cannot use the network config; waiting for it", "err", err) })
+	})
+	s.warnOnce("config", "", nil)
+	return cfg, err
 }
 
 // NodeInfo is what this node's Node says before the lease is taken.

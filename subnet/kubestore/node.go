@@ -160,6 +160,9 @@ func inNetwork(name string, cfg *subnet.Config, v4, v6 netip.Prefix) error {
 			return fmt.Errorf("node %s: pod CIDR %s: not inside the network config's Network %s", name, v4, cfg.Network)
 		}
 	}
+	if !cfg.EnableIPv4 && !v6.IsValid() {
+		return fmt.Errorf("node %s: no IPv6 pod CIDR, but the network config is IPv6 only (IPv6Network %s)", name, cfg.IPv6Network)
+	}
 	if cfg.EnableIPv6 && v6.IsValid() && !contains(cfg.IPv6Network, v6) {
 		return fmt.Errorf("node %s: IPv6 pod CIDR %s: not inside the network config's IPv6Network %s", name, v6, cfg.IPv6Network)
 	}
@@ -258,8 +261,9 @@ func (a Annotations) wantAnnotations(n *corev1.Node, attrs subnet.Attrs, pub4, p
 	want = map[string]string{
 		a.KubeSubnetManager: "true",
 		a.BackendType:       attrs.BackendType,
-		a.BackendData:       dataString(attrs.BackendData),
-		a.PublicIP:          pub4.String(),
+	}
+	if pub4.IsValid() { // none IPv6 only
+		want[a.BackendData], want[a.PublicIP] = dataString(attrs.BackendData), pub4.String()
 	}
 	if pub6.IsValid() {
 		want[a.BackendV6Data] = dataString(attrs.BackendV6Data)

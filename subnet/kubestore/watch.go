@@ -15,8 +15,8 @@ import (
 )
 
 // Watch calls fn with the complete set of leases (this node's included), sorted by subnet, once the Node
-// informer has listed every Node and again after every change that alters the set, until ctx ends (then
-// it returns nil; ErrClosed if the store is closed). Bursts of changes are coalesced into one call. A Node
+// informer has listed every Node (and the network config is valid: it waits for both) and again after every
+// change that alters the set, until ctx ends (then it returns nil; ErrClosed if the store is closed). Bursts of changes are coalesced into one call. A Node
 // counts once it carries the kube-subnet-manager marker, a pod CIDR inside the network and a valid
 // public-ip; a Node that does not is skipped (logged once per problem). After an API error the informer
 // lists again and the set delivered next reflects every change meanwhile, deletions included.
@@ -98,8 +98,8 @@ func (s *Store) WatchChanges(ctx context.Context, fn func(subnet.Changes)) error
 	}
 }
 
-// watchStart waits for the informer's first list and reads the network config, for Watch and WatchChanges.
-// A nil config ends the watch with the error returned (nil when ctx ended).
+// watchStart waits for the informer's first list and for the network config, for Watch and WatchChanges.
+// A nil config ends the watch with the error returned: nil when ctx ended, else ErrClosed.
 func (s *Store) watchStart(ctx context.Context) (*subnet.Config, error) {
 	if err := s.waitSynced(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -109,6 +109,9 @@ func (s *Store) watchStart(ctx context.Context) (*subnet.Config, error) {
 	}
 	cfg, err := s.netConfig(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
 		return nil, fmt.Errorf("watch nodes: %w", err)
 	}
 	return cfg, nil

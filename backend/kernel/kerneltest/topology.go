@@ -11,13 +11,18 @@ import (
 // TopologyNetwork is the overlay network of a Topology: every node's subnet lies in it.
 var TopologyNetwork = netip.MustParsePrefix("10.5.0.0/16")
 
+// TopologyNetwork6 is the IPv6 overlay network of a Topology: every node's IPv6 subnet lies in it.
+var TopologyNetwork6 = netip.MustParsePrefix("fd00:5::/48")
+
 // Topology is the backends' kernel-tier test cluster: an underlay switch and N nodes, each with a container
-// behind a bridge addressed from the node's subnet. Nothing routes between the nodes' subnets: that is the
-// job of the backend under test.
+// behind a bridge addressed from the node's subnets. Nothing routes between the nodes' subnets: that is the
+// job of the backend under test. Underlay and overlay are dual stack (IPv6 addresses without duplicate
+// address detection, usable at once); a backend under test for IPv4 alone leaves the IPv6 ones unused.
 //
 //	netns <p>-lan   bridge br0: the underlay switch
-//	  ├─ veth p1 ─ netns <p>-n1   eth0 192.0.2.11/24; bridge cbr0 10.5.1.1/24
-//	  │                             └─ veth veth0 ─ netns <p>-c1   eth0 10.5.1.2/24, default via 10.5.1.1
+//	  ├─ veth p1 ─ netns <p>-n1   eth0 192.0.2.11/24 2001:db8::11/64; bridge cbr0 10.5.1.1/24 fd00:5:0:1::1/64
+//	  │                             └─ veth veth0 ─ netns <p>-c1   eth0 10.5.1.2/24 fd00:5:0:1::2/64,
+//	  │                                                            default via 10.5.1.1 and fd00:5:0:1::1
 //	  ├─ veth p2 ─ netns <p>-n2   eth0 192.0.2.12/24; ...
 //	  └─ ...
 type Topology struct {
@@ -34,6 +39,10 @@ type Node struct {
 	Underlay netip.Addr   // the address of the node's eth0 (192.0.2.1I/24) on the underlay
 	Subnet   netip.Prefix // the node's subnet (10.5.I.0/24): cbr0 has .1, the container .2
 	CtrAddr  netip.Addr   // the container's address (10.5.I.2)
+
+	Underlay6 netip.Addr   // the IPv6 address of the node's eth0 (2001:db8::1I/64)
+	Subnet6   netip.Prefix // the node's IPv6 subnet (fd00:5:0:I::/64): cbr0 has ::1, the container ::2
+	CtrAddr6  netip.Addr   // the container's IPv6 address (fd00:5:0:I::2)
 }
 
 // NewTopology builds a Topology of n nodes in namespaces named with a fresh Prefix, all deleted in
@@ -54,6 +63,10 @@ func NewTopology(t testing.TB, n int) *Topology {
 			Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24),
 			CtrAddr:  netip.AddrFrom4([4]byte{10, 5, byte(i), 2}),
 		}
+		nd.Underlay6 = netip.MustParseAddr(fmt.Sprintf("2001:db8::%d", 10+i))
+		nd.Subnet6 = netip.MustParsePrefix(fmt.Sprintf("fd00:5:0:%x::/64", i))
+		nd.CtrAddr6 = nd.Subnet6.Addr().Next().Next()
+		gw6 := nd.Subnet6.Addr().Next()
 		gw := nd.Subnet.Addr().Next()
 		port := fmt.Sprintf("p%d", i)
 		Veth(t, nd.NS, "eth0", netip.PrefixFrom(nd.Underlay, 24).String(), tp.LAN, port, "")
@@ -63,6 +76,10 @@ func NewTopology(t testing.TB, n int) *Topology {
 		Veth(t, nd.NS, "veth0", "", nd.Ctr, "eth0", netip.PrefixFrom(nd.CtrAddr, nd.Subnet.Bits()).String())
 		nd.NS.MustIP(t, "link", "set", "veth0", "master", "cbr0")
 		nd.Ctr.MustIP(t, "route", "add", "default", "via", gw.String())
+		nd.NS.MustIP(t, "addr", "add", netip.PrefixFrom(nd.Underlay6, 64).String(), "dev", "eth0", "nodad")
+		nd.NS.MustIP(t, "addr", "add", netip.PrefixFrom(gw6, 64).String(), "dev", "cbr0", "nodad")
+		nd.Ctr.MustIP(t, "addr", "add", netip.PrefixFrom(nd.CtrAddr6, 64).String(), "dev", "eth0", "nodad")
+		nd.Ctr.MustIP(t, "-6", "route", "add", "default", "via", gw6.String())
 		tp.Nodes = append(tp.Nodes, nd)
 	}
 	return tp
@@ -76,15 +93,26 @@ func (n *Node) Ping(dst netip.Addr, extra ...string) (string, error) {
 	return n.Ctr.Exec(append(argv, dst.String())...)
 }
 
-// PingAll checks that every container reaches every other one, in both directions, and reports each pair
-// that does not with t.Errorf.
+// PingAll checks that every container reaches every other one over IPv4, in both directions, and reports
+// each pair that does not with t.Errorf.
 func (tp *Topology) PingAll(t testing.TB) {
+	t.Helper()
+	tp.pingAll(t, func(n *Node) netip.Addr { return n.CtrAddr })
+}
+
+// PingAll6 is PingAll over IPv6 (the containers' CtrAddr6).
+func (tp *Topology) PingAll6(t testing.TB) {
+	t.Helper()
+	tp.pingAll(t, func(n *Node) netip.Addr { return n.CtrAddr6 })
+}
+
+func (tp *Topology) pingAll(t testing.TB, addr func(*Node) netip.Addr) {
 	t.Helper()
 	for _, a := range tp.Nodes {
 		for _, b := range tp.Nodes {
 			if a != b {
-				if _, err := a.Ping(b.CtrAddr); err != nil {
-					t.Errorf("c%d -> c%d: %v", a.I, b.I, err)
+				if out, err := a.Ping(addr(b)); err != nil {
+					t.Errorf("c%d -> c%d (%s): %v\n%s", a.I, b.I, addr(b), err, out)
 				}
 			}
 		}

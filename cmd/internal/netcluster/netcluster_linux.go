@@ -27,6 +27,8 @@ var (
 	EtcdAddr = netip.MustParseAddr("192.0.2.2")
 	// UnderlayBits is the underlay's prefix length.
 	UnderlayBits = 24
+	// UnderlayBits6 is the prefix length of the underlay's IPv6 addresses (2001:db8::/64, RFC 3849).
+	UnderlayBits6 = 64
 )
 
 const (
@@ -344,6 +346,7 @@ func (c *Cluster) newNode() (*Node, error) {
 		Name:  name,
 		NS:    ns,
 		Addr:  netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}),
+		Addr6: netip.MustParseAddr(fmt.Sprintf("2001:db8::%d", 10+i)),
 		Dir:   filepath.Join(c.opts.Dir, name),
 	}
 	n.EnvFile = filepath.Join(n.Dir, "subnet.env")
@@ -355,6 +358,10 @@ func (c *Cluster) newNode() (*Node, error) {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
 	if err := c.plug(ns, "veth-"+name, netip.PrefixFrom(n.Addr, UnderlayBits)); err != nil {
+		return nil, err
+	}
+	// The underlay is dual stack: an IPv6 network config's data path runs over IPv6 (no DAD: usable at once).
+	if _, err := ns.IP("addr", "add", netip.PrefixFrom(n.Addr6, UnderlayBits6).String(), "dev", "eth0", "nodad"); err != nil {
 		return nil, err
 	}
 	return n, nil

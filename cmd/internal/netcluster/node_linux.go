@@ -25,6 +25,7 @@ type Node struct {
 	Name  string         // "n1"
 	NS    *kerneltest.NS // <prefix>-n1
 	Addr  netip.Addr     // underlay address on eth0: 192.0.2.(10+Index)/24
+	Addr6 netip.Addr     // IPv6 underlay address on eth0: 2001:db8::(10+Index)/64 (digits as written)
 	Dir   string         // <Dir>/n1
 	// EnvFile is the agent's --subnet-file; LogFile receives its stdout and stderr (appended across restarts).
 	EnvFile, LogFile string
@@ -156,7 +157,7 @@ func (n *Node) WaitLease(ctx context.Context) (subnet.Env, error) {
 	defer cancel()
 	for {
 		env, err := n.Lease()
-		if err == nil && env.Subnet.IsValid() {
+		if err == nil && (env.Subnet.IsValid() || env.IPv6Subnet.IsValid()) {
 			return env, nil
 		}
 		if !n.AgentRunning() {
@@ -202,6 +203,24 @@ func (n *Node) Subnet() netip.Prefix {
 	return n.env.Subnet.Masked()
 }
 
+// Subnet6 returns the node's IPv6 subnet as attached (FLANNEL_IPV6_SUBNET); zero before or without IPv6.
+func (n *Node) Subnet6() netip.Prefix {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.env.IPv6Subnet.Masked()
+}
+
+// ContainerIP6 returns the container's IPv6 address (the IPv6 subnet's ::2); zero before the container is
+// attached or without IPv6.
+func (n *Node) ContainerIP6() netip.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.env.IPv6Subnet.IsValid() {
+		return netip.Addr{}
+	}
+	return n.env.IPv6Subnet.Addr().Next()
+}
+
 // MTU returns FLANNEL_MTU as attached; zero before.
 func (n *Node) MTU() int {
 	n.mu.Lock()
@@ -228,7 +247,9 @@ func (n *Node) Container() *kerneltest.NS {
 
 // attach waits for the env file, then plays container runtime: bridge cbr0 with FLANNEL_SUBNET and
 // FLANNEL_MTU in the node, a container namespace on it with x.y.z.2 and a default route via x.y.z.1, and
-// IPv4 forwarding on in the node. Then it waits for the agent to report ready.
+// IPv4 forwarding on in the node; with FLANNEL_IPV6_SUBNET likewise for IPv6 (cbr0 ::1, the container
+// ::2, IPv6 forwarding), and without FLANNEL_SUBNET (IPv6 only) no IPv4. Then it waits for the agent to
+// report ready.
 func (n *Node) attach(ctx context.Context) error {
 	env, err := n.WaitLease(ctx)
 	if err != nil {
@@ -249,15 +270,22 @@ func (n *Node) attach(ctx context.Context) error {
 	}
 	mtu := strconv.Itoa(env.MTU)
 	if err := n.NS.Do(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
+		err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
+		if err == nil && env.IPv6Subnet.IsValid() {
+			err = os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644)
+		}
+		return err
 	}); err != nil {
 		return fmt.Errorf("node %s: enable forwarding: %w", n.Name, err)
 	}
-	for _, args := range [][]string{
-		{"link", "add", "cbr0", "type", "bridge"},
-		{"addr", "add", env.Subnet.String(), "dev", "cbr0"},
-		{"link", "set", "cbr0", "mtu", mtu, "up"},
-	} {
+	bridge := [][]string{{"link", "add", "cbr0", "type", "bridge"}}
+	if env.Subnet.IsValid() {
+		bridge = append(bridge, []string{"addr", "add", env.Subnet.String(), "dev", "cbr0"})
+	}
+	if env.IPv6Subnet.IsValid() {
+		bridge = append(bridge, []string{"addr", "add", env.IPv6Subnet.String(), "dev", "cbr0", "nodad"})
+	}
+	for _, args := range append(bridge, []string{"link", "set", "cbr0", "mtu", mtu, "up"}) {
 		if _, err := n.NS.IP(args...); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
@@ -269,18 +297,30 @@ func (n *Node) attach(ctx context.Context) error {
 	n.mu.Lock()
 	n.container = cns
 	n.mu.Unlock()
-	cip := netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits())
-	if err := kerneltest.CreateVeth(n.NS, "veth-c1", "", cns, "eth0", cip.String()); err != nil {
+	var cip string
+	if env.Subnet.IsValid() {
+		cip = netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits()).String()
+	}
+	if err := kerneltest.CreateVeth(n.NS, "veth-c1", "", cns, "eth0", cip); err != nil {
 		return err
 	}
-	for _, step := range []struct {
+	type step struct {
 		ns   *kerneltest.NS
 		args []string
-	}{
+	}
+	steps := []step{
 		{n.NS, []string{"link", "set", "veth-c1", "mtu", mtu, "master", "cbr0"}},
 		{cns, []string{"link", "set", "eth0", "mtu", mtu}},
-		{cns, []string{"route", "add", "default", "via", env.Subnet.Addr().String()}},
-	} {
+	}
+	if env.Subnet.IsValid() {
+		steps = append(steps, step{cns, []string{"route", "add", "default", "via", env.Subnet.Addr().String()}})
+	}
+	if s6 := env.IPv6Subnet; s6.IsValid() {
+		steps = append(steps,
+			step{cns, []string{"addr", "add", netip.PrefixFrom(s6.Addr().Next(), s6.Bits()).String(), "dev", "eth0", "nodad"}},
+			step{cns, []string{"-6", "route", "add", "default", "via", s6.Addr().String()}})
+	}
+	for _, step := range steps {
 		if _, err := step.ns.IP(step.args...); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}

@@ -211,15 +211,30 @@ func (r *PingRun) Stop() (PingResult, error) {
 // container namespace and a connection dialled inside from's; size random bytes go from → to and are echoed
 // back, and both directions are verified.
 func (c *Cluster) TCP(ctx context.Context, from, to *Node, size int) error {
+	return c.tcp(ctx, from, to, to.ContainerIP(), size)
+}
+
+// TCP6 is TCP over IPv6, to to's container's IPv6 address.
+func (c *Cluster) TCP6(ctx context.Context, from, to *Node, size int) error {
+	return c.tcp(ctx, from, to, to.ContainerIP6(), size)
+}
+
+func (c *Cluster) tcp(ctx context.Context, from, to *Node, dst netip.Addr, size int) error {
 	fns, tns := from.Container(), to.Container()
 	if fns == nil || tns == nil {
 		return errors.New("tcp check: container not attached")
 	}
-	dst := to.ContainerIP()
+	if !dst.IsValid() {
+		return fmt.Errorf("tcp %s → %s: the container has no address of that family", from.Name, to.Name)
+	}
+	network := "tcp4"
+	if dst.Is6() {
+		network = "tcp6"
+	}
 	var ln net.Listener
 	if err := tns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(dst, 0).String())
+		ln, err = net.Listen(network, netip.AddrPortFrom(dst, 0).String())
 		return err
 	}); err != nil {
 		return fmt.Errorf("tcp %s → %s: listen: %w", from.Name, to.Name, err)
@@ -245,7 +260,7 @@ func (c *Cluster) TCP(ctx context.Context, from, to *Node, size int) error {
 	if err := fns.Do(func() error {
 		d := net.Dialer{Deadline: deadline}
 		var err error
-		conn, err = d.DialContext(ctx, "tcp4", ln.Addr().String())
+		conn, err = d.DialContext(ctx, network, ln.Addr().String())
 		return err
 	}); err != nil {
 		ln.Close()

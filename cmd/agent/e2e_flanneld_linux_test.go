@@ -1,0 +1,163 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/backend/kernel/kerneltest"
+	"github.com/weft-net/weft/cmd/internal/netcluster"
+	"github.com/weft-net/weft/dist/kubetest"
+)
+
+// TestE2EFlanneld proves compatibility with flannel's own agent in etcd mode, per backend: node n3 runs
+// flanneld v0.28.10 (built by make kube-bin) beside two weftd nodes. Each side reads the other's lease, and
+// containers exchange ICMP, DF pings at the MTU and TCP transfers verified byte for byte on every ordered
+// pair. On udp the weftd nodes have every offload on (UDP GSO on send, GRO on receive, TUN super-packets)
+// while flanneld's C proxy reads and writes one datagram per call, so each GSO datagram must reach it as one
+// packet and its datagrams must pass weftd's checks. Then n3 migrates as an operator would, node by node:
+// flanneld stops, weftd starts with the same subnet file and keeps the subnet, and traffic flows again.
+func TestE2EFlanneld(t *testing.T) {
+	requireE2E(t)
+	if _, err := os.Stat(kubetest.FlanneldBin()); err != nil {
+		if kerneltest.E2E() {
+			t.Fatalf("WEFT_E2E=1 but flanneld is missing (make kube-bin, dist/kubetest/build-flanneld.sh): %v", err)
+		}
+		t.Skipf("flanneld is missing (make kube-bin): %v", err)
+	}
+	for _, backend := range []string{"udp", "vxlan", "host-gw"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			testFlanneld(t, backend)
+		})
+	}
+}
+
+func testFlanneld(t *testing.T, backend string) {
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
+			dumpLogs(t, dir)
+		}
+	})
+	const flannelNode = "n3"
+	var flanneld atomic.Bool // n3 runs flanneld (until the migration)
+	flanneld.Store(true)
+	etcdURL := fmt.Sprintf("http://%s:%d", netcluster.EtcdAddr, netcluster.EtcdPort)
+	c, err := netcluster.Start(t.Context(), netcluster.Options{
+		Prefix:     kerneltest.Prefix(),
+		Backend:    backend,
+		Nodes:      3,
+		Weftd:      weftdBin,
+		ClusterBin: cluBin,
+		Dir:        dir,
+		AgentStore: func(n *netcluster.Node) []string {
+			if n.Name == flannelNode && flanneld.Load() {
+				return []string{kubetest.FlanneldBin(), "--etcd-endpoints", etcdURL}
+			}
+			return []string{weftdBin, "--etcd-endpoints", etcdURL}
+		},
+		ReadyPath: func(n *netcluster.Node) string {
+			if n.Name == flannelNode && flanneld.Load() {
+				return "/healthz" // flanneld serves no /readyz
+			}
+			return "/readyz"
+		},
+		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
+	})
+	if err != nil {
+		t.Fatalf("start the mixed %s cluster: %v", backend, err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	e := &e2e{Cluster: c, backend: backend, dir: dir}
+	f := c.Node(3)
+
+	// n3's lease was written by flanneld: no WeftNodeID, and flannel's backend type (its udp backend writes
+	// none).
+	leases, err := e.leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantType := map[string]string{"udp": "", "vxlan": "vxlan", "host-gw": "host-gw"}[backend]
+	if a, ok := leases[f.Subnet()]; !ok || a.NodeID != "" || a.BackendType != wantType || a.PublicIP != f.Addr {
+		t.Errorf("flanneld's lease for %s: %+v (found %v), want BackendType %q, PublicIP %s, no WeftNodeID", f.Subnet(), a, ok, wantType, f.Addr)
+	}
+	if backend == "udp" { // the weftd nodes must really send with GSO and read with GRO
+		for _, n := range c.Nodes()[:2] {
+			for _, feat := range []string{"gso", "gro"} {
+				if v, err := e.metric(ctx, n, `offload{feature="`+feat+`"}`); err != nil || v != 1 {
+					t.Errorf("node %s: offload %s in use = %v (%v), want 1", n.Name, feat, v, err)
+				}
+			}
+		}
+	}
+	flanneldPairs(t, ctx, e)
+	if backend == "udp" { // flanneld's datagrams passed weftd's checks
+		for _, n := range c.Nodes()[:2] {
+			for _, k := range []string{"drop_malformed", "drop_bad_inner_source", "rx_trailing"} {
+				if v, err := e.metric(ctx, n, k); err != nil || v != 0 {
+					t.Errorf("node %s: %s = %v (%v), want 0", n.Name, k, v, err)
+				}
+			}
+		}
+	}
+
+	// Migration: flanneld stops, weftd takes its place with the same subnet file and keeps the subnet.
+	subnetBefore := f.Subnet()
+	if err := f.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	flanneld.Store(false)
+	if err := f.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != subnetBefore {
+		t.Errorf("env file after the switch to weftd: %+v, %v; want flanneld's subnet %s", env, err, subnetBefore)
+	}
+	flanneldPairs(t, ctx, e)
+}
+
+// flanneldPairs checks ICMP, a DF ping at the MTU and an 8 MiB TCP transfer each way on every ordered pair.
+func flanneldPairs(t *testing.T, ctx context.Context, e *e2e) {
+	t.Helper()
+	for _, from := range e.Nodes() {
+		for _, to := range e.Nodes() {
+			if from == to {
+				continue
+			}
+			dst := to.ContainerIP()
+			wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+			err := e.WaitPing(wctx, from, dst)
+			wcancel()
+			if err != nil {
+				t.Errorf("%s → %s: %v", from.Name, to.Name, err)
+				continue
+			}
+			out, _ := e.Ping(ctx, from, dst, "-c", "3")
+			if r, err := netcluster.ParsePing(out); err != nil || r.Received != r.Transmitted {
+				t.Errorf("%s → %s: ping: %v %s", from.Name, to.Name, err, out)
+			}
+			mtu := min(from.MTU(), to.MTU())
+			if out, err := e.Ping(ctx, from, dst, "-c", "1", "-M", "do", "-s", fmt.Sprint(mtu-28)); err != nil {
+				t.Errorf("%s → %s: DF ping of %d bytes (the MTU) failed: %v %s", from.Name, to.Name, mtu, err, out)
+			}
+			if err := e.TCP(ctx, from, to, 8<<20); err != nil {
+				t.Errorf("%s → %s: %v", from.Name, to.Name, err)
+			}
+		}
+	}
+}
