@@ -477,3 +477,38 @@ func TestDistExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestNotReady: each reason the agent is not ready is named, and a ready agent has none.
+func TestNotReady(t *testing.T) {
+	netCfg, err := subnet.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{cfg: Config{SubnetFile: "/run/flannel/subnet.env"}, net: netCfg, health: newHealth()}
+	a.health.ready = a.ready
+	has := func(want string) {
+		t.Helper()
+		why := strings.Join(a.notReady(), "; ")
+		if !strings.Contains(why, want) {
+			t.Errorf("not ready because %q, want it to say %q", why, want)
+		}
+	}
+	has("no subnet lease yet")
+	own := subnet.Lease{Subnet: netip.MustParsePrefix("10.5.7.0/24")}
+	a.own = &own
+	has("env file /run/flannel/subnet.env not written yet")
+	has("waiting for the first listing of the leases")
+	a.haveWatch = true
+	a.health.metrics.reconciled(opSet, time.Now(), errors.New("add route: boom"), 1)
+	has("data path not in sync: set: add route: boom")
+	a.lost, a.watchFailed, a.underlayLost = true, true, true
+	a.health.rulesPending.Store(true)
+	for _, w := range []string{"lease lost", "lease watch ended", "external interface lost", "packet filter rules"} {
+		has(w)
+	}
+	a.lost, a.watchFailed, a.underlayLost, a.synced, a.env = false, false, false, true, []byte("x")
+	a.health.rulesPending.Store(false)
+	if why := a.notReady(); len(why) != 0 || !a.health.isReady() {
+		t.Errorf("ready agent: not ready because %q (ready %v)", why, a.health.isReady())
+	}
+}

@@ -158,7 +158,7 @@ func (a *agent) notReady() []string {
 	a.mu.Lock()
 	switch {
 	case a.holdFailed:
-		why = append(why, "cannot hold a subnet lease (see the log); retrying")
+		why = append(why, "cannot hold a subnet lease (see the log); restart weftd once the cause is fixed")
 	case a.own == nil:
 		why = append(why, "no subnet lease yet")
 	case a.lost:
@@ -175,6 +175,9 @@ func (a *agent) notReady() []string {
 			msg = "data path not in sync: waiting for the first listing of the leases"
 		}
 		why = append(why, msg)
+	}
+	if a.watchFailed {
+		why = append(why, "the lease watch ended (see the log): peers are no longer followed; restart weftd")
 	}
 	if a.underlayLost {
 		why = append(why, "external interface lost")
