@@ -463,9 +463,11 @@ func (k *kubeE2E) podmanAgent(n *netcluster.Node) []string {
 
 // Scenario 9: the image built from dist/Dockerfile (no registry: build-image.sh) runs as a node's agent with
 // the DaemonSet's arguments, mounts and capabilities: it writes the env file, programs the data path and
-// carries traffic to nodes running the plain binary.
+// carries traffic to nodes running the plain binary. Its iptables is the host's: on a node whose namespace
+// already holds kube-proxy's rules made with iptables-legacy, weftd's chains go to legacy beside them; with
+// iptables-nft, to nft; on a node with no rules at all, to nft (dist/iptables-wrapper).
 func (k *kubeE2E) imageNode(t *testing.T) {
-	kerneltest.RequireCommand(t, "podman", "mmdebstrap", "nsenter")
+	kerneltest.RequireCommand(t, "podman", "mmdebstrap", "nsenter", "iptables-legacy", "iptables-nft")
 	ctx := k.ctx(t, 5*time.Minute)
 	out, err := exec.CommandContext(ctx, "../../dist/kubetest/build-image.sh").CombinedOutput()
 	if err != nil {
@@ -476,17 +478,54 @@ func (k *kubeE2E) imageNode(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(k.dir, "xtables.lock"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	for _, tc := range []struct {
+		name  string
+		plant string // the iptables mode the node's existing rules are in; empty: none
+		want  string // the mode weftd's rules must land in
+	}{
+		{"no-rules-yet", "", "nft"},
+		{"legacy-host", "legacy", "legacy"},
+		{"nft-host", "nft", "nft"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { k.imageNodeOn(t, ctx, tc.plant, tc.want) })
+	}
+}
+
+// kubeProxyRules are rules as kube-proxy keeps them, planted in a node's namespace before its agent starts.
+var kubeProxyRules = [][]string{
+	{"-t", "nat", "-N", "KUBE-SERVICES"},
+	{"-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
+	{"-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
+	{"-t", "filter", "-N", "KUBE-FORWARD"},
+	{"-t", "filter", "-A", "FORWARD", "-m", "comment", "--comment", "kubernetes forwarding rules", "-j", "KUBE-FORWARD"},
+}
+
+// imageNodeOn adds a node running the image, its namespace first given kube-proxy's rules in mode plant (none
+// when empty), and checks that weftd's chains are in mode want only, beside those rules.
+func (k *kubeE2E) imageNodeOn(t *testing.T, ctx context.Context, plant, want string) {
 	i := len(k.Nodes()) + 1
 	name := fmt.Sprintf("n%d", i)
 	k.image[name] = true
 	t.Cleanup(func() {
 		// If the test process dies, podman is killed but not its container: remove it by name.
-		exec.Command("env", "CONTAINERS_CONF="+k.podmanConf, "podman", "rm", "-f", "--ignore", k.Node(i).NS.Name+"-weftd").Run()
+		if n := k.Node(i); n != nil {
+			exec.Command("env", "CONTAINERS_CONF="+k.podmanConf, "podman", "rm", "-f", "--ignore", n.NS.Name+"-weftd").Run()
+		}
 	})
 	if err := k.createNode(ctx, name, i, map[string]string{"node.alpha.kubernetes.io/ttl": "0"}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := k.AddNode(ctx)
+	n, err := k.AddNodeWith(ctx, func(n *netcluster.Node) error {
+		if plant == "" {
+			return nil
+		}
+		for _, r := range kubeProxyRules {
+			if _, err := n.NS.Exec(append([]string{"iptables-" + plant, "-w"}, r...)...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		t.Fatalf("add the node running the image: %v", err)
 	}
@@ -495,6 +534,24 @@ func (k *kubeE2E) imageNode(t *testing.T) {
 	}
 	if out, err := n.NS.IP("-d", "link", "show", "flannel.1"); err != nil || !strings.Contains(out, "vxlan id 1") {
 		t.Errorf("no vxlan device made by the image: %v %s", err, out)
+	}
+	// AddNodeWith returned once the node was ready, so its packet filter rules are in place.
+	other := map[string]string{"legacy": "nft", "nft": "legacy"}[want]
+	got := n.NS.MustExec(t, "iptables-"+want+"-save")
+	for _, c := range []string{"-A FLANNEL-POSTRTG ", "-A FLANNEL-FWD ", "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"} {
+		if !strings.Contains(got, c) {
+			t.Errorf("iptables-%s-save in %s has no %q: weftd's rules are not in the host's mode\n%s", want, n.NS.Name, c, got)
+		}
+	}
+	if plant != "" && !strings.Contains(got, "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES") {
+		t.Errorf("iptables-%s-save in %s lost kube-proxy's rules:\n%s", want, n.NS.Name, got)
+	}
+	if o := n.NS.MustExec(t, "iptables-"+other+"-save"); strings.Contains(o, "FLANNEL") {
+		t.Errorf("iptables-%s-save in %s shows weftd's chains too; want them in %s only:\n%s", other, n.NS.Name, want, o)
+	}
+	ver, err := exec.CommandContext(ctx, "env", "CONTAINERS_CONF="+k.podmanConf, "podman", "exec", n.NS.Name+"-weftd", "iptables", "--version").CombinedOutput()
+	if wantVer := map[string]string{"legacy": "(legacy)", "nft": "(nf_tables)"}[want]; err != nil || !strings.Contains(string(ver), wantVer) {
+		t.Errorf("iptables --version in the container: %q, %v; want %s", ver, err, wantVer)
 	}
 	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
 		k.pair(t, ctx, w, n)
