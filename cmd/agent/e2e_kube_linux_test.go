@@ -5,6 +5,7 @@ package main_test
 // cluster's etcd. Gate: as the e2e tier, plus the built apiserver (kubetest.Require).
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,6 +38,7 @@ type kubeE2E struct {
 	dir        string
 	kubeconfig string
 	netConf    string
+	netConfs   map[string]string // a node's own net-conf.json in place of netConf (image nodes)
 	srv        *kubetest.Server
 	cli        *kubernetes.Clientset
 }
@@ -44,7 +47,7 @@ func TestE2EKube(t *testing.T) {
 	requireE2E(t)
 	kubetest.Require(t)
 	dir := t.TempDir()
-	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}, image: map[string]bool{}}
+	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}, image: map[string]bool{}, netConfs: map[string]string{}}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
 			dumpLogs(t, dir)
@@ -85,10 +88,11 @@ func TestE2EKube(t *testing.T) {
 	t.Run("7-flanneld-node", k.flanneldNode)
 	t.Run("8-flanneld-replaced-by-weftd", k.migrate)
 	t.Run("9-image-with-podman", k.imageNode)
+	t.Run("10-weftd-replaced-by-flanneld", k.rollback)
 }
 
-// agentStore is the start of a node's agent command line in kube mode: weftd, or flannel's flanneld with
-// the same flags (they share their names).
+// agentStore is the start of a node's agent command line in kube mode, with kube-flannel.yml's (and
+// kube-weft.yml's) --ip-masq: weftd, or flannel's flanneld with the same flags (they share their names).
 func (k *kubeE2E) agentStore(n *netcluster.Node) []string {
 	if k.image[n.Name] {
 		return k.podmanAgent(n)
@@ -97,7 +101,7 @@ func (k *kubeE2E) agentStore(n *netcluster.Node) []string {
 	if k.flanneld[n.Name] {
 		bin = kubetest.FlanneldBin()
 	}
-	return []string{"env", "NODE_NAME=" + n.Name, bin, "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+	return []string{"env", "NODE_NAME=" + n.Name, bin, "--ip-masq", "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", cmp.Or(k.netConfs[n.Name], k.netConf)}
 }
 
 // readyPath is /readyz for weftd; flanneld serves only /healthz.
@@ -416,6 +420,7 @@ func (k *kubeE2E) migrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	mac := deviceMAC(t, f.NS, "flannel.1")
+	rules := flannelRules(t, f.NS)
 	if err := f.StopAgent(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -439,6 +444,94 @@ func (k *kubeE2E) migrate(t *testing.T) {
 	if !maps.Equal(after.Annotations, before.Annotations) {
 		t.Errorf("annotations changed by the switch:\nflanneld %v\n   weftd %v", before.Annotations, after.Annotations)
 	}
+	if got := flannelRules(t, f.NS); !slices.Equal(got, rules) {
+		t.Errorf("iptables rules after the switch to weftd differ from flanneld's (want them taken over as they are):\nflanneld %q\n   weftd %q", rules, got)
+	}
+	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
+		k.pair(t, ctx, w, f)
+		k.pair(t, ctx, f, w)
+	}
+}
+
+// flannelRules returns the rules of ns's iptables (the host's mode, as both agents use it) that belong to
+// flanneld's chains or jump to them, in iptables-save order. The test fails if there are none.
+func flannelRules(t *testing.T, ns *kerneltest.NS) []string {
+	t.Helper()
+	rules, err := flannelRulesIn(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rules) == 0 {
+		t.Fatalf("no FLANNEL-* rules in %s (agents run with --ip-masq)", ns.Name)
+	}
+	return rules
+}
+
+func flannelRulesIn(ns *kerneltest.NS) ([]string, error) {
+	out, err := ns.Exec("iptables-save")
+	var rules []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "-A ") && strings.Contains(l, "FLANNEL-") {
+			rules = append(rules, l)
+		}
+	}
+	return rules, err
+}
+
+// Scenario 10: going back, the migration step in reverse: the node that moved from flanneld to weftd runs
+// flanneld again. flanneld takes over what weftd left (subnet, vxlan device and VtepMAC, annotations,
+// iptables chains) as weftd took over flanneld's, and containers keep exchanging traffic.
+func (k *kubeE2E) rollback(t *testing.T) {
+	ctx := k.ctx(t, 3*time.Minute)
+	var f *netcluster.Node
+	for _, n := range k.Nodes() {
+		if _, ok := k.flanneld[n.Name]; ok { // the node scenario 8 moved to weftd
+			f = n
+		}
+	}
+	if f == nil || k.flanneld[f.Name] {
+		t.Skip("no node moved from flanneld to weftd (scenario 8 skipped)")
+	}
+	before, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := deviceMAC(t, f.NS, "flannel.1")
+	rules := flannelRules(t, f.NS)
+	if err := f.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	k.flanneld[f.Name] = true
+	start := time.Now()
+	if err := f.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// flanneld's /healthz says nothing of its progress: wait until it has written the env file, then for
+	// one period of its rule check (--iptables-resync, 5 s), so the chains are the ones it keeps.
+	waitFor(t, 60*time.Second, "flanneld writes the env file", func() (bool, string) {
+		fi, err := os.Stat(f.EnvFile)
+		return err == nil && fi.ModTime().After(start), fmt.Sprint(fi, err)
+	})
+	time.Sleep(6 * time.Second)
+	if !f.AgentRunning() {
+		t.Fatalf("flanneld exited: %v", f.AgentExit())
+	}
+	if got := flannelRules(t, f.NS); !slices.Equal(got, rules) {
+		t.Errorf("iptables rules after going back to flanneld differ from weftd's (want them taken over as they are):\n   weftd %q\nflanneld %q", rules, got)
+	}
+	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != f.Subnet() {
+		t.Errorf("env file after going back: %+v, %v; want subnet %s", env, err, f.Subnet())
+	}
+	if got := deviceMAC(t, f.NS, "flannel.1"); got != mac {
+		t.Errorf("VtepMAC %s after going back to flanneld, want weftd's %s kept", got, mac)
+	}
+	after, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(after.Annotations, before.Annotations) {
+		t.Errorf("annotations changed by going back:\n   weftd %v\nflanneld %v", before.Annotations, after.Annotations)
+	}
 	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
 		k.pair(t, ctx, w, f)
 		k.pair(t, ctx, f, w)
@@ -458,34 +551,38 @@ func (k *kubeE2E) podmanAgent(n *netcluster.Node) []string {
 		"podman", "run", "--rm", "--name", n.NS.Name + "-weftd", "--network", "ns:/run/netns/" + n.NS.Name,
 		"--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--sysctl", "net.ipv4.ip_forward=1",
 		"-e", "NODE_NAME=" + n.Name, "-v", k.dir + ":" + k.dir, "-v", filepath.Join(k.dir, "xtables.lock") + ":/run/xtables.lock",
-		"localhost/weftd:test", "--ip-masq", "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+		"localhost/weftd:test", "--ip-masq", "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", cmp.Or(k.netConfs[n.Name], k.netConf)}
 }
 
 // Scenario 9: the image built from dist/Dockerfile (no registry: build-image.sh) runs as a node's agent with
 // the DaemonSet's arguments, mounts and capabilities: it writes the env file, programs the data path and
 // carries traffic to nodes running the plain binary. Its iptables is the host's: on a node whose namespace
 // already holds kube-proxy's rules made with iptables-legacy, weftd's chains go to legacy beside them; with
-// iptables-nft, to nft; on a node with no rules at all, to nft (dist/iptables-wrapper).
+// iptables-nft, to nft; on a node with no rules at all, to nft (dist/iptables-wrapper). With EnableNFTables
+// they go to nftables (the image's nft), whatever iptables holds.
 func (k *kubeE2E) imageNode(t *testing.T) {
-	kerneltest.RequireCommand(t, "podman", "mmdebstrap", "nsenter", "iptables-legacy", "iptables-nft")
-	ctx := k.ctx(t, 5*time.Minute)
-	out, err := exec.CommandContext(ctx, "../../dist/kubetest/build-image.sh").CombinedOutput()
+	kerneltest.RequireCommand(t, "podman", "mmdebstrap", "nsenter", "iptables-legacy", "iptables-nft", "nft")
+	// The first build on a machine also makes the base image with mmdebstrap (a minute or two; more on a
+	// loaded machine).
+	out, err := exec.CommandContext(k.ctx(t, 10*time.Minute), "../../dist/kubetest/build-image.sh").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build the image: %v\n%s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	k.podmanConf = lines[len(lines)-1]
+	ctx := k.ctx(t, 5*time.Minute)
 	if err := os.WriteFile(filepath.Join(k.dir, "xtables.lock"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
 		name  string
 		plant string // the iptables mode the node's existing rules are in; empty: none
-		want  string // the mode weftd's rules must land in
+		want  string // where weftd's rules must land: iptables "legacy" or "nft", or "nftables" (its own tables)
 	}{
 		{"no-rules-yet", "", "nft"},
 		{"legacy-host", "legacy", "legacy"},
 		{"nft-host", "nft", "nft"},
+		{"enable-nftables", "legacy", "nftables"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { k.imageNodeOn(t, ctx, tc.plant, tc.want) })
 	}
@@ -500,8 +597,9 @@ var kubeProxyRules = [][]string{
 	{"-t", "filter", "-A", "FORWARD", "-m", "comment", "--comment", "kubernetes forwarding rules", "-j", "KUBE-FORWARD"},
 }
 
-// imageNodeOn adds a node running the image, its namespace first given kube-proxy's rules in mode plant (none
-// when empty), and checks that weftd's chains are in mode want only, beside those rules.
+// imageNodeOn adds a node running the image, its namespace first given kube-proxy's rules in iptables mode
+// plant (none when empty), and checks that weftd's rules are where want says, and only there. want
+// "nftables" gives the node a net-conf.json with EnableNFTables.
 func (k *kubeE2E) imageNodeOn(t *testing.T, ctx context.Context, plant, want string) {
 	i := len(k.Nodes()) + 1
 	name := fmt.Sprintf("n%d", i)
@@ -512,6 +610,12 @@ func (k *kubeE2E) imageNodeOn(t *testing.T, ctx context.Context, plant, want str
 			exec.Command("env", "CONTAINERS_CONF="+k.podmanConf, "podman", "rm", "-f", "--ignore", n.NS.Name+"-weftd").Run()
 		}
 	})
+	if want == "nftables" {
+		k.netConfs[name] = filepath.Join(k.dir, name+"-net-conf.json")
+		if err := os.WriteFile(k.netConfs[name], []byte(`{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := k.createNode(ctx, name, i, map[string]string{"node.alpha.kubernetes.io/ttl": "0"}); err != nil {
 		t.Fatal(err)
 	}
@@ -536,6 +640,31 @@ func (k *kubeE2E) imageNodeOn(t *testing.T, ctx context.Context, plant, want str
 		t.Errorf("no vxlan device made by the image: %v %s", err, out)
 	}
 	// AddNodeWith returned once the node was ready, so its packet filter rules are in place.
+	if want == "nftables" {
+		for _, m := range []string{"legacy", "nft"} {
+			if o := n.NS.MustExec(t, "iptables-"+m+"-save"); strings.Contains(o, "FLANNEL") {
+				t.Errorf("iptables-%s-save in %s shows weftd's chains; with EnableNFTables want them in nftables only:\n%s", m, n.NS.Name, o)
+			}
+		}
+		got := n.NS.MustExec(t, "nft", "list", "table", "ip", "flannel-ipv4")
+		for _, c := range []string{"chain postrtg", "chain forward", "masquerade"} {
+			if !strings.Contains(got, c) {
+				t.Errorf("nft list table ip flannel-ipv4 in %s has no %q:\n%s", n.NS.Name, c, got)
+			}
+		}
+	} else {
+		k.checkIPTablesMode(t, ctx, n, plant, want)
+	}
+	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
+		k.pair(t, ctx, w, n)
+		k.pair(t, ctx, n, w)
+	}
+}
+
+// checkIPTablesMode checks that weftd's chains on the image's node n are in iptables mode want only, beside
+// the rules planted in mode plant, and that the container's iptables runs in that mode.
+func (k *kubeE2E) checkIPTablesMode(t *testing.T, ctx context.Context, n *netcluster.Node, plant, want string) {
+	t.Helper()
 	other := map[string]string{"legacy": "nft", "nft": "legacy"}[want]
 	got := n.NS.MustExec(t, "iptables-"+want+"-save")
 	for _, c := range []string{"-A FLANNEL-POSTRTG ", "-A FLANNEL-FWD ", "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"} {
@@ -552,9 +681,5 @@ func (k *kubeE2E) imageNodeOn(t *testing.T, ctx context.Context, plant, want str
 	ver, err := exec.CommandContext(ctx, "env", "CONTAINERS_CONF="+k.podmanConf, "podman", "exec", n.NS.Name+"-weftd", "iptables", "--version").CombinedOutput()
 	if wantVer := map[string]string{"legacy": "(legacy)", "nft": "(nf_tables)"}[want]; err != nil || !strings.Contains(string(ver), wantVer) {
 		t.Errorf("iptables --version in the container: %q, %v; want %s", ver, err, wantVer)
-	}
-	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
-		k.pair(t, ctx, w, n)
-		k.pair(t, ctx, n, w)
 	}
 }
