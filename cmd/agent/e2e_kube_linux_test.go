@@ -405,7 +405,6 @@ func (k *kubeE2E) flanneldNode(t *testing.T) {
 // keeps the subnet, the vxlan device and its VtepMAC, so the annotations stay byte for byte as flanneld left
 // them, and containers keep exchanging traffic with the other nodes.
 func (k *kubeE2E) migrate(t *testing.T) {
-	ctx := k.ctx(t, 3*time.Minute)
 	var f *netcluster.Node
 	for _, n := range k.Nodes() {
 		if k.flanneld[n.Name] {
@@ -414,6 +413,19 @@ func (k *kubeE2E) migrate(t *testing.T) {
 	}
 	if f == nil {
 		t.Skip("no flanneld node (scenario 7 skipped)")
+	}
+	k.switchAgent(t, f, false)
+}
+
+// switchAgent replaces node f's agent, flanneld by weftd or (toFlanneld) weftd by flanneld, as a
+// DaemonSet update does, and checks that the new agent keeps what the old one left: the subnet, the vxlan
+// device's VtepMAC, the Node's annotations and the FLANNEL-* iptables rules, and that containers keep
+// exchanging traffic with nodes 1 and 4.
+func (k *kubeE2E) switchAgent(t *testing.T, f *netcluster.Node, toFlanneld bool) {
+	ctx := k.ctx(t, 3*time.Minute)
+	from, to := "flanneld", "weftd"
+	if toFlanneld {
+		from, to = to, from
 	}
 	before, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
 	if err != nil {
@@ -424,28 +436,40 @@ func (k *kubeE2E) migrate(t *testing.T) {
 	if err := f.StopAgent(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	k.flanneld[f.Name] = false
+	k.flanneld[f.Name] = toFlanneld
+	start := time.Now()
 	if err := f.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.WaitReady(ctx); err != nil {
+	if toFlanneld {
+		// flanneld's /healthz says nothing of its progress: wait until it has written the env file, then
+		// for one period of its rule check (--iptables-resync, 5 s), so the chains are the ones it keeps.
+		waitFor(t, 60*time.Second, "flanneld writes the env file", func() (bool, string) {
+			fi, err := os.Stat(f.EnvFile)
+			return err == nil && fi.ModTime().After(start), fmt.Sprint(fi, err)
+		})
+		time.Sleep(6 * time.Second)
+		if !f.AgentRunning() {
+			t.Fatalf("flanneld exited: %v", f.AgentExit())
+		}
+	} else if err := f.WaitReady(ctx); err != nil { // weftd is ready once its rules are in place
 		t.Fatal(err)
 	}
 	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != f.Subnet() {
-		t.Errorf("env file after the switch: %+v, %v; want subnet %s", env, err, f.Subnet())
+		t.Errorf("env file after the switch to %s: %+v, %v; want subnet %s", to, env, err, f.Subnet())
 	}
 	if got := deviceMAC(t, f.NS, "flannel.1"); got != mac {
-		t.Errorf("VtepMAC %s after the switch to weftd, want flanneld's %s kept", got, mac)
+		t.Errorf("VtepMAC %s after the switch to %s, want %s's %s kept", got, to, from, mac)
 	}
 	after, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !maps.Equal(after.Annotations, before.Annotations) {
-		t.Errorf("annotations changed by the switch:\nflanneld %v\n   weftd %v", before.Annotations, after.Annotations)
+		t.Errorf("annotations changed by the switch to %s:\n%s %v\n%s %v", to, from, before.Annotations, to, after.Annotations)
 	}
 	if got := flannelRules(t, f.NS); !slices.Equal(got, rules) {
-		t.Errorf("iptables rules after the switch to weftd differ from flanneld's (want them taken over as they are):\nflanneld %q\n   weftd %q", rules, got)
+		t.Errorf("iptables rules after the switch to %s differ from %s's (want them taken over as they are):\n%s %q\n%s %q", to, from, from, rules, to, got)
 	}
 	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
 		k.pair(t, ctx, w, f)
@@ -482,7 +506,6 @@ func flannelRulesIn(ns *kerneltest.NS) ([]string, error) {
 // flanneld again. flanneld takes over what weftd left (subnet, vxlan device and VtepMAC, annotations,
 // iptables chains) as weftd took over flanneld's, and containers keep exchanging traffic.
 func (k *kubeE2E) rollback(t *testing.T) {
-	ctx := k.ctx(t, 3*time.Minute)
 	var f *netcluster.Node
 	for _, n := range k.Nodes() {
 		if _, ok := k.flanneld[n.Name]; ok { // the node scenario 8 moved to weftd
@@ -492,50 +515,7 @@ func (k *kubeE2E) rollback(t *testing.T) {
 	if f == nil || k.flanneld[f.Name] {
 		t.Skip("no node moved from flanneld to weftd (scenario 8 skipped)")
 	}
-	before, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mac := deviceMAC(t, f.NS, "flannel.1")
-	rules := flannelRules(t, f.NS)
-	if err := f.StopAgent(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	k.flanneld[f.Name] = true
-	start := time.Now()
-	if err := f.StartAgent(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// flanneld's /healthz says nothing of its progress: wait until it has written the env file, then for
-	// one period of its rule check (--iptables-resync, 5 s), so the chains are the ones it keeps.
-	waitFor(t, 60*time.Second, "flanneld writes the env file", func() (bool, string) {
-		fi, err := os.Stat(f.EnvFile)
-		return err == nil && fi.ModTime().After(start), fmt.Sprint(fi, err)
-	})
-	time.Sleep(6 * time.Second)
-	if !f.AgentRunning() {
-		t.Fatalf("flanneld exited: %v", f.AgentExit())
-	}
-	if got := flannelRules(t, f.NS); !slices.Equal(got, rules) {
-		t.Errorf("iptables rules after going back to flanneld differ from weftd's (want them taken over as they are):\n   weftd %q\nflanneld %q", rules, got)
-	}
-	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != f.Subnet() {
-		t.Errorf("env file after going back: %+v, %v; want subnet %s", env, err, f.Subnet())
-	}
-	if got := deviceMAC(t, f.NS, "flannel.1"); got != mac {
-		t.Errorf("VtepMAC %s after going back to flanneld, want weftd's %s kept", got, mac)
-	}
-	after, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !maps.Equal(after.Annotations, before.Annotations) {
-		t.Errorf("annotations changed by going back:\n   weftd %v\nflanneld %v", before.Annotations, after.Annotations)
-	}
-	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
-		k.pair(t, ctx, w, f)
-		k.pair(t, ctx, f, w)
-	}
+	k.switchAgent(t, f, true)
 }
 
 // podmanAgent runs the weftd image as the DaemonSet in kube-weft.yml runs it (its arguments, NET_ADMIN and
