@@ -6,7 +6,7 @@
 #   sudo make bench [BENCH_FLAGS=]  TCP 1+4 streams, round trip, agent CPU: veth, host-gw, vxlan, udp (~2 min)
 #   sudo make bench-scale           one weftd with 100 to 4,000 simulated peers: change latency, CPU, RSS
 #   sudo make test                  every tier (make test-unit: no root needed)
-#   make kube-bin                   build kube-apiserver, kubectl, flanneld for the kube tier (once, ~10 min, cached)
+#   make kube-bin                   build kube-apiserver, kubectl, flanneld for the kube tier (once, ~11 min, cached)
 #   make clean
 
 SHELL := /bin/bash

@@ -5,6 +5,7 @@ package main_test
 // cluster's etcd. Gate: as the e2e tier, plus the built apiserver (kubetest.Require).
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,6 +38,7 @@ type kubeE2E struct {
 	dir        string
 	kubeconfig string
 	netConf    string
+	netConfs   map[string]string // a node's own net-conf.json in place of netConf (image nodes)
 	srv        *kubetest.Server
 	cli        *kubernetes.Clientset
 	// conf is net-conf.json ("": IPv4 10.244.0.0/16, vxlan); podCIDRs gives node i's pod CIDRs (nil:
@@ -48,7 +51,7 @@ func TestE2EKube(t *testing.T) {
 	requireE2E(t)
 	kubetest.Require(t)
 	dir := t.TempDir()
-	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}, image: map[string]bool{}}
+	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}, image: map[string]bool{}, netConfs: map[string]string{}}
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
 			dumpLogs(t, dir)
@@ -89,10 +92,11 @@ func TestE2EKube(t *testing.T) {
 	t.Run("7-flanneld-node", k.flanneldNode)
 	t.Run("8-flanneld-replaced-by-weftd", k.migrate)
 	t.Run("9-image-with-podman", k.imageNode)
+	t.Run("10-weftd-replaced-by-flanneld", k.rollback)
 }
 
-// agentStore is the start of a node's agent command line in kube mode: weftd, or flannel's flanneld with
-// the same flags (they share their names).
+// agentStore is the start of a node's agent command line in kube mode, with kube-flannel.yml's (and
+// kube-weft.yml's) --ip-masq: weftd, or flannel's flanneld with the same flags (they share their names).
 func (k *kubeE2E) agentStore(n *netcluster.Node) []string {
 	if k.image[n.Name] {
 		return k.podmanAgent(n)
@@ -101,7 +105,7 @@ func (k *kubeE2E) agentStore(n *netcluster.Node) []string {
 	if k.flanneld[n.Name] {
 		bin = kubetest.FlanneldBin()
 	}
-	return []string{"env", "NODE_NAME=" + n.Name, bin, "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+	return []string{"env", "NODE_NAME=" + n.Name, bin, "--ip-masq", "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", cmp.Or(k.netConfs[n.Name], k.netConf)}
 }
 
 // readyPath is /readyz for weftd; flanneld serves only /healthz.
@@ -412,7 +416,6 @@ func (k *kubeE2E) flanneldNode(t *testing.T) {
 // keeps the subnet, the vxlan device and its VtepMAC, so the annotations stay byte for byte as flanneld left
 // them, and containers keep exchanging traffic with the other nodes.
 func (k *kubeE2E) migrate(t *testing.T) {
-	ctx := k.ctx(t, 3*time.Minute)
 	var f *netcluster.Node
 	for _, n := range k.Nodes() {
 		if k.flanneld[n.Name] {
@@ -422,38 +425,108 @@ func (k *kubeE2E) migrate(t *testing.T) {
 	if f == nil {
 		t.Skip("no flanneld node (scenario 7 skipped)")
 	}
+	k.switchAgent(t, f, false)
+}
+
+// switchAgent replaces node f's agent, flanneld by weftd or (toFlanneld) weftd by flanneld, as a
+// DaemonSet update does, and checks that the new agent keeps what the old one left: the subnet, the vxlan
+// device's VtepMAC, the Node's annotations and the FLANNEL-* iptables rules, and that containers keep
+// exchanging traffic with nodes 1 and 4.
+func (k *kubeE2E) switchAgent(t *testing.T, f *netcluster.Node, toFlanneld bool) {
+	ctx := k.ctx(t, 3*time.Minute)
+	from, to := "flanneld", "weftd"
+	if toFlanneld {
+		from, to = to, from
+	}
 	before, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mac := deviceMAC(t, f.NS, "flannel.1")
+	rules := flannelRules(t, f.NS)
 	if err := f.StopAgent(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	k.flanneld[f.Name] = false
+	k.flanneld[f.Name] = toFlanneld
+	start := time.Now()
 	if err := f.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.WaitReady(ctx); err != nil {
+	if toFlanneld {
+		// flanneld's /healthz says nothing of its progress: wait until it has written the env file, then
+		// for one period of its rule check (--iptables-resync, 5 s), so the chains are the ones it keeps.
+		waitFor(t, 60*time.Second, "flanneld writes the env file", func() (bool, string) {
+			fi, err := os.Stat(f.EnvFile)
+			return err == nil && fi.ModTime().After(start), fmt.Sprint(fi, err)
+		})
+		time.Sleep(6 * time.Second)
+		if !f.AgentRunning() {
+			t.Fatalf("flanneld exited: %v", f.AgentExit())
+		}
+	} else if err := f.WaitReady(ctx); err != nil { // weftd is ready once its rules are in place
 		t.Fatal(err)
 	}
 	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != f.Subnet() {
-		t.Errorf("env file after the switch: %+v, %v; want subnet %s", env, err, f.Subnet())
+		t.Errorf("env file after the switch to %s: %+v, %v; want subnet %s", to, env, err, f.Subnet())
 	}
 	if got := deviceMAC(t, f.NS, "flannel.1"); got != mac {
-		t.Errorf("VtepMAC %s after the switch to weftd, want flanneld's %s kept", got, mac)
+		t.Errorf("VtepMAC %s after the switch to %s, want %s's %s kept", got, to, from, mac)
 	}
 	after, err := k.cli.CoreV1().Nodes().Get(ctx, f.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !maps.Equal(after.Annotations, before.Annotations) {
-		t.Errorf("annotations changed by the switch:\nflanneld %v\n   weftd %v", before.Annotations, after.Annotations)
+		t.Errorf("annotations changed by the switch to %s:\n%s %v\n%s %v", to, from, before.Annotations, to, after.Annotations)
+	}
+	if got := flannelRules(t, f.NS); !slices.Equal(got, rules) {
+		t.Errorf("iptables rules after the switch to %s differ from %s's (want them taken over as they are):\n%s %q\n%s %q", to, from, from, rules, to, got)
 	}
 	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
 		k.pair(t, ctx, w, f)
 		k.pair(t, ctx, f, w)
 	}
+}
+
+// flannelRules returns the rules of ns's iptables (the host's mode, as both agents use it) that belong to
+// flanneld's chains or jump to them, in iptables-save order. The test fails if there are none.
+func flannelRules(t *testing.T, ns *kerneltest.NS) []string {
+	t.Helper()
+	rules, err := flannelRulesIn(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rules) == 0 {
+		t.Fatalf("no FLANNEL-* rules in %s (agents run with --ip-masq)", ns.Name)
+	}
+	return rules
+}
+
+func flannelRulesIn(ns *kerneltest.NS) ([]string, error) {
+	out, err := ns.Exec("iptables-save")
+	var rules []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "-A ") && strings.Contains(l, "FLANNEL-") {
+			rules = append(rules, l)
+		}
+	}
+	return rules, err
+}
+
+// Scenario 10: going back, the migration step in reverse: the node that moved from flanneld to weftd runs
+// flanneld again. flanneld takes over what weftd left (subnet, vxlan device and VtepMAC, annotations,
+// iptables chains) as weftd took over flanneld's, and containers keep exchanging traffic.
+func (k *kubeE2E) rollback(t *testing.T) {
+	var f *netcluster.Node
+	for _, n := range k.Nodes() {
+		if _, ok := k.flanneld[n.Name]; ok { // the node scenario 8 moved to weftd
+			f = n
+		}
+	}
+	if f == nil || k.flanneld[f.Name] {
+		t.Skip("no node moved from flanneld to weftd (scenario 8 skipped)")
+	}
+	k.switchAgent(t, f, true)
 }
 
 // podmanAgent runs the weftd image as the DaemonSet in kube-weft.yml runs it (its arguments, NET_ADMIN and
@@ -469,35 +542,85 @@ func (k *kubeE2E) podmanAgent(n *netcluster.Node) []string {
 		"podman", "run", "--rm", "--name", n.NS.Name + "-weftd", "--network", "ns:/run/netns/" + n.NS.Name,
 		"--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--sysctl", "net.ipv4.ip_forward=1",
 		"-e", "NODE_NAME=" + n.Name, "-v", k.dir + ":" + k.dir, "-v", filepath.Join(k.dir, "xtables.lock") + ":/run/xtables.lock",
-		"localhost/weftd:test", "--ip-masq", "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", k.netConf}
+		"localhost/weftd:test", "--ip-masq", "--kube-subnet-mgr", "--kubeconfig-file", k.kubeconfig, "--net-config-path", cmp.Or(k.netConfs[n.Name], k.netConf)}
 }
 
 // Scenario 9: the image built from dist/Dockerfile (no registry: build-image.sh) runs as a node's agent with
 // the DaemonSet's arguments, mounts and capabilities: it writes the env file, programs the data path and
-// carries traffic to nodes running the plain binary.
+// carries traffic to nodes running the plain binary. Its iptables is the host's: on a node whose namespace
+// already holds kube-proxy's rules made with iptables-legacy, weftd's chains go to legacy beside them; with
+// iptables-nft, to nft; on a node with no rules at all, to nft (dist/iptables-wrapper). With EnableNFTables
+// they go to nftables (the image's nft), whatever iptables holds.
 func (k *kubeE2E) imageNode(t *testing.T) {
-	kerneltest.RequireCommand(t, "podman", "mmdebstrap", "nsenter")
-	ctx := k.ctx(t, 5*time.Minute)
-	out, err := exec.CommandContext(ctx, "../../dist/kubetest/build-image.sh").CombinedOutput()
+	kerneltest.RequireCommand(t, "podman", "mmdebstrap", "nsenter", "iptables-legacy", "iptables-nft", "nft")
+	// The first build on a machine also makes the base image with mmdebstrap (a minute or two; more on a
+	// loaded machine).
+	out, err := exec.CommandContext(k.ctx(t, 10*time.Minute), "../../dist/kubetest/build-image.sh").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build the image: %v\n%s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	k.podmanConf = lines[len(lines)-1]
+	ctx := k.ctx(t, 5*time.Minute)
 	if err := os.WriteFile(filepath.Join(k.dir, "xtables.lock"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	for _, tc := range []struct {
+		name  string
+		plant string // the iptables mode the node's existing rules are in; empty: none
+		want  string // where weftd's rules must land: iptables "legacy" or "nft", or "nftables" (its own tables)
+	}{
+		{"no-rules-yet", "", "nft"},
+		{"legacy-host", "legacy", "legacy"},
+		{"nft-host", "nft", "nft"},
+		{"enable-nftables", "legacy", "nftables"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { k.imageNodeOn(t, ctx, tc.plant, tc.want) })
+	}
+}
+
+// kubeProxyRules are rules as kube-proxy keeps them, planted in a node's namespace before its agent starts.
+var kubeProxyRules = [][]string{
+	{"-t", "nat", "-N", "KUBE-SERVICES"},
+	{"-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
+	{"-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
+	{"-t", "filter", "-N", "KUBE-FORWARD"},
+	{"-t", "filter", "-A", "FORWARD", "-m", "comment", "--comment", "kubernetes forwarding rules", "-j", "KUBE-FORWARD"},
+}
+
+// imageNodeOn adds a node running the image, its namespace first given kube-proxy's rules in iptables mode
+// plant (none when empty), and checks that weftd's rules are where want says, and only there. want
+// "nftables" gives the node a net-conf.json with EnableNFTables.
+func (k *kubeE2E) imageNodeOn(t *testing.T, ctx context.Context, plant, want string) {
 	i := len(k.Nodes()) + 1
 	name := fmt.Sprintf("n%d", i)
 	k.image[name] = true
 	t.Cleanup(func() {
 		// If the test process dies, podman is killed but not its container: remove it by name.
-		exec.Command("env", "CONTAINERS_CONF="+k.podmanConf, "podman", "rm", "-f", "--ignore", k.Node(i).NS.Name+"-weftd").Run()
+		if n := k.Node(i); n != nil {
+			exec.Command("env", "CONTAINERS_CONF="+k.podmanConf, "podman", "rm", "-f", "--ignore", n.NS.Name+"-weftd").Run()
+		}
 	})
+	if want == "nftables" {
+		k.netConfs[name] = filepath.Join(k.dir, name+"-net-conf.json")
+		if err := os.WriteFile(k.netConfs[name], []byte(`{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := k.createNode(ctx, name, i, map[string]string{"node.alpha.kubernetes.io/ttl": "0"}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := k.AddNode(ctx)
+	n, err := k.AddNodeWith(ctx, func(n *netcluster.Node) error {
+		if plant == "" {
+			return nil
+		}
+		for _, r := range kubeProxyRules {
+			if _, err := n.NS.Exec(append([]string{"iptables-" + plant, "-w"}, r...)...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		t.Fatalf("add the node running the image: %v", err)
 	}
@@ -507,8 +630,47 @@ func (k *kubeE2E) imageNode(t *testing.T) {
 	if out, err := n.NS.IP("-d", "link", "show", "flannel.1"); err != nil || !strings.Contains(out, "vxlan id 1") {
 		t.Errorf("no vxlan device made by the image: %v %s", err, out)
 	}
+	// AddNodeWith returned once the node was ready, so its packet filter rules are in place.
+	if want == "nftables" {
+		for _, m := range []string{"legacy", "nft"} {
+			if o := n.NS.MustExec(t, "iptables-"+m+"-save"); strings.Contains(o, "FLANNEL") {
+				t.Errorf("iptables-%s-save in %s shows weftd's chains; with EnableNFTables want them in nftables only:\n%s", m, n.NS.Name, o)
+			}
+		}
+		got := n.NS.MustExec(t, "nft", "list", "table", "ip", "flannel-ipv4")
+		for _, c := range []string{"chain postrtg", "chain forward", "masquerade"} {
+			if !strings.Contains(got, c) {
+				t.Errorf("nft list table ip flannel-ipv4 in %s has no %q:\n%s", n.NS.Name, c, got)
+			}
+		}
+	} else {
+		k.checkIPTablesMode(t, ctx, n, plant, want)
+	}
 	for _, w := range []*netcluster.Node{k.Node(1), k.Node(4)} {
 		k.pair(t, ctx, w, n)
 		k.pair(t, ctx, n, w)
+	}
+}
+
+// checkIPTablesMode checks that weftd's chains on the image's node n are in iptables mode want only, beside
+// the rules planted in mode plant, and that the container's iptables runs in that mode.
+func (k *kubeE2E) checkIPTablesMode(t *testing.T, ctx context.Context, n *netcluster.Node, plant, want string) {
+	t.Helper()
+	other := map[string]string{"legacy": "nft", "nft": "legacy"}[want]
+	got := n.NS.MustExec(t, "iptables-"+want+"-save")
+	for _, c := range []string{"-A FLANNEL-POSTRTG ", "-A FLANNEL-FWD ", "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"} {
+		if !strings.Contains(got, c) {
+			t.Errorf("iptables-%s-save in %s has no %q: weftd's rules are not in the host's mode\n%s", want, n.NS.Name, c, got)
+		}
+	}
+	if plant != "" && !strings.Contains(got, "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES") {
+		t.Errorf("iptables-%s-save in %s lost kube-proxy's rules:\n%s", want, n.NS.Name, got)
+	}
+	if o := n.NS.MustExec(t, "iptables-"+other+"-save"); strings.Contains(o, "FLANNEL") {
+		t.Errorf("iptables-%s-save in %s shows weftd's chains too; want them in %s only:\n%s", other, n.NS.Name, want, o)
+	}
+	ver, err := exec.CommandContext(ctx, "env", "CONTAINERS_CONF="+k.podmanConf, "podman", "exec", n.NS.Name+"-weftd", "iptables", "--version").CombinedOutput()
+	if wantVer := map[string]string{"legacy": "(legacy)", "nft": "(nf_tables)"}[want]; err != nil || !strings.Contains(string(ver), wantVer) {
+		t.Errorf("iptables --version in the container: %q, %v; want %s", ver, err, wantVer)
 	}
 }

@@ -2,8 +2,10 @@
 # Build a real kube-apiserver (and kubectl) from the Go module proxy into a cache folder outside the repo,
 # for the kube test tier. k8s.io/kubernetes is not meant to be required as a module: a wrapper module
 # replaces every k8s.io staging module with its published v0.x version, as kubernetes' own go.mod does with
-# ./staging paths. Cold: about 10 minutes on 2 cores and ~3.5 GB of Go build cache; later runs find the
-# binaries and return at once.
+# ./staging paths. Cold: about 17 CPU-minutes (kubectl adds 7% to kube-apiserver), some 10 minutes on 2 idle
+# cores, and ~3 GB of Go build cache; later runs find the binaries and return at once. Building without
+# debug information (-gcflags=all=-dwarf=false) or cgo, or both binaries in one go build, measured no faster
+# (README "Tests"): compiling their 2,300 packages is the cost.
 #
 #   dist/kubetest/build-apiserver.sh [DIR]    DIR defaults to $WEFT_KUBE_BIN or /var/cache/weft/kube-v1.37.2
 set -euo pipefail

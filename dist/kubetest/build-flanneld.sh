@@ -3,7 +3,8 @@
 # end-to-end test can run a real flanneld node beside weftd nodes. flannel's main package blank-imports
 # every backend, and one of them (tencentvpc) needs a cloud SDK version the module proxy does not serve:
 # its main.go is built in a wrapper module without that one import (the source stays in the module cache;
-# nothing of it enters this repo). About two minutes cold; a no-op once built.
+# nothing of it enters this repo). About 4 CPU-minutes cold (some 2 minutes on 2 idle cores); a no-op once
+# built.
 #
 #   dist/kubetest/build-flanneld.sh [DIR]    DIR defaults to $WEFT_KUBE_BIN or /var/cache/weft/kube-v1.37.2
 set -euo pipefail

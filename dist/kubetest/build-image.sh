@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the weftd image from dist/Dockerfile with podman, without a registry: the base image is made
-# locally with mmdebstrap (Debian bookworm minbase with iptables; cached in /var/cache/weft/image) and the
-# build runs with no network, using the host's Go toolchain and module cache. Rootful podman with its own
+# locally with mmdebstrap (Debian bookworm minbase with iptables and nftables; cached in
+# /var/cache/weft/image under a name made from its package list) and the build runs with no network, using
+# the host's Go toolchain and module cache. Rootful podman with its own
 # containers.conf (runc, cgroupfs; the defaults fail on this machine kind); it never creates a network.
 #
 #   dist/kubetest/build-image.sh [TAG]      TAG defaults to localhost/weftd:test; prints the config path
@@ -11,7 +12,10 @@ cd "$(dirname "$0")/../.."
 
 tag=${1:-localhost/weftd:test}
 cache=${WEFT_IMAGE_CACHE:-/var/cache/weft/image}
-base=localhost/weft-base:bookworm
+pkgs=iptables,nftables,ca-certificates
+key=$(printf %s "$pkgs" | sha256sum | cut -c1-8)
+base=localhost/weft-base:bookworm-$key
+tar="$cache/base-$key.tar"
 mkdir -p "$cache"
 export CONTAINERS_CONF="$cache/containers.conf"
 cat >"$CONTAINERS_CONF" <<'CONF'
@@ -25,15 +29,15 @@ events_logger = "file"
 CONF
 
 if ! podman image exists "$base"; then
-	if [ ! -f "$cache/base.tar" ]; then
-		echo "making the base image (mmdebstrap bookworm minbase + iptables, about a minute)"
-		mmdebstrap --quiet --variant=minbase --include=iptables,ca-certificates bookworm "$cache/base.tar.tmp" \
+	if [ ! -f "$tar" ]; then
+		echo "making the base image (mmdebstrap bookworm minbase + $pkgs, about a minute)"
+		mmdebstrap --quiet --variant=minbase --format=tar --include="$pkgs" bookworm "$tar.tmp" \
 			"deb http://deb.debian.org/debian bookworm main" \
 			"deb http://deb.debian.org/debian bookworm-updates main" \
 			"deb http://deb.debian.org/debian-security bookworm-security main"
-		mv "$cache/base.tar.tmp" "$cache/base.tar"
+		mv "$tar.tmp" "$tar"
 	fi
-	podman import -q "$cache/base.tar" "$base" >/dev/null
+	podman import -q "$tar" "$base" >/dev/null
 fi
 
 old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)

@@ -283,10 +283,19 @@ func (c *Cluster) Node(i int) *Node {
 }
 
 // AddNode creates one more node (a later joiner), starts its agent and attaches its container.
-func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
+func (c *Cluster) AddNode(ctx context.Context) (*Node, error) { return c.AddNodeWith(ctx, nil) }
+
+// AddNodeWith is AddNode with prepare run once the node's namespace is on the underlay, before its agent
+// starts (a test plants state the agent should find, such as another program's iptables rules). Nil: none.
+func (c *Cluster) AddNodeWith(ctx context.Context, prepare func(*Node) error) (*Node, error) {
 	n, err := c.newNode()
 	if err != nil {
 		return nil, err
+	}
+	if prepare != nil {
+		if err := prepare(n); err != nil {
+			return n, fmt.Errorf("node %s: prepare: %w", n.Name, err)
+		}
 	}
 	if err := n.StartAgent(ctx); err != nil {
 		return n, err
