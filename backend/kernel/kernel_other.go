@@ -53,3 +53,10 @@ func DefaultRoutes4() ([]Lookup, error)          { return nil, errUnsupported }
 func SubscribeRoutes(size int, done <-chan struct{}) (<-chan RouteEvent, error) {
 	return nil, errUnsupported
 }
+
+type eventSocket struct{}
+
+func openEvents() (*eventSocket, error)     { return nil, errUnsupported }
+func (e *eventSocket) close()               {}
+func (e *eventSocket) read(fn func(Event))  {}
+func (h *Handle) setGone(func(Event, bool)) {}

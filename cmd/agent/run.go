@@ -578,12 +578,26 @@ func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
 	return ch, peers, true
 }
 
+// followedResyncs is how many reconcile intervals pass between comparisons with the kernel's tables for a
+// backend that repairs drift from kernel events (backend.Follower): 10 (5 minutes by default).
+const followedResyncs = 10
+
+// resyncDue says whether a reconcile tick compares the kernel state with the kernel's tables (Config.Resync):
+// every tick, or every followedResyncs ticks for a backend that follows kernel events.
+func (a *agent) resyncDue(last time.Time) bool {
+	if f, ok := a.be.(backend.Follower); ok && f.Following() {
+		return time.Since(last) >= followedResyncs*a.cfg.Reconcile-a.cfg.Reconcile/2
+	}
+	return true
+}
+
 // reconcileLoop is the only caller of the backend's Set: on every change and every reconcile interval.
 func (a *agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Reconcile)
 	defer t.Stop()
 	lastPeers := -1
 	var overlapLog backend.SkipLog // peer leases dropped for overlapping another, warned about once
+	lastResync := time.Now()
 	for {
 		resync := false // a lease change is applied as a change; the tick compares with the kernel
 		select {
@@ -591,7 +605,10 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 			return
 		case <-a.kick:
 		case <-t.C:
-			resync = true
+			resync = a.resyncDue(lastResync)
+		}
+		if resync {
+			lastResync = time.Now()
 		}
 		a.writeEnv() // retries a failed write
 		if upd, ok := a.be.(backend.Updater); ok && !resync {

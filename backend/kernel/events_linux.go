@@ -1,0 +1,151 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// eventBuffer is the receive buffer of an event socket: room for the burst of a start with thousands of peers
+// (each route, neighbour and FDB entry added is announced, and the reader skips them one by one).
+const eventBuffer = 16 << 20
+
+// eventSocket receives the route, neighbour and link events of the namespace it was opened in.
+type eventSocket struct{ s *nl.NetlinkSocket }
+
+// openEvents subscribes to route, neighbour (and FDB) and link events in the calling thread's namespace.
+func openEvents() (*eventSocket, error) {
+	s, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to kernel events: %w", err)
+	}
+	if err := s.SetReceiveBufferSize(eventBuffer, true); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("kernel events: set receive buffer: %w", err)
+	}
+	return &eventSocket{s: s}, nil
+}
+
+// close makes a blocked read return.
+func (e *eventSocket) close() { e.s.Close() }
+
+// read delivers deletions and link-down events to fn until the socket is closed, and a Missed event when
+// the kernel dropped events. Additions are skipped before they are decoded, so a burst costs little.
+func (e *eventSocket) read(fn func(Event)) {
+	for {
+		msgs, from, err := e.s.Receive()
+		switch {
+		case errors.Is(err, unix.ENOBUFS):
+			fn(Event{Kind: Missed})
+			continue
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return // closed
+		case from.Pid != nl.PidKernel:
+			continue
+		}
+		for _, m := range msgs {
+			if ev, ok := decodeEvent(m.Header.Type, m.Data); ok {
+				fn(ev)
+			}
+		}
+	}
+}
+
+func decodeEvent(typ uint16, data []byte) (Event, bool) {
+	switch typ {
+	case unix.RTM_DELROUTE:
+		r, ok := decodeOurRoute(data)
+		return Event{Kind: RouteGone, Route: r}, ok
+	case unix.RTM_DELNEIGH:
+		n, err := netlink.NeighDeserialize(data)
+		if err != nil {
+			return Event{}, false
+		}
+		if n.Family == unix.AF_BRIDGE {
+			return Event{Kind: FDBGone, Link: n.LinkIndex, MAC: n.HardwareAddr.String()}, true
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		return Event{Kind: NeighGone, Link: n.LinkIndex, IP: ip.Unmap()}, ok
+	case unix.RTM_DELLINK:
+		if len(data) < unix.SizeofIfInfomsg {
+			return Event{}, false
+		}
+		return Event{Kind: LinkDown, Link: int(nl.DeserializeIfInfomsg(data).Index)}, true
+	case unix.RTM_NEWLINK:
+		if len(data) < unix.SizeofIfInfomsg {
+			return Event{}, false
+		}
+		m := nl.DeserializeIfInfomsg(data)
+		if m.Flags&unix.IFF_UP != 0 {
+			return Event{}, false
+		}
+		return Event{Kind: LinkDown, Link: int(m.Index)}, true
+	}
+	return Event{}, false
+}
+
+// decodeOurRoute decodes a route message about a main-table route with RouteProtocol (else ok is false).
+func decodeOurRoute(data []byte) (r Route, ok bool) {
+	if len(data) < unix.SizeofRtMsg {
+		return Route{}, false
+	}
+	m := nl.DeserializeRtMsg(data)
+	if m.Protocol != RouteProtocol || m.Type != unix.RTN_UNICAST {
+		return Route{}, false
+	}
+	table := uint32(m.Table)
+	attrs, err := nl.ParseRouteAttr(data[unix.SizeofRtMsg:])
+	if err != nil {
+		return Route{}, false
+	}
+	var dst netip.Addr
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.RTA_DST:
+			dst, _ = netip.AddrFromSlice(a.Value)
+		case unix.RTA_GATEWAY:
+			r.Gw, _ = netip.AddrFromSlice(a.Value)
+		case unix.RTA_OIF:
+			if len(a.Value) == 4 {
+				r.LinkIndex = int(native.Uint32(a.Value))
+			}
+		case unix.RTA_TABLE:
+			if len(a.Value) == 4 {
+				table = native.Uint32(a.Value)
+			}
+		}
+	}
+	if !dst.IsValid() || table != unix.RT_TABLE_MAIN {
+		return Route{}, false
+	}
+	r.Dst = netip.PrefixFrom(dst.Unmap(), int(m.Dst_len))
+	r.Gw = r.Gw.Unmap()
+	r.OnLink = m.Flags&unix.RTNH_F_ONLINK != 0
+	return r, true
+}
+
+var native = nl.NativeEndian()
+
+// expectGone records a deletion this handle is about to make, so the keeper following the handle's events
+// does not take it for drift.
+func (h *Handle) expectGone(e Event) {
+	if h.gone != nil {
+		h.gone(e, true)
+	}
+}
+
+// notGone withdraws expectGone's record for an entry that was gone already.
+func (h *Handle) notGone(e Event) {
+	if h.gone != nil {
+		h.gone(e, false)
+	}
+}
+
+// setGone installs the handle's deletion hook (see Handle.gone).
+func (h *Handle) setGone(fn func(Event, bool)) { h.gone = fn }
