@@ -93,8 +93,8 @@ type Config struct {
 	Own     subnet.Lease   // this node's lease
 	Peers   []subnet.Lease // every other node's lease (own excluded), in any order
 	// Resync asks for a comparison with the kernel's own tables, repairing what was changed behind the
-	// backend's back; the agent sets it every --reconcile-interval. False: the difference from the last Set
-	// may be applied alone.
+	// backend's back; the agent sets it every --reconcile-interval (every 10th for a Follower). False: the
+	// difference from the last Set may be applied alone.
 	Resync bool
 }
 

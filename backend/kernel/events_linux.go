@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -149,3 +150,9 @@ func (h *Handle) notGone(e Event) {
 
 // setGone installs the handle's deletion hook (see Handle.gone).
 func (h *Handle) setGone(fn func(Event, bool)) { h.gone = fn }
+
+// linkUp reports whether the link with the index exists and is administratively up.
+func (h *Handle) linkUp(index int) bool {
+	l, err := h.linkByIndex(index)
+	return err == nil && l.Attrs().Flags&net.FlagUp != 0
+}

@@ -189,6 +189,16 @@ func (k *Keeper) onEvent(e Event) {
 	}
 }
 
+// linkEventsOnly reports whether drift holds only LinkDown events of links that are up now.
+func (k *Keeper) linkEventsOnly(drift []Event) bool {
+	for _, e := range drift {
+		if e.Kind != LinkDown || !k.h.linkUp(e.Link) {
+			return false
+		}
+	}
+	return len(drift) > 0
+}
+
 // repairNow runs the backend's repair after drift.
 func (k *Keeper) repairNow() {
 	k.mu.Lock()
@@ -199,6 +209,9 @@ func (k *Keeper) repairNow() {
 	}
 	drift := k.drift
 	k.drift = nil
+	if k.linkEventsOnly(drift) {
+		return // a link of ours seen down that is up again: created down and then set up (by us)
+	}
 	what := make([]string, len(drift))
 	for i, e := range drift {
 		what[i] = e.String()

@@ -60,3 +60,4 @@ func openEvents() (*eventSocket, error)     { return nil, errUnsupported }
 func (e *eventSocket) close()               {}
 func (e *eventSocket) read(fn func(Event))  {}
 func (h *Handle) setGone(func(Event, bool)) {}
+func (h *Handle) linkUp(index int) bool     { return false }
