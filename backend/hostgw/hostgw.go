@@ -45,7 +45,7 @@ func New(d backend.Deps) (backend.Backend, error) {
 			ext.PublicIP, ext.Addr, ext.Name, ErrNAT)
 	}
 	b := &hostGW{log: d.Log, ext: ext}
-	b.k = kernel.NewKeeper("host-gw backend", d.Log, b.repairLocked)
+	b.k = kernel.NewKeeper("host-gw backend", d.Log, b.repairLocked, b.wantsLocked)
 	return b, nil
 }
 
@@ -99,6 +99,16 @@ func (b *hostGW) setLocked(h *kernel.Handle, cfg *backend.Config) error {
 	last.Peers = nil
 	b.last = &last
 	return nil
+}
+
+// wantsLocked says whether a route deleted behind the backend's back is one it installed.
+func (b *hostGW) wantsLocked(e kernel.Event) bool {
+	for _, r := range b.applied {
+		if e.Kind == kernel.RouteGone && r.Dst == e.Route.Dst {
+			return true
+		}
+	}
+	return false
 }
 
 // repairLocked makes the kernel hold the routes applied last again, after drift (kernel.Keeper).

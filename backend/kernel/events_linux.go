@@ -71,6 +71,9 @@ func decodeEvent(typ uint16, data []byte) (Event, bool) {
 		if n.Family == unix.AF_BRIDGE {
 			return Event{Kind: FDBGone, Link: n.LinkIndex, MAC: n.HardwareAddr.String()}, true
 		}
+		if n.Family != unix.AF_INET {
+			return Event{}, false
+		}
 		ip, ok := netip.AddrFromSlice(n.IP)
 		return Event{Kind: NeighGone, Link: n.LinkIndex, IP: ip.Unmap()}, ok
 	case unix.RTM_DELLINK:

@@ -32,6 +32,7 @@ type Keeper struct {
 	name   string // prefixes errors: "vxlan backend"
 	log    *slog.Logger
 	repair func(h *Handle) error
+	wants  func(e Event) bool
 
 	mu      sync.Mutex // guards the fields below, and the backend's state (see Do)
 	h       *Handle    // set by Up; nil after Close
@@ -53,9 +54,12 @@ func (k *Keeper) Repairs() uint64 { return k.repairs.Load() }
 
 // NewKeeper returns a Keeper for the backend called name. repair makes the kernel match the state the backend
 // installed last, reading the kernel's tables (what Set with Resync does with the same state); it is called with the Keeper's lock held, after drift, and may do nothing when the
-// backend has no state yet (its next Set compares with the kernel then).
-func NewKeeper(name string, log *slog.Logger, repair func(h *Handle) error) *Keeper {
-	return &Keeper{name: name, log: log, repair: repair, expect: map[eventKey]int{}}
+// backend has no state yet (its next Set compares with the kernel then). wants says whether an entry gone
+// (RouteGone, NeighGone, FDBGone) is one the backend installed, as opposed to one of the kernel's own that
+// it removed (an expired neighbour entry on the backend's device, say); it is called with the lock held,
+// only when a repair is due, so it may scan the backend's state.
+func NewKeeper(name string, log *slog.Logger, repair func(h *Handle) error, wants func(e Event) bool) *Keeper {
+	return &Keeper{name: name, log: log, repair: repair, wants: wants, expect: map[eventKey]int{}}
 }
 
 // Up opens the handle (NewForwardingHandle for link) and starts following the kernel's events in the calling
@@ -181,8 +185,10 @@ func (k *Keeper) onEvent(e Event) {
 			return
 		}
 	}
-	if len(k.drift) < 3 {
+	if len(k.drift) < 16 {
 		k.drift = append(k.drift, e)
+	} else {
+		k.drift[len(k.drift)-1] = Event{Kind: Missed} // too many to weigh one by one: repair
 	}
 	if k.timer == nil {
 		k.timer = time.AfterFunc(repairDelay, k.repairNow)
@@ -211,6 +217,16 @@ func (k *Keeper) repairNow() {
 	k.drift = nil
 	if k.linkEventsOnly(drift) {
 		return // a link of ours seen down that is up again: created down and then set up (by us)
+	}
+	drift = slices.DeleteFunc(drift, func(e Event) bool {
+		switch e.Kind {
+		case RouteGone, NeighGone, FDBGone:
+			return !k.wants(e)
+		}
+		return false
+	})
+	if len(drift) == 0 {
+		return
 	}
 	what := make([]string, len(drift))
 	for i, e := range drift {

@@ -169,7 +169,7 @@ func New(d backend.Deps) (backend.Backend, error) {
 			MTU:       underlay - Overhead,
 		},
 	}
-	b.k = kernel.NewKeeper("vxlan backend", d.Log, b.repairLocked)
+	b.k = kernel.NewKeeper("vxlan backend", d.Log, b.repairLocked, b.wantsLocked)
 	return b, nil
 }
 
@@ -433,6 +433,23 @@ func (b *vxlan) Close() error { return b.k.Close() }
 
 // Following reports whether drift is repaired from kernel events (backend.Follower).
 func (b *vxlan) Following() bool { return b.k.Following() }
+
+// wantsLocked says whether an entry deleted behind the backend's back is one it installed last (and not,
+// say, a neighbour entry the kernel made on the device and let expire).
+func (b *vxlan) wantsLocked(e kernel.Event) bool {
+	if b.applied == nil {
+		return false
+	}
+	for _, p := range b.applied.byKey {
+		switch {
+		case e.Kind == kernel.RouteGone && p.route.Dst == e.Route.Dst,
+			e.Kind == kernel.NeighGone && p.neigh != nil && p.neigh.IP == e.IP,
+			e.Kind == kernel.FDBGone && p.fdb != nil && p.fdb.MAC.String() == e.MAC:
+			return true
+		}
+	}
+	return false
+}
 
 // repairLocked makes the kernel hold the state applied last again, after drift (kernel.Keeper): the device
 // (recreated with its MAC if it was deleted), then every neighbour, FDB entry and route, compared with the

@@ -496,7 +496,8 @@ func TestVXLANPreviousMAC(t *testing.T) {
 
 // TestVXLANRepairsDriftFromEvents: what is deleted behind the backend's back (a neighbour, an FDB entry, a
 // route, the device set down, the device deleted) comes back within a second without any Set, from the
-// kernel's events; what the backend deletes itself (a peer leaving) triggers no repair.
+// kernel's events; what the backend deletes itself (a peer leaving), and entries it did not make, trigger no
+// repair.
 func TestVXLANRepairsDriftFromEvents(t *testing.T) {
 	tp, nodes := backendtest.NewCluster(t, 3)
 	kerneltest.RequireCommand(t, "bridge")
@@ -554,9 +555,13 @@ func TestVXLANRepairsDriftFromEvents(t *testing.T) {
 		t.Errorf("%d repairs after 5 changes behind the backend's back", got)
 	}
 
-	// The backend's own deletions are not drift.
+	// The backend's own deletions are not drift, nor entries on its device it did not make.
 	time.Sleep(200 * time.Millisecond)
 	r1 := repairs()
+	n1.NS.MustIP(t, "neigh", "add", "10.5.77.7", "lladdr", "02:00:00:00:77:07", "dev", "flannel.1", "nud", "reachable")
+	n1.NS.MustIP(t, "neigh", "del", "10.5.77.7", "dev", "flannel.1")
+	n1.NS.MustIP(t, "route", "add", "10.5.77.0/24", "via", "10.5.77.0", "dev", "flannel.1", "onlink", "proto", "87")
+	n1.NS.MustIP(t, "route", "del", "10.5.77.0/24")
 	n1.Update(t, n2)
 	n1.Set(t, n2)
 	n1.Update(t, n2, n3)
