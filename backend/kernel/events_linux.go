@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -15,45 +17,74 @@ import (
 // (each route, neighbour and FDB entry added is announced, and the reader skips them one by one).
 const eventBuffer = 16 << 20
 
-// eventSocket receives the route, neighbour and link events of the namespace it was opened in.
-type eventSocket struct{ s *nl.NetlinkSocket }
+// eventSocket receives the route, neighbour and link events of the namespace it was opened in. It reads into
+// one buffer of its own, so a burst of events costs no allocation per message.
+type eventSocket struct {
+	f  *os.File // closing it makes a blocked read return
+	rc syscall.RawConn
+}
 
 // openEvents subscribes to route, neighbour (and FDB) and link events in the calling thread's namespace.
 func openEvents() (*eventSocket, error) {
-	s, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE)
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("subscribe to kernel events: %w", err)
+		return nil, fmt.Errorf("subscribe to kernel events: netlink socket: %w", err)
 	}
-	if err := s.SetReceiveBufferSize(eventBuffer, true); err != nil {
-		s.Close()
+	var groups uint32
+	for _, g := range []uint32{unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE} {
+		groups |= 1 << (g - 1)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("subscribe to kernel events: bind: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, eventBuffer); err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("kernel events: set receive buffer: %w", err)
 	}
-	return &eventSocket{s: s}, nil
+	f := os.NewFile(uintptr(fd), "netlink-events")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("kernel events: %w", err)
+	}
+	return &eventSocket{f: f, rc: rc}, nil
 }
 
 // close makes a blocked read return.
-func (e *eventSocket) close() { e.s.Close() }
+func (e *eventSocket) close() { e.f.Close() }
 
 // read delivers deletions and link-down events to fn until the socket is closed, and a Missed event when
-// the kernel dropped events. Additions are skipped before they are decoded, so a burst costs little.
+// the kernel dropped events. Additions are skipped by their header, before anything is decoded.
 func (e *eventSocket) read(fn func(Event)) {
+	buf := make([]byte, 64<<10)
 	for {
-		msgs, from, err := e.s.Receive()
+		var n int
+		var rerr error
+		err := e.rc.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), buf)
+			return rerr != unix.EAGAIN
+		})
 		switch {
-		case errors.Is(err, unix.ENOBUFS):
-			fn(Event{Kind: Missed})
-			continue
-		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
-			continue
 		case err != nil:
 			return // closed
-		case from.Pid != nl.PidKernel:
+		case errors.Is(rerr, unix.ENOBUFS):
+			fn(Event{Kind: Missed})
 			continue
+		case errors.Is(rerr, unix.EINTR):
+			continue
+		case rerr != nil:
+			return
 		}
-		for _, m := range msgs {
-			if ev, ok := decodeEvent(m.Header.Type, m.Data); ok {
+		for b := buf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
+			l := int(native.Uint32(b[0:4]))
+			if l < unix.NLMSG_HDRLEN || l > len(b) {
+				break
+			}
+			if ev, ok := decodeEvent(native.Uint16(b[4:6]), b[unix.NLMSG_HDRLEN:l]); ok {
 				fn(ev)
 			}
+			b = b[min(len(b), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
 		}
 	}
 }
