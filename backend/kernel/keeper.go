@@ -44,7 +44,7 @@ type Keeper struct {
 	timer   *time.Timer      // pending repair; nil: none
 	follows bool             // events are followed
 	events  *eventSocket     // nil: not followed
-	wg      sync.WaitGroup   // the event reader
+	wg      sync.WaitGroup   // the event reader and a pending repair
 
 	repairs atomic.Uint64 // repairs after drift, successful or not
 }
@@ -116,7 +116,8 @@ func (k *Keeper) Following() bool {
 	return k.follows && !k.closed
 }
 
-// Close stops following events, waits for the reader and closes the handle. It is idempotent.
+// Close stops following events, waits for the reader and a repair under way, and closes the handle. It is
+// idempotent.
 func (k *Keeper) Close() error {
 	k.mu.Lock()
 	if k.closed {
@@ -124,8 +125,8 @@ func (k *Keeper) Close() error {
 		return nil
 	}
 	k.closed = true
-	if k.timer != nil {
-		k.timer.Stop()
+	if k.timer != nil && k.timer.Stop() {
+		k.wg.Done() // the repair that will not run
 	}
 	ev := k.events
 	k.mu.Unlock()
@@ -191,7 +192,11 @@ func (k *Keeper) onEvent(e Event) {
 		k.drift[len(k.drift)-1] = Event{Kind: Missed} // too many to weigh one by one: repair
 	}
 	if k.timer == nil {
-		k.timer = time.AfterFunc(repairDelay, k.repairNow)
+		k.wg.Add(1) // before Close's Wait: Close sets closed under the lock first
+		k.timer = time.AfterFunc(repairDelay, func() {
+			defer k.wg.Done()
+			k.repairNow()
+		})
 	}
 }
 
