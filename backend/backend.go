@@ -61,7 +61,7 @@ type Change struct {
 // Follower is implemented by a backend that follows the kernel's events on the state it installed and
 // repairs what is deleted behind its back as it happens (vxlan and host-gw, through kernel.Keeper). The
 // agent then asks it for the costly comparison with the kernel's tables (Config.Resync) less often, as a
-// safety net for changes events do not report (an entry replaced rather than deleted).
+// safety net for changes events do not report (an entry added or replaced rather than deleted).
 type Follower interface {
 	// Following reports whether kernel events are being followed now.
 	Following() bool
