@@ -58,6 +58,15 @@ type Change struct {
 	Deleted []string       // keys (subnet.Lease.Key) of peer leases gone
 }
 
+// Follower is implemented by a backend that follows the kernel's events on the state it installed and
+// repairs what is deleted behind its back as it happens (vxlan and host-gw, through kernel.Keeper). The
+// agent then asks it for the costly comparison with the kernel's tables (Config.Resync) less often, as a
+// safety net for changes events do not report (an entry added or replaced rather than deleted).
+type Follower interface {
+	// Following reports whether kernel events are being followed now.
+	Following() bool
+}
+
 // Stats is implemented by a backend that counts its data path's events by name (see udp.Backend.Stats);
 // the agent exports them as metrics.
 type Stats interface {
@@ -86,8 +95,8 @@ type Config struct {
 	Own     subnet.Lease   // this node's lease
 	Peers   []subnet.Lease // every other node's lease (own excluded), in any order
 	// Resync asks for a comparison with the kernel's own tables, repairing what was changed behind the
-	// backend's back; the agent sets it every --reconcile-interval. False: the difference from the last Set
-	// may be applied alone.
+	// backend's back; the agent sets it every --reconcile-interval (every 10th for a Follower). False: the
+	// difference from the last Set may be applied alone.
 	Resync bool
 }
 

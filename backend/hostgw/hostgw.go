@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"sync"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/kernel"
@@ -31,11 +30,6 @@ const Type = subnet.BackendHostGW
 
 // ErrNAT is wrapped by New's error when the published PublicIP is not the external interface's address.
 var ErrNAT = errors.New("host-gw needs the public IP to be the external interface's address (no NAT)")
-
-var (
-	errNotUp  = errors.New("host-gw backend: Set before Up")
-	errClosed = errors.New("host-gw backend: closed")
-)
 
 // New returns the host-gw backend for d: the routes of each address family the network enables (d.Network;
 // nil: IPv4). It refuses a published address that differs from the interface's (d.External.PublicIP from
@@ -75,7 +69,9 @@ func newFamily(d backend.Deps, fam backend.Family) (*hostGW, error) {
 	if d.Network != nil && d.Network.EnableIPv4 && d.Network.EnableIPv6 {
 		log = log.With("family", fam.String())
 	}
-	return &hostGW{log: log, fam: fam, ext: ext}, nil
+	b := &hostGW{log: log, fam: fam, ext: ext}
+	b.k = kernel.NewKeeper("host-gw backend", log, b.repairLocked, b.wantsLocked)
+	return b, nil
 }
 
 type hostGW struct {
@@ -83,10 +79,9 @@ type hostGW struct {
 	fam backend.Family // the address family of the routes
 	ext backend.External
 
-	mu     sync.Mutex
-	h      *kernel.Handle // set by Up; nil after Close
-	closed bool
-	skips  backend.SkipLog // which skipped peers were warned about
+	k *kernel.Keeper // the handle and the lock over the fields below
+
+	skips backend.SkipLog // which skipped peers were warned about
 	// applied are the routes installed by the last successful Set and the Updates since, by lease key; nil
 	// before it and after an error, when the next Set compares with the kernel.
 	applied map[string]kernel.Route
@@ -94,46 +89,37 @@ type hostGW struct {
 }
 
 func (b *hostGW) Up(ctx context.Context) (backend.Local, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return backend.Local{}, errClosed
-	}
-	if b.h == nil {
-		h, err := kernel.NewForwardingHandle(b.ext.Index)
-		if err != nil {
-			return backend.Local{}, err
-		}
+	err := b.k.Up(b.ext.Index, func(*kernel.Handle) error {
 		if b.fam.V6 {
-			if err := kernel.EnableIPv6Forwarding(); err != nil {
-				h.Close()
-				return backend.Local{}, err
-			}
+			return kernel.EnableIPv6Forwarding()
 		}
-		b.h = h
+		return nil
+	})
+	if err != nil {
+		return backend.Local{}, err
 	}
 	b.log.Info("host-gw backend up", "iface", b.ext.Name, "addr", b.fam.Addr(b.ext), "mtu", b.ext.MTU)
 	return backend.Local{BackendType: Type, MTU: b.ext.MTU}, nil
 }
 
 func (b *hostGW) Set(cfg *backend.Config) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case b.closed:
-		return errClosed
-	case b.h == nil:
-		return errNotUp
-	case cfg == nil:
+	if cfg == nil {
 		return errors.New("host-gw backend: Set with a nil config")
 	}
+	return b.k.Do(func(h *kernel.Handle) error { return b.setLocked(h, cfg) })
+}
+
+func (b *hostGW) setLocked(h *kernel.Handle, cfg *backend.Config) error {
 	routes, skipped := plan(cfg, b.fam, b.ext)
 	b.skips.Log(b.log, skipped)
+	owned := kernel.Owned(b.fam.Network(&cfg.Network))
+	b.k.Scope(owned)
 	var err error
-	if cfg.Resync || b.applied == nil {
-		err = b.h.SyncRoutes(b.fam.V6, slices.Collect(maps.Values(routes)), kernel.Owned(b.fam.Network(&cfg.Network)))
+	full := cfg.Resync || b.applied == nil
+	if full {
+		err = h.SyncRoutes(b.fam.V6, slices.Collect(maps.Values(routes)), owned)
 	} else {
-		err = b.h.UpdateRoutes(slices.Collect(maps.Values(b.applied)), slices.Collect(maps.Values(routes)))
+		err = h.UpdateRoutes(slices.Collect(maps.Values(b.applied)), slices.Collect(maps.Values(routes)))
 	}
 	if err != nil {
 		b.applied = nil
@@ -146,16 +132,35 @@ func (b *hostGW) Set(cfg *backend.Config) error {
 	return nil
 }
 
+// wantsLocked says whether a route deleted behind the backend's back is one it installed.
+func (b *hostGW) wantsLocked(e kernel.Event) bool {
+	for _, r := range b.applied {
+		if e.Kind == kernel.RouteGone && r.Dst == e.Route.Dst {
+			return true
+		}
+	}
+	return false
+}
+
+// repairLocked makes the kernel hold the routes applied last again, after drift (kernel.Keeper).
+func (b *hostGW) repairLocked(h *kernel.Handle) error {
+	if b.applied == nil || b.last == nil {
+		return nil
+	}
+	if err := h.SyncRoutes(b.fam.V6, slices.Collect(maps.Values(b.applied)), kernel.Owned(b.fam.Network(&b.last.Network))); err != nil {
+		b.applied = nil
+		return fmt.Errorf("host-gw backend: %w", err)
+	}
+	return nil
+}
+
 // Update applies a change of single peer leases to the state of the last Set (backend.Updater).
 func (b *hostGW) Update(ch *backend.Change) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case b.closed:
-		return errClosed
-	case b.h == nil:
-		return errNotUp
-	case b.applied == nil || b.last == nil:
+	return b.k.Do(func(h *kernel.Handle) error { return b.updateLocked(h, ch) })
+}
+
+func (b *hostGW) updateLocked(h *kernel.Handle, ch *backend.Change) error {
+	if b.applied == nil || b.last == nil {
 		return fmt.Errorf("host-gw backend: no state to update: %w", backend.ErrNeedSet)
 	}
 	cfg := *b.last
@@ -182,23 +187,20 @@ func (b *hostGW) Update(ch *backend.Change) error {
 		}
 	}
 	b.skips.Change(b.log, keys, skipped)
-	if err := b.h.UpdateRoutes(had, want); err != nil {
+	if err := h.UpdateRoutes(had, want); err != nil {
 		b.applied = nil
 		return fmt.Errorf("host-gw backend: %w", err)
 	}
 	return nil
 }
 
-func (b *hostGW) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return nil
-	}
-	b.closed = true
-	if b.h != nil {
-		b.h.Close()
-		b.h = nil
-	}
-	return nil
+func (b *hostGW) Close() error { return b.k.Close() }
+
+// Stats returns the backend's counters for /metrics: drift_repairs_total counts the repairs of routes
+// deleted behind the backend's back (kernel.Keeper).
+func (b *hostGW) Stats() map[string]uint64 {
+	return map[string]uint64{"drift_repairs_total": b.k.Repairs()}
 }
+
+// Following reports whether drift is repaired from kernel events (backend.Follower).
+func (b *hostGW) Following() bool { return b.k.Following() }

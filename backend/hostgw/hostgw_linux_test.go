@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/backendtest"
@@ -126,14 +127,8 @@ func TestHostGWOwnsOnlyItsNetwork(t *testing.T) {
 // leaving, and traffic flows.
 func TestHostGWUpdate(t *testing.T) {
 	tp, nodes := backendtest.NewCluster(t, 3)
+	startHostGW(t, nodes)
 	for _, n := range nodes {
-		be, err := New(n.Deps(t, &subnet.Config{Network: kerneltest.TopologyNetwork, BackendType: Type}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Be = be
-		t.Cleanup(func() { be.Close() })
-		n.Up(t)
 		n.Set(t)
 	}
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
@@ -168,5 +163,49 @@ func TestHostGWUpdate(t *testing.T) {
 		10.5.9.0/24 via 192.0.2.12 dev eth0`)
 	if out, err := n1.Ping(n3.CtrAddr); err != nil {
 		t.Errorf("n1 → n3 after the change: %v\n%s", err, out)
+	}
+}
+
+// TestHostGWRepairsDriftFromEvents: a route deleted behind the backend's back comes back within a second
+// without a Set (kernel events), and routes of another network's backend on the node are not its concern.
+func TestHostGWRepairsDriftFromEvents(t *testing.T) {
+	_, nodes := backendtest.NewCluster(t, 3)
+	startHostGW(t, nodes)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	n1.Set(t, n2, n3)
+	want := `
+		10.5.2.0/24 via 192.0.2.12 dev eth0
+		10.5.3.0/24 via 192.0.2.13 dev eth0`
+	repairs := func() uint64 { return n1.Be.(backend.Stats).Stats()["drift_repairs_total"] }
+	n1.NS.MustIP(t, "route", "add", "10.9.1.0/24", "via", "192.0.2.13", "dev", "eth0", "proto", "87") // another network's
+	n1.NS.MustIP(t, "route", "del", "10.9.1.0/24")
+	n1.NS.MustIP(t, "route", "del", "10.5.2.0/24")
+	deadline := time.Now().Add(time.Second)
+	for kerneltest.Norm(n1.NS.MustIP(t, "route", "show", "proto", "87")) != kerneltest.Norm(want) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	kerneltest.Expect(t, "n1 routes after one was deleted by hand, without a Set", n1.NS.MustIP(t, "route", "show", "proto", "87"), want)
+	if got := repairs(); got != 1 {
+		t.Errorf("%d repairs, want 1", got)
+	}
+	n1.Update(t, n2)
+	n1.Set(t, n2, n3)
+	time.Sleep(300 * time.Millisecond)
+	if got := repairs(); got != 1 {
+		t.Errorf("%d repairs after the backend's own changes, want still 1", got)
+	}
+}
+
+// startHostGW creates and brings up the host-gw backend on every node, closed when the test ends.
+func startHostGW(t *testing.T, nodes []*backendtest.Node) {
+	t.Helper()
+	for _, n := range nodes {
+		be, err := New(n.Deps(t, &subnet.Config{Network: kerneltest.TopologyNetwork, BackendType: Type}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Be = be
+		t.Cleanup(func() { be.Close() })
+		n.Up(t)
 	}
 }

@@ -18,6 +18,9 @@ import (
 // time.
 type Handle struct {
 	nl *netlink.Handle
+	// gone, if set, is told of every deletion the handle makes, before it makes it (expect true), and again
+	// (expect false) when the entry turned out to be gone already, so no event will come (Keeper).
+	gone func(e Event, expect bool)
 }
 
 // NewHandle opens a netlink handle in the calling thread's network namespace.
@@ -155,7 +158,14 @@ func (h *Handle) ReplaceRoute(r Route) error {
 
 // DeleteRoute deletes our route r; a route already gone is not an error.
 func (h *Handle) DeleteRoute(r Route) error {
-	if err := h.nl.RouteDel(toNetlink(r)); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+	ev := Event{Kind: RouteGone, Route: r}
+	h.expectGone(ev)
+	err := h.nl.RouteDel(toNetlink(r))
+	if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
+		h.notGone(ev)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("delete route %s: %w", r, err)
 	}
 	return nil

@@ -55,3 +55,11 @@ func EnableIPv6Forwarding() error                { return errUnsupported }
 func SubscribeRoutes(size int, done <-chan struct{}) (<-chan RouteEvent, error) {
 	return nil, errUnsupported
 }
+
+type eventSocket struct{}
+
+func openEvents() (*eventSocket, error)     { return nil, errUnsupported }
+func (e *eventSocket) close()               {}
+func (e *eventSocket) read(fn func(Event))  {}
+func (h *Handle) setGone(func(Event, bool)) {}
+func (h *Handle) linkUp(index int) bool     { return false }

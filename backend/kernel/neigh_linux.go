@@ -53,8 +53,14 @@ func (h *Handle) ReplaceNeigh(n Neigh) error {
 
 // DeleteNeigh deletes the neighbour entry for n's IP on n's link; an entry already gone is not an error.
 func (h *Handle) DeleteNeigh(n Neigh) error {
+	ev := Event{Kind: NeighGone, Link: n.LinkIndex, IP: n.IP}
+	h.expectGone(ev)
 	err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: n.LinkIndex, Family: neighFamily(n.IP), IP: n.IP.AsSlice()})
-	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		h.notGone(ev)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("delete neighbour %s on %s: %w", n.IP, h.linkLabel(n.LinkIndex), err)
 	}
 	return nil
@@ -112,7 +118,14 @@ func (h *Handle) ReplaceFDB(f FDB) error {
 
 // DeleteFDB deletes the remote f.Dst of the entry for f.MAC; an entry already gone is not an error.
 func (h *Handle) DeleteFDB(f FDB) error {
-	if err := h.nl.NeighDel(fdbToNetlink(f)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+	ev := Event{Kind: FDBGone, Link: f.LinkIndex, MAC: f.MAC.String()}
+	h.expectGone(ev)
+	err := h.nl.NeighDel(fdbToNetlink(f))
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		h.notGone(ev)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("delete fdb entry %s -> %s on %s: %w", f.MAC, f.Dst, h.linkLabel(f.LinkIndex), err)
 	}
 	return nil

@@ -76,6 +76,30 @@ func (d *desired) flatten() {
 	})
 }
 
+// relink moves the state to the device with index dev (the device was recreated): every entry on the old
+// device is put on the new one.
+func (d *desired) relink(dev int) {
+	old := d.dev
+	d.dev = dev
+	for k, e := range d.byKey {
+		if e.neigh != nil && e.neigh.LinkIndex == old {
+			n := *e.neigh
+			n.LinkIndex = dev
+			e.neigh = &n
+		}
+		if e.fdb != nil && e.fdb.LinkIndex == old {
+			f := *e.fdb
+			f.LinkIndex = dev
+			e.fdb = &f
+		}
+		if e.route.LinkIndex == old {
+			e.route.LinkIndex = dev
+		}
+		d.byKey[k] = e
+	}
+	d.stale = true
+}
+
 // plan computes the complete desired state for cfg. Per vxlan peer with valid BackendData: a neighbour
 // (peer subnet's network address → VtepMAC) and an FDB entry (VtepMAC → PublicIP) on the device and an
 // onlink route of the subnet via its network address on the device; or, for a peer in in.direct, a route of

@@ -30,7 +30,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/weft-net/weft/backend"
@@ -128,11 +127,6 @@ func randomMAC() net.HardwareAddr {
 	return m
 }
 
-var (
-	errNotUp  = errors.New("vxlan backend: Set before Up")
-	errClosed = errors.New("vxlan backend: closed")
-)
-
 // New returns the vxlan backend for d, validating the config's vxlan keys: one device per address family
 // the network enables. It changes nothing in the kernel.
 func New(d backend.Deps) (backend.Backend, error) {
@@ -200,12 +194,13 @@ func newFamily(d backend.Deps, cfg Config, fam backend.Family) (*vxlan, error) {
 			prevMAC = mac
 		}
 	}
-	return &vxlan{
+	b := &vxlan{
 		log:     log,
 		fam:     fam,
 		ext:     ext,
 		cfg:     cfg,
 		prevMAC: prevMAC,
+		network: fam.Network(d.Network),
 		want: kernel.VXLAN{
 			Name:      name,
 			VNI:       cfg.VNI,
@@ -216,7 +211,9 @@ func newFamily(d backend.Deps, cfg Config, fam backend.Family) (*vxlan, error) {
 			GBP:       cfg.GBP,
 			MTU:       underlay - overhead,
 		},
-	}, nil
+	}
+	b.k = kernel.NewKeeper("vxlan backend", log, b.repairLocked, b.wantsLocked)
+	return b, nil
 }
 
 type vxlan struct {
@@ -227,12 +224,12 @@ type vxlan struct {
 	want kernel.VXLAN // the device we want; MAC is set by Up
 	// prevMAC is the VtepMAC this node published before (Deps.PrevData); nil: unknown.
 	prevMAC net.HardwareAddr
+	network netip.Prefix // the network's prefix of fam, for the ownership of routes (kernel.Owned)
 
-	mu     sync.Mutex
-	h      *kernel.Handle // set by Up; nil after Close
-	dev    int            // the device's index
-	closed bool
-	skips  backend.SkipLog // which skipped peers were warned about
+	k *kernel.Keeper // the handle and the lock over the fields below
+
+	dev   int             // the device's index
+	skips backend.SkipLog // which skipped peers were warned about
 	// owners maps a VTEP MAC to the lease key routed to it at the last Set (first come keeps a MAC); it is
 	// applied.owners while applied is set, and survives an error for the next plan.
 	owners map[string]string
@@ -248,31 +245,23 @@ type vxlan struct {
 
 // Stats returns the backend's counters for /metrics: vtepmac_conflicts_total counts the leases refused
 // because their VtepMAC was this node's or another routed lease's (each counted when it starts being
-// refused).
+// refused); drift_repairs_total the repairs of state deleted behind the backend's back (kernel.Keeper).
 func (b *vxlan) Stats() map[string]uint64 {
-	return map[string]uint64{"vtepmac_conflicts_total": b.conflicts.Load()}
+	return map[string]uint64{"vtepmac_conflicts_total": b.conflicts.Load(), "drift_repairs_total": b.k.Repairs()}
 }
 
 func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return backend.Local{}, errClosed
-	}
-	if b.h == nil {
-		h, err := kernel.NewForwardingHandle(b.ext.Index)
-		if err != nil {
-			return backend.Local{}, err
-		}
+	var dev *kernel.VXLAN
+	err := b.k.Up(b.ext.Index, func(h *kernel.Handle) error {
 		if b.fam.V6 {
 			if err := kernel.EnableIPv6Forwarding(); err != nil {
-				h.Close()
-				return backend.Local{}, err
+				return err
 			}
 		}
-		b.h = h
-	}
-	dev, err := b.ensure(true)
+		var err error
+		dev, err = b.ensure(h, true)
+		return err
+	})
 	if err != nil {
 		return backend.Local{}, err
 	}
@@ -288,20 +277,22 @@ func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
 
 // ensure makes the device exist as wanted and up, and records its index. The first time (from Up), a
 // compatible leftover device's MAC is kept, else the MAC published before (Deps.PrevData), else a random
-// one is generated; afterwards the published MAC is enforced. The caller holds b.mu.
-func (b *vxlan) ensure(inUp bool) (*kernel.VXLAN, error) {
+// one is generated; afterwards the published MAC is enforced. It tells the keeper the device is the
+// backend's. The caller holds the keeper's lock.
+func (b *vxlan) ensure(h *kernel.Handle, inUp bool) (*kernel.VXLAN, error) {
 	if b.want.MAC == nil {
-		if b.want.MAC = existingMAC(b.h, b.want); b.want.MAC == nil {
+		if b.want.MAC = existingMAC(h, b.want); b.want.MAC == nil {
 			if b.want.MAC = b.prevMAC; b.want.MAC == nil {
 				b.want.MAC = randomMAC()
 			}
 		}
 	}
-	dev, act, err := ensureDevice(b.h, b.want)
+	dev, act, err := ensureDevice(h, b.want)
 	if err != nil {
 		return nil, fmt.Errorf("vxlan backend: device %s: %w", b.want.Name, err)
 	}
 	b.dev = dev.Index
+	b.k.Scope(kernel.Owned(b.network, b.dev), b.dev)
 	attrs := []any{"dev", dev.Name, "vni", dev.VNI, "local", dev.Local, "port", dev.Port, "mac", dev.MAC.String(), "mtu", dev.MTU}
 	switch {
 	case act.kind == replaced:
@@ -334,19 +325,18 @@ const (
 )
 
 func (b *vxlan) Set(cfg *backend.Config) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case b.closed:
-		return errClosed
-	case b.h == nil:
-		return errNotUp
-	case cfg == nil:
+	if cfg == nil {
 		return errors.New("vxlan backend: Set with a nil config")
-	case !b.fam.Is(b.fam.Subnet(cfg.Own).Addr()):
+	}
+	return b.k.Do(func(h *kernel.Handle) error { return b.setLocked(h, cfg) })
+}
+
+func (b *vxlan) setLocked(h *kernel.Handle, cfg *backend.Config) error {
+	if !b.fam.Is(b.fam.Subnet(cfg.Own).Addr()) {
 		return fmt.Errorf("vxlan backend: own lease %s has no %s subnet", cfg.Own.Key(), b.fam)
 	}
-	if _, err := b.ensure(false); err != nil {
+	b.network = b.fam.Network(&cfg.Network)
+	if _, err := b.ensure(h, false); err != nil {
 		return err
 	}
 	full := cfg.Resync || b.applied == nil || b.applied.dev != b.dev
@@ -358,7 +348,7 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 		if full || b.direct == nil {
 			b.direct = map[netip.Addr]bool{}
 		}
-		direct = directPeers(b.h, b.fam, b.ext, cfg.Peers, b.direct, b.log)
+		direct = directPeers(h, b.fam, b.ext, cfg.Peers, b.direct, b.log)
 	}
 	want, skipped := plan(cfg, planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, macOwners: b.owners})
 	b.skips.Log(b.log, skipped)
@@ -375,9 +365,9 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 	b.copied = copied
 	var err error
 	if full {
-		err = apply(b.h, b.dev, want, b.cfg.Learning, b.fam.Network(&cfg.Network))
+		err = apply(h, b.dev, want, b.cfg.Learning, b.fam.Network(&cfg.Network))
 	} else {
-		err = update(b.h, b.dev, *b.applied, want)
+		err = update(h, b.dev, *b.applied, want)
 	}
 	if err != nil {
 		b.applied = nil
@@ -394,14 +384,11 @@ func (b *vxlan) Set(cfg *backend.Config) error {
 // and programming those leases alone. A change that touches a VtepMAC two leases claimed at the last plan,
 // or a lease refused for its VtepMAC, is left to Set (ErrNeedSet), which weighs every claim.
 func (b *vxlan) Update(ch *backend.Change) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case b.closed:
-		return errClosed
-	case b.h == nil:
-		return errNotUp
-	case b.applied == nil || b.last == nil:
+	return b.k.Do(func(h *kernel.Handle) error { return b.updateLocked(h, ch) })
+}
+
+func (b *vxlan) updateLocked(h *kernel.Handle, ch *backend.Change) error {
+	if b.applied == nil || b.last == nil {
 		return fmt.Errorf("vxlan backend: no state to update: %w", backend.ErrNeedSet)
 	}
 	d := b.applied
@@ -420,7 +407,7 @@ func (b *vxlan) Update(ch *backend.Change) error {
 		if b.direct == nil {
 			b.direct = map[netip.Addr]bool{}
 		}
-		direct = directPeers(b.h, b.fam, b.ext, ch.Put, b.direct, b.log)
+		direct = directPeers(h, b.fam, b.ext, ch.Put, b.direct, b.log)
 	}
 	in := planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC}
 	deleted := map[string]bool{}
@@ -435,7 +422,7 @@ func (b *vxlan) Update(ch *backend.Change) error {
 		if had {
 			oldp = &old
 		}
-		if err := applyPeer(b.h, oldp, next); err != nil && first == nil {
+		if err := applyPeer(h, oldp, next); err != nil && first == nil {
 			first = err
 		}
 		if next != nil {
@@ -494,16 +481,48 @@ func (b *vxlan) Update(ch *backend.Change) error {
 	return nil
 }
 
-func (b *vxlan) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
+func (b *vxlan) Close() error { return b.k.Close() }
+
+// Following reports whether drift is repaired from kernel events (backend.Follower).
+func (b *vxlan) Following() bool { return b.k.Following() }
+
+// wantsLocked says whether an entry deleted behind the backend's back is one it installed last (and not,
+// say, a neighbour entry the kernel made on the device and let expire).
+func (b *vxlan) wantsLocked(e kernel.Event) bool {
+	if b.applied == nil {
+		return false
+	}
+	for _, p := range b.applied.byKey {
+		switch {
+		case e.Kind == kernel.RouteGone && p.route.Dst == e.Route.Dst,
+			e.Kind == kernel.NeighGone && p.neigh != nil && p.neigh.IP == e.IP,
+			e.Kind == kernel.FDBGone && p.fdb != nil && p.fdb.MAC.String() == e.MAC:
+			return true
+		}
+	}
+	return false
+}
+
+// repairLocked makes the kernel hold the state applied last again, after drift (kernel.Keeper): the device
+// (recreated with its MAC if it was deleted), then every neighbour, FDB entry and route, compared with the
+// kernel's tables.
+func (b *vxlan) repairLocked(h *kernel.Handle) error {
+	if _, err := b.ensure(h, false); err != nil {
+		return err
+	}
+	if b.applied == nil || b.last == nil {
 		return nil
 	}
-	b.closed = true
-	if b.h != nil {
-		b.h.Close()
-		b.h = nil
+	d := b.applied
+	if d.dev != b.dev {
+		d.relink(b.dev)
+	}
+	if d.stale {
+		d.flatten()
+	}
+	if err := apply(h, b.dev, *d, b.cfg.Learning, b.fam.Network(&b.last.Network)); err != nil {
+		b.applied = nil
+		return fmt.Errorf("vxlan backend: %w", err)
 	}
 	return nil
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/backendtest"
@@ -490,4 +492,89 @@ func TestVXLANPreviousMAC(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestVXLANRepairsDriftFromEvents: what is deleted behind the backend's back (a neighbour, an FDB entry, a
+// route, the device set down, the device deleted) comes back within a second without any Set, from the
+// kernel's events; what the backend deletes itself (a peer leaving), and entries it did not make, trigger no
+// repair.
+func TestVXLANRepairsDriftFromEvents(t *testing.T) {
+	tp, nodes := backendtest.NewCluster(t, 3)
+	kerneltest.RequireCommand(t, "bridge")
+	startVXLAN(t, nodes, `{"Type":"vxlan"}`)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	for _, n := range nodes {
+		n.Set(t, backendtest.Others(nodes, n)...)
+	}
+	if f, ok := n1.Be.(backend.Follower); !ok || !f.Following() {
+		t.Fatal("the vxlan backend does not follow kernel events")
+	}
+	repairs := func() uint64 { return n1.Be.(backend.Stats).Stats()["drift_repairs_total"] }
+	m2, m3 := vtepMAC(t, n2), vtepMAC(t, n3)
+	state := func() string { // the device may be gone for a moment: no failure then, only a difference
+		r, _ := n1.NS.IP("route", "show", "proto", "87")
+		n, _ := n1.NS.IP("neigh", "show", "dev", "flannel.1")
+		f, _ := n1.NS.Exec("bridge", "fdb", "show", "dev", "flannel.1")
+		return r + "\n" + n + "\n" + f
+	}
+	full := fmt.Sprintf(`
+		10.5.2.0 lladdr %[1]s PERMANENT
+		10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink
+		10.5.3.0 lladdr %[2]s PERMANENT
+		10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink
+		%[1]s dst 192.0.2.12 self permanent
+		%[2]s dst 192.0.2.13 self permanent`, m2, m3)
+	kerneltest.ExpectSorted(t, "n1 after Set", state(), full)
+	waitState := func(what, want string) {
+		t.Helper()
+		deadline := time.Now().Add(time.Second)
+		for kerneltest.Norm(sortLines(state())) != kerneltest.Norm(sortLines(want)) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		kerneltest.ExpectSorted(t, what, state(), want)
+	}
+	r0 := repairs()
+	for _, tc := range []struct {
+		name    string
+		breakIt []string
+	}{
+		{"neighbour deleted", []string{"ip", "neigh", "del", "10.5.2.0", "dev", "flannel.1"}},
+		{"fdb entry deleted", []string{"bridge", "fdb", "del", m3, "dev", "flannel.1", "dst", "192.0.2.13", "self"}},
+		{"route deleted", []string{"ip", "route", "del", "10.5.3.0/24"}},
+		{"device down", []string{"ip", "link", "set", "flannel.1", "down"}},
+		{"device deleted", []string{"ip", "link", "del", "flannel.1"}},
+	} {
+		n1.NS.MustExec(t, tc.breakIt...)
+		waitState("n1 after "+tc.name+", without a Set", full)
+	}
+	if mac, _ := devMAC(t, n1); mac != vtepMAC(t, n1) {
+		t.Errorf("recreated device has MAC %s, published %s", mac, vtepMAC(t, n1))
+	}
+	tp.PingAll(t)
+	if got := repairs() - r0; got < 5 {
+		t.Errorf("%d repairs after 5 changes behind the backend's back", got)
+	}
+
+	// The backend's own deletions are not drift, nor entries on its device it did not make.
+	time.Sleep(200 * time.Millisecond)
+	r1 := repairs()
+	n1.NS.MustIP(t, "neigh", "add", "10.5.77.7", "lladdr", "02:00:00:00:77:07", "dev", "flannel.1", "nud", "reachable")
+	n1.NS.MustIP(t, "neigh", "del", "10.5.77.7", "dev", "flannel.1")
+	n1.NS.MustIP(t, "route", "add", "10.5.77.0/24", "via", "10.5.77.0", "dev", "flannel.1", "onlink", "proto", "87")
+	n1.NS.MustIP(t, "route", "del", "10.5.77.0/24")
+	n1.Update(t, n2)
+	n1.Set(t, n2)
+	n1.Update(t, n2, n3)
+	n1.Set(t, n2, n3)
+	time.Sleep(300 * time.Millisecond)
+	if got := repairs() - r1; got != 0 {
+		t.Errorf("%d repairs after the backend's own changes, want 0", got)
+	}
+	kerneltest.ExpectSorted(t, "n1 at the end", state(), full)
+}
+
+func sortLines(s string) string {
+	lines := strings.Split(kerneltest.Norm(s), "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -85,11 +86,11 @@ func TestNew(t *testing.T) {
 			if v.want.MTU != tt.wantDevMTU || v.want.Name != "flannel.1" || v.want.Port != 8472 || v.want.Local != e.Addr || v.want.VtepIndex != 3 {
 				t.Errorf("device = %+v", v.want)
 			}
-			if err := be.Set(&backend.Config{}); !errors.Is(err, errNotUp) {
+			if err := be.Set(&backend.Config{}); !errors.Is(err, kernel.ErrNotUp) {
 				t.Errorf("Set before Up = %v", err)
 			}
 			be.Close()
-			if _, err := be.Up(t.Context()); !errors.Is(err, errClosed) {
+			if _, err := be.Up(t.Context()); !errors.Is(err, kernel.ErrClosed) {
 				t.Errorf("Up after Close = %v", err)
 			}
 		})

@@ -130,3 +130,37 @@ func TestAgentHandsChangesToUpdater(t *testing.T) {
 	a.onLease(lease("10.5.7.0/24"), true)
 	expect("the own lease changed", "set [10.5.1.0-24 10.5.6.0-24]")
 }
+
+// following is a backend that follows kernel events (backend.Follower), or not.
+type following struct {
+	fakeBackend
+	on bool
+}
+
+func (f following) Following() bool { return f.on }
+
+// TestResyncDue: a reconcile tick compares with the kernel's tables every time, unless the backend repairs
+// drift from kernel events; then every followedResyncs-th tick.
+func TestResyncDue(t *testing.T) {
+	const r = 30 * time.Second
+	for _, tt := range []struct {
+		name  string
+		be    backend.Backend
+		since time.Duration
+		want  bool
+	}{
+		{"no follower, one interval", fakeBackend{}, r, true},
+		{"follower, one interval", following{on: true}, r, false},
+		{"follower, nine intervals", following{on: true}, 9 * r, false},
+		{"follower, ten intervals", following{on: true}, 10 * r, true},
+		{"follower, ten intervals less jitter", following{on: true}, 10*r - time.Second, true},
+		{"follower not following", following{on: false}, r, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &agent{be: tt.be, cfg: Config{Reconcile: r}}
+			if got := a.resyncDue(time.Now().Add(-tt.since)); got != tt.want {
+				t.Errorf("resyncDue after %s = %v, want %v", tt.since, got, tt.want)
+			}
+		})
+	}
+}

@@ -1,12 +1,14 @@
 package etcdstore
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -54,6 +56,10 @@ type Config struct {
 	// RequestTimeout bounds each etcd request: a method call, or one step of Hold and Watch, which then log
 	// and retry. Zero: DefaultRequestTimeout.
 	RequestTimeout time.Duration
+
+	// dial, if set, opens the client's connections (tests: a socket in another network namespace). Nil:
+	// gRPC's own dialer.
+	dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 func (c Config) prefix() string {

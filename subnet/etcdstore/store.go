@@ -90,6 +90,9 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 			MinConnectTimeout: 5 * time.Second,
 		})},
 	}
+	if cfg.dial != nil {
+		ccfg.DialOptions = append(ccfg.DialOptions, grpc.WithContextDialer(cfg.dial))
+	}
 	if cfg.usesTLS() {
 		if ccfg.TLS, err = cfg.tlsConfig(); err != nil {
 			return nil, err

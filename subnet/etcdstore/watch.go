@@ -87,7 +87,10 @@ type leaseWatch struct {
 // run lists, delivers and watches until the watch fails or ctx ends.
 func (w *leaseWatch) run(ctx context.Context, bo *backoff) error {
 	s := w.s
-	entries, rev, err := s.list(ctx)
+	// A member without a leader refuses the listing at once (the client then asks another) instead of
+	// making it wait out the request timeout: the listing after a watch that ended for want of a leader
+	// may go to that same member.
+	entries, rev, err := s.list(clientv3.WithRequireLeader(ctx))
 	if err != nil {
 		return err
 	}
