@@ -26,14 +26,21 @@ func TestLeaseTTLLeft(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	reserved := netip.MustParsePrefix("10.5.7.0/24")
+	// The held lease's subnet is a random pick: the reservation and the missing key take two others.
+	var free []netip.Prefix
+	for _, p := range []string{"10.5.7.0/24", "10.5.9.0/24", "10.5.11.0/24"} {
+		if p := netip.MustParsePrefix(p); p != l.Subnet {
+			free = append(free, p)
+		}
+	}
+	reserved, missing := free[0], free[1]
 	if err := st.Reserve(ctx, reserved, netip.MustParseAddr("198.51.100.70")); err != nil {
 		t.Fatal(err)
 	}
 	if left, ok, err := st.LeaseTTL(ctx, subnet.Lease{Subnet: reserved}); err != nil || ok {
 		t.Errorf("LeaseTTL(reservation) = %s, %v, %v; want no TTL", left, ok, err)
 	}
-	if _, _, err := st.LeaseTTL(ctx, subnet.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24")}); !errors.Is(err, ErrNotFound) {
+	if _, _, err := st.LeaseTTL(ctx, subnet.Lease{Subnet: missing}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("LeaseTTL(missing) error %v, want ErrNotFound", err)
 	}
 }
