@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -13,11 +15,33 @@ import (
 type Skip struct {
 	Key    string // the lease's key name (subnet.Lease.Key)
 	Reason string
-	Quiet  bool // expected rather than broken (a peer of another backend type): logged at debug level only
+	Kind   SkipKind // the reason as a fixed label, for metrics
+	Quiet  bool     // expected rather than broken (a peer of another backend type): logged at debug level only
 }
 
+// SkipKind is a skip's reason as one of a fixed set of labels (weft_peers_skipped_total{reason}), so the
+// metric's cardinality stays bounded whatever the leases say.
+type SkipKind string
+
+const (
+	SkipBackendType      SkipKind = "backend_type"        // a peer of another backend
+	SkipNoSubnet         SkipKind = "no_subnet"           // no subnet of the family
+	SkipBadPublicIP      SkipKind = "bad_public_ip"       // no unicast PublicIP of the family, or this node's
+	SkipOwnSubnet        SkipKind = "own_subnet"          // claims this node's subnet
+	SkipOutsideNetwork   SkipKind = "outside_network"     // its subnet lies outside the network
+	SkipOverlapsOwn      SkipKind = "overlaps_own_subnet" // its subnet overlaps this node's
+	SkipOverlap          SkipKind = "overlap"             // overlaps another lease and does not fit the config
+	SkipDuplicateSubnet  SkipKind = "duplicate_subnet"    // another lease has its subnet
+	SkipBadBackendData   SkipKind = "bad_backend_data"    // BackendData unreadable or without a usable VtepMAC
+	SkipDuplicateVtepMAC SkipKind = "duplicate_vtepmac"   // its VtepMAC is this node's or another lease's
+)
+
+// SkipKinds are every SkipKind, for metrics that show each one from the start.
+var SkipKinds = []SkipKind{SkipBackendType, SkipNoSubnet, SkipBadPublicIP, SkipOwnSubnet, SkipOutsideNetwork,
+	SkipOverlapsOwn, SkipOverlap, SkipDuplicateSubnet, SkipBadBackendData, SkipDuplicateVtepMAC}
+
 // CheckPeer is IPv4.CheckPeer.
-func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) string {
+func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) (SkipKind, string) {
 	return IPv4.CheckPeer(p, own, ext, network)
 }
 
@@ -27,26 +51,27 @@ func CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Pre
 // interface's, the published one), lies outside network (when valid), or overlaps own (a longer prefix
 // inside own would take part of this node's subnet away from its containers). Such a lease is broken or
 // hostile: routing it could hijack this node's subnet or the underlay. The checks run in that order and the
-// first that fails gives the reason. The peer's backend type and backend data are the caller's to check.
-func (f Family) CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) string {
+// first that fails gives the reason, with its kind. The peer's backend type and backend data are the
+// caller's to check.
+func (f Family) CheckPeer(p subnet.Lease, own netip.Prefix, ext External, network netip.Prefix) (SkipKind, string) {
 	sub, pub := f.Subnet(p), f.PublicIP(p.Attrs)
 	switch {
 	case !sub.IsValid() || !f.Is(sub.Addr()):
-		return fmt.Sprintf("no %s subnet", f)
+		return SkipNoSubnet, fmt.Sprintf("no %s subnet", f)
 	case !f.Is(pub):
-		return fmt.Sprintf("no %s PublicIP", f)
+		return SkipBadPublicIP, fmt.Sprintf("no %s PublicIP", f)
 	case !unicast(pub):
-		return fmt.Sprintf("its PublicIP %s is not a unicast address", pub)
+		return SkipBadPublicIP, fmt.Sprintf("its PublicIP %s is not a unicast address", pub)
 	case sub.Masked() == own.Masked():
-		return "it is this node's own subnet"
+		return SkipOwnSubnet, "it is this node's own subnet"
 	case pub == f.Addr(ext) || pub == f.Public(ext):
-		return fmt.Sprintf("its PublicIP %s is this node's", pub)
+		return SkipBadPublicIP, fmt.Sprintf("its PublicIP %s is this node's", pub)
 	case network.IsValid() && !(network.Bits() <= sub.Bits() && network.Contains(sub.Addr())):
-		return fmt.Sprintf("subnet %s is outside the network %s", sub, network)
+		return SkipOutsideNetwork, fmt.Sprintf("subnet %s is outside the network %s", sub, network)
 	case own.IsValid() && sub.Overlaps(own):
-		return fmt.Sprintf("subnet %s overlaps this node's own subnet %s", sub, own.Masked())
+		return SkipOverlapsOwn, fmt.Sprintf("subnet %s overlaps this node's own subnet %s", sub, own.Masked())
 	}
-	return ""
+	return "", ""
 }
 
 // unicast reports whether a can be a peer's public address: not unspecified, loopback, multicast, IPv6
@@ -64,6 +89,29 @@ func unicast(a netip.Addr) bool {
 // concurrent use.
 type SkipLog struct {
 	warned map[string]string // lease key → reason, for the skips of the last Log that were not quiet
+	counts sync.Map          // SkipKind → *atomic.Uint64: skips warned about (each counted when it starts)
+}
+
+// count counts s, a skip warned about now.
+func (l *SkipLog) count(s Skip) {
+	k := s.Kind
+	if k == "" {
+		k = "other"
+	}
+	v, _ := l.counts.LoadOrStore(k, new(atomic.Uint64))
+	v.(*atomic.Uint64).Add(1)
+}
+
+// AddStats adds to stats the skips counted so far, as peers_skipped{reason="<kind>"} (every kind, zeros
+// too), for a backend's Stats. Safe for concurrent use with Log and Change.
+func (l *SkipLog) AddStats(stats map[string]uint64) {
+	for _, k := range SkipKinds {
+		stats[`peers_skipped{reason="`+string(k)+`"}`] = 0
+	}
+	l.counts.Range(func(k, v any) bool {
+		stats[`peers_skipped{reason="`+string(k.(SkipKind))+`"}`] = v.(*atomic.Uint64).Load()
+		return true
+	})
 }
 
 // Log logs skipped, the complete list of skips of one Set, to log.
@@ -77,6 +125,7 @@ func (l *SkipLog) Log(log *slog.Logger, skipped []Skip) {
 			log.Debug("not routing to peer", "lease", s.Key, "reason", s.Reason)
 			continue
 		}
+		l.count(s)
 		log.Warn("not routing to peer", "lease", s.Key, "reason", s.Reason)
 	}
 	l.warned = seen
@@ -100,6 +149,7 @@ func (l *SkipLog) Change(log *slog.Logger, keys []string, skipped []Skip) {
 		if s.Quiet || before[s.Key] == s.Reason {
 			log.Debug("not routing to peer", "lease", s.Key, "reason", s.Reason)
 		} else {
+			l.count(s)
 			log.Warn("not routing to peer", "lease", s.Key, "reason", s.Reason)
 		}
 		if !s.Quiet {
@@ -158,7 +208,7 @@ func (f Family) dropOverlapping(n *subnet.Config, own subnet.Lease, peers []subn
 	for i, p := range peers {
 		other, ok := overlaps[i]
 		if ok && !n.Fits(p) {
-			skips = append(skips, Skip{Key: p.Key(), Reason: fmt.Sprintf("subnet %s overlaps lease %s and does not fit the network config (/%d subnets in %s..%s)",
+			skips = append(skips, Skip{Key: p.Key(), Kind: SkipOverlap, Reason: fmt.Sprintf("subnet %s overlaps lease %s and does not fit the network config (/%d subnets in %s..%s)",
 				f.Subnet(p), other, bits, lo, hi)})
 			continue
 		}

@@ -199,7 +199,9 @@ func (b *hostGW) Close() error { return b.k.Close() }
 // Stats returns the backend's counters for /metrics: drift_repairs_total counts the repairs of routes
 // deleted behind the backend's back (kernel.Keeper).
 func (b *hostGW) Stats() map[string]uint64 {
-	return map[string]uint64{"drift_repairs_total": b.k.Repairs()}
+	m := map[string]uint64{"drift_repairs_total": b.k.Repairs()}
+	b.skips.AddStats(m)
+	return m
 }
 
 // Following reports whether drift is repaired from kernel events (backend.Follower).

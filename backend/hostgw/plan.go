@@ -16,11 +16,11 @@ func plan(cfg *backend.Config, fam backend.Family, ext backend.External) (map[st
 	var skipped []backend.Skip
 	for _, p := range cfg.Peers {
 		if typ := p.Attrs.BackendType; typ != "" && typ != Type {
-			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: fmt.Sprintf("backend type %q, not %q", typ, Type), Quiet: true})
+			skipped = append(skipped, backend.Skip{Key: p.Key(), Kind: backend.SkipBackendType, Reason: fmt.Sprintf("backend type %q, not %q", typ, Type), Quiet: true})
 			continue
 		}
-		if reason := fam.CheckPeer(p, fam.Subnet(cfg.Own), ext, fam.Network(&cfg.Network)); reason != "" {
-			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: reason})
+		if kind, reason := fam.CheckPeer(p, fam.Subnet(cfg.Own), ext, fam.Network(&cfg.Network)); reason != "" {
+			skipped = append(skipped, backend.Skip{Key: p.Key(), Kind: kind, Reason: reason})
 			continue
 		}
 		routes[p.Key()] = kernel.Route{Dst: fam.Subnet(p).Masked(), Gw: fam.PublicIP(p.Attrs), LinkIndex: ext.Index}

@@ -162,15 +162,15 @@ func buildTable(network, own netip.Prefix, ext backend.External, leases []subnet
 		l.Attrs.PublicIP = l.Attrs.PublicIP.Unmap()
 		sn, pub := l.Subnet.Masked(), l.Attrs.PublicIP
 		if l.Attrs.BackendType != "" && l.Attrs.BackendType != subnet.BackendUDP {
-			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: fmt.Sprintf("backend type %q", l.Attrs.BackendType), Quiet: true})
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Kind: backend.SkipBackendType, Reason: fmt.Sprintf("backend type %q", l.Attrs.BackendType), Quiet: true})
 			continue
 		}
-		why := backend.CheckPeer(l, own, ext, network)
+		kind, why := backend.CheckPeer(l, own, ext, network)
 		if why == "" && byLen[sn.Bits()][netOf(sn).addr] != nil {
-			why = "duplicate subnet"
+			kind, why = backend.SkipDuplicateSubnet, "duplicate subnet"
 		}
 		if why != "" {
-			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: why})
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Kind: kind, Reason: why})
 			continue
 		}
 		n := netOf(sn)

@@ -66,16 +66,17 @@ func (t *table) addIPv6(network6, own6 netip.Prefix, leases []subnet.Lease) (ski
 			continue // refused on its IPv4 side, or of another backend type
 		}
 		var why string
+		var kind backend.SkipKind
 		switch {
 		case network6.IsValid() && !(network6.Bits() <= sn.Bits() && network6.Contains(sn.Addr())):
-			why = fmt.Sprintf("IPv6 subnet %s is outside the network %s", sn, network6)
+			kind, why = backend.SkipOutsideNetwork, fmt.Sprintf("IPv6 subnet %s is outside the network %s", sn, network6)
 		case sn.Overlaps(own6):
-			why = fmt.Sprintf("IPv6 subnet %s overlaps this node's own IPv6 subnet %s", sn, own6)
+			kind, why = backend.SkipOverlapsOwn, fmt.Sprintf("IPv6 subnet %s overlaps this node's own IPv6 subnet %s", sn, own6)
 		case byLen[sn.Bits()][sn] != nil:
-			why = "duplicate IPv6 subnet"
+			kind, why = backend.SkipDuplicateSubnet, "duplicate IPv6 subnet"
 		}
 		if why != "" {
-			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: why})
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Kind: kind, Reason: why})
 			continue
 		}
 		t.six.add(byLen, sn, p)
@@ -98,16 +99,16 @@ func buildTable6(network6, own6 netip.Prefix, ext backend.External, leases []sub
 	byLen := map[int]map[netip.Prefix]*peer{}
 	for _, l := range leases {
 		if l.Attrs.BackendType != "" && l.Attrs.BackendType != subnet.BackendUDP {
-			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: fmt.Sprintf("backend type %q", l.Attrs.BackendType), Quiet: true})
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Kind: backend.SkipBackendType, Reason: fmt.Sprintf("backend type %q", l.Attrs.BackendType), Quiet: true})
 			continue
 		}
 		sn, pub := l.IPv6Subnet.Masked(), l.Attrs.PublicIPv6
-		why := backend.IPv6.CheckPeer(l, own6, ext, network6)
+		kind, why := backend.IPv6.CheckPeer(l, own6, ext, network6)
 		if why == "" && byLen[sn.Bits()][sn] != nil {
-			why = "duplicate IPv6 subnet"
+			kind, why = backend.SkipDuplicateSubnet, "duplicate IPv6 subnet"
 		}
 		if why != "" {
-			skipped = append(skipped, backend.Skip{Key: l.Key(), Reason: why})
+			skipped = append(skipped, backend.Skip{Key: l.Key(), Kind: kind, Reason: why})
 			continue
 		}
 		p := t.byOuter6[pub]

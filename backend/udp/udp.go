@@ -203,6 +203,7 @@ func (b *Backend) Stats() map[string]uint64 {
 		m[`offload{feature="`+f.name+`"}`] = boolU64(on&f.bit != 0)
 	}
 	m[counterNames[socketDrops]] += b.socketDrops()
+	b.skipLog.AddStats(m)
 	return m
 }
 

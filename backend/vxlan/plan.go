@@ -114,6 +114,7 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 		byKey: map[string]peerEntries{}, macOf: map[string]string{}, contested: map[string]bool{}}
 	type checked struct {
 		reason string
+		kind   backend.SkipKind
 		mac    net.HardwareAddr
 	}
 	peers := make([]checked, len(cfg.Peers))
@@ -121,14 +122,14 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 	for i, p := range cfg.Peers {
 		c := &peers[i]
 		if p.Attrs.BackendType != Type {
-			c.reason = fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type)
+			c.kind, c.reason = backend.SkipBackendType, fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type)
 		} else {
-			c.reason = fam.CheckPeer(p, fam.Subnet(cfg.Own), in.ext, fam.Network(&cfg.Network))
+			c.kind, c.reason = fam.CheckPeer(p, fam.Subnet(cfg.Own), in.ext, fam.Network(&cfg.Network))
 		}
 		if c.reason == "" {
 			var err error
 			if _, c.mac, err = parseLeaseData(fam.Data(p.Attrs)); err != nil {
-				c.reason = err.Error()
+				c.kind, c.reason = backend.SkipBadBackendData, err.Error()
 			}
 		}
 		if c.reason != "" || in.direct[fam.PublicIP(p.Attrs)] {
@@ -136,7 +137,7 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 		}
 		mac := c.mac.String()
 		if in.ownMAC != nil && mac == in.ownMAC.String() {
-			c.reason = fmt.Sprintf("%s%s is this node's", macConflictPrefix, mac)
+			c.kind, c.reason = backend.SkipDuplicateVtepMAC, fmt.Sprintf("%s%s is this node's", macConflictPrefix, mac)
 			continue
 		}
 		j, ok := claims[mac]
@@ -156,11 +157,11 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 		c := peers[i]
 		if c.reason == "" && !in.direct[fam.PublicIP(p.Attrs)] {
 			if owner := d.owners[c.mac.String()]; owner != p.Key() {
-				c.reason = fmt.Sprintf("%s%s is lease %s's", macConflictPrefix, c.mac, owner)
+				c.kind, c.reason = backend.SkipDuplicateVtepMAC, fmt.Sprintf("%s%s is lease %s's", macConflictPrefix, c.mac, owner)
 			}
 		}
 		if c.reason != "" {
-			skipped = append(skipped, backend.Skip{Key: p.Key(), Reason: c.reason})
+			skipped = append(skipped, backend.Skip{Key: p.Key(), Kind: c.kind, Reason: c.reason})
 			continue
 		}
 		sub, pub := fam.Subnet(p).Masked(), fam.PublicIP(p.Attrs)

@@ -247,7 +247,9 @@ type vxlan struct {
 // because their VtepMAC was this node's or another routed lease's (each counted when it starts being
 // refused); drift_repairs_total the repairs of state deleted behind the backend's back (kernel.Keeper).
 func (b *vxlan) Stats() map[string]uint64 {
-	return map[string]uint64{"vtepmac_conflicts_total": b.conflicts.Load(), "drift_repairs_total": b.k.Repairs()}
+	m := map[string]uint64{"vtepmac_conflicts_total": b.conflicts.Load(), "drift_repairs_total": b.k.Repairs()}
+	b.skips.AddStats(m)
+	return m
 }
 
 func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
@@ -451,7 +453,7 @@ func (b *vxlan) updateLocked(h *kernel.Handle, ch *backend.Change) error {
 		for mac := range one.owners {
 			if owner := d.owners[mac]; owner != "" && owner != key && !deleted[owner] {
 				routed = false
-				sk = append(sk, backend.Skip{Key: key, Reason: fmt.Sprintf("%s%s is lease %s's", macConflictPrefix, mac, owner)})
+				sk = append(sk, backend.Skip{Key: key, Kind: backend.SkipDuplicateVtepMAC, Reason: fmt.Sprintf("%s%s is lease %s's", macConflictPrefix, mac, owner)})
 				d.contested[mac] = true
 				b.copied[key] = true
 				b.conflicts.Add(1)

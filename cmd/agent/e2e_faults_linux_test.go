@@ -721,6 +721,18 @@ func testEtcdGarbage(t *testing.T) {
 	}
 	pingAll(t, e, n4, nodes[0])
 	untouched("after the join")
+	// Last, a readable lease outside the network (overlapping nothing) reaches the backends, which leave it
+	// out and count it by kind.
+	outsideKey := leasePrefix + "10.10.0.0-24"
+	if _, err := cli.Put(ctx, outsideKey, `{"PublicIP":"192.0.2.82","BackendType":"host-gw"}`); err != nil {
+		t.Fatalf("put %s: %v", outsideKey, err)
+	}
+	for _, n := range nodes {
+		waitFor(t, 10*time.Second, "node "+n.Name+" counts the lease outside the network", func() (bool, string) {
+			v, err := e.metric(ctx, n, `weft_backend_peers_skipped_total{backend="host-gw",reason="outside_network"}`)
+			return err == nil && v == 1, fmt.Sprintf("skipped as outside_network: %v (%v), want 1", v, err)
+		})
+	}
 }
 
 // Scenario: a full network. 10.9.0.0/22 with SubnetLen 24 and SubnetMin 10.9.0.0 has four subnets; nodes

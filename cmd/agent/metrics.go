@@ -286,6 +286,9 @@ var (
 	backendInfoDesc = prometheus.NewDesc("weft_backend_info",
 		"The backend in use (always 1): type, and for udp the offloads in use (a comma list of tun, gso, gro, or none).",
 		[]string{"type", "offloads"}, nil)
+	backendSkipsDesc = prometheus.NewDesc("weft_backend_peers_skipped_total",
+		"Peer leases the backend leaves out of its data path, by reason (a fixed set: backend_type, no_subnet, bad_public_ip, own_subnet, outside_network, overlaps_own_subnet, duplicate_subnet, bad_backend_data, duplicate_vtepmac), each counted when it starts being skipped.",
+		[]string{"backend", "reason"}, nil)
 	dropsDesc = prometheus.NewDesc("weft_backend_drops_total",
 		"Packets the backend's data path dropped, by reason (udp: the drop_* statistics, and socket for the kernel's drops at its sockets).",
 		[]string{"backend", "reason"}, nil)
@@ -371,6 +374,10 @@ func collectBackendStats(ch chan<- prometheus.Metric, typ string, stats map[stri
 		name, labels, err := parseStatKey(k)
 		if err != nil {
 			ch <- prometheus.NewInvalidMetric(prometheus.NewDesc(prefix+"invalid", "", nil, nil), err)
+			continue
+		}
+		if name == "peers_skipped" { // backend.SkipLog's counts, by kind
+			ch <- prometheus.MustNewConstMetric(backendSkipsDesc, prometheus.CounterValue, float64(v), typ, labels["reason"])
 			continue
 		}
 		byName[name] = append(byName[name], series{labels, v})
