@@ -3,7 +3,9 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"os/exec"
 	"slices"
+	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -12,7 +14,8 @@ import (
 // as a child of the calling thread, so it acts on that thread's network namespace at the time of the call.
 // It is safe for concurrent use (iptables serialises through its lock; --wait is passed).
 type IPTables struct {
-	ipt *iptables.IPTables
+	ipt  *iptables.IPTables
+	path string // the iptables (ip6tables) binary, for listing a whole table in one run
 }
 
 // NewIPTables finds iptables (v6: ip6tables) and its version.
@@ -25,7 +28,11 @@ func NewIPTables(v6 bool) (*IPTables, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &IPTables{ipt: ipt}, nil
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &IPTables{ipt: ipt, path: path}, nil
 }
 
 // HasRandomFully reports whether this iptables supports MASQUERADE --random-fully (1.6.2 and later).
@@ -38,22 +45,24 @@ func (t *IPTables) HasRandomFully() bool { return t.ipt.HasRandomFully() }
 // deleted afterwards, so the chain is never empty in between. The jump is added only after the chain is
 // complete. It reports whether it changed anything.
 func (t *IPTables) SyncChain(c Chain) (changed bool, err error) {
-	exists, err := t.ipt.ChainExists(c.Table, c.Name)
+	// One listing of the table shows the chain, its rules and the jumps: a pass that finds everything in
+	// place runs iptables once per table (it runs every --iptables-resync, on every node).
+	tab, err := t.table(c.Table)
 	if err != nil {
-		return false, fmt.Errorf("%s chain %s: %w", c.Table, c.Name, err)
+		return false, err
 	}
+	have, exists := tab[c.Name]
 	if !exists {
 		if err := t.ipt.NewChain(c.Table, c.Name); err != nil {
 			// Lost a race with another creator? Then the chain is there, which is all we want.
 			if ok, cerr := t.ipt.ChainExists(c.Table, c.Name); cerr != nil || !ok {
 				return false, fmt.Errorf("create %s chain %s: %w", c.Table, c.Name, err)
 			}
+			if have, err = t.rules(c.Table, c.Name); err != nil {
+				return true, err
+			}
 		}
 		changed = true
-	}
-	have, err := t.rules(c.Table, c.Name)
-	if err != nil {
-		return changed, err
 	}
 	if !slices.Equal(have, c.Lines()) {
 		for _, r := range c.Rules {
@@ -68,10 +77,7 @@ func (t *IPTables) SyncChain(c Chain) (changed bool, err error) {
 		}
 		changed = true
 	}
-	jumps, err := t.rules(c.Table, c.Jump.Chain)
-	if err != nil {
-		return changed, err
-	}
+	jumps := tab[c.Jump.Chain]
 	n := 0
 	for _, l := range jumps {
 		if l == c.Jump.String() {
@@ -93,6 +99,35 @@ func (t *IPTables) SyncChain(c Chain) (changed bool, err error) {
 		changed = true
 	}
 	return changed, nil
+}
+
+// table lists every chain of table, as `iptables -t table -S` prints it, by name: the -A lines of each chain
+// that exists (has a -N or -P line).
+func (t *IPTables) table(table string) (map[string][]string, error) {
+	out, err := exec.Command(t.path, "-w", "-t", table, "-S").Output()
+	if err != nil {
+		if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return nil, fmt.Errorf("list %s table: %w", table, err)
+	}
+	chains := map[string][]string{}
+	for l := range strings.Lines(string(out)) {
+		l = strings.TrimRight(l, "\n")
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "-N", "-P":
+			if _, ok := chains[f[1]]; !ok {
+				chains[f[1]] = nil
+			}
+		case "-A":
+			chains[f[1]] = append(chains[f[1]], l)
+		}
+	}
+	return chains, nil
 }
 
 // rules lists a chain's rules as `iptables -S` prints them, without the chain's own -N or -P line.

@@ -346,7 +346,8 @@ func waitRoute(updates <-chan kernel.RouteEvent, dst netip.Prefix, add bool, tim
 	}
 }
 
-// cpuTicks returns a process's user + system time in clock ticks (/proc/PID/stat fields 14 and 15).
+// cpuTicks returns a process's user + system time in clock ticks, with that of its children it waited for
+// (weftd's iptables runs): /proc/PID/stat fields 14 to 17.
 func cpuTicks(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -354,15 +355,18 @@ func cpuTicks(pid int) (int64, error) {
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	if len(f) < 13 {
+	if len(f) < 15 {
 		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	var sum int64
+	for _, v := range f[11:15] { // utime, stime, cutime, cstime
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		sum += n
 	}
-	return u + st, nil
+	return sum, nil
 }
 
 // statusKiB reads a field in kB from /proc/<pid>/status ("VmRSS").
