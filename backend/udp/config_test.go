@@ -73,8 +73,8 @@ func TestNew(t *testing.T) {
 	if got := b.bindCandidates(); len(got) != 1 || got[0] != ext.Addr {
 		t.Errorf("bind candidates %v", got)
 	}
-	if m := b.Stats(); len(m) != int(numCounters)+len(features) {
-		t.Errorf("Stats has %d keys, want %d counters and %d offloads", len(m), numCounters, len(features))
+	if m := b.Stats(); len(m) != int(numCounters)+len(features)+len(backend.SkipKinds) {
+		t.Errorf("Stats has %d keys, want %d counters, %d offloads and %d skip reasons", len(m), numCounters, len(features), len(backend.SkipKinds))
 	}
 	if err := b.Close(); err != nil { // Close before Up
 		t.Errorf("Close before Up: %v", err)
