@@ -24,12 +24,7 @@ import (
 // flanneld stops, weftd starts with the same subnet file and keeps the subnet, and traffic flows again.
 func TestE2EFlanneld(t *testing.T) {
 	requireE2E(t)
-	if _, err := os.Stat(kubetest.FlanneldBin()); err != nil {
-		if kerneltest.E2E() {
-			t.Fatalf("WEFT_E2E=1 but flanneld is missing (make kube-bin, dist/kubetest/build-flanneld.sh): %v", err)
-		}
-		t.Skipf("flanneld is missing (make kube-bin): %v", err)
-	}
+	requireFlanneld(t)
 	for _, backend := range []string{"udp", "vxlan", "host-gw"} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
@@ -39,48 +34,10 @@ func TestE2EFlanneld(t *testing.T) {
 }
 
 func testFlanneld(t *testing.T, backend string) {
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-		}
-	})
-	const flannelNode = "n3"
-	var flanneld atomic.Bool // n3 runs flanneld (until the migration)
-	flanneld.Store(true)
-	etcdURL := fmt.Sprintf("http://%s:%d", netcluster.EtcdAddr, netcluster.EtcdPort)
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:     kerneltest.Prefix(),
-		Backend:    backend,
-		Nodes:      3,
-		Weftd:      weftdBin,
-		ClusterBin: cluBin,
-		Dir:        dir,
-		AgentStore: func(n *netcluster.Node) []string {
-			if n.Name == flannelNode && flanneld.Load() {
-				return []string{kubetest.FlanneldBin(), "--etcd-endpoints", etcdURL}
-			}
-			return []string{weftdBin, "--etcd-endpoints", etcdURL}
-		},
-		ReadyPath: func(n *netcluster.Node) string {
-			if n.Name == flannelNode && flanneld.Load() {
-				return "/healthz" // flanneld serves no /readyz
-			}
-			return "/readyz"
-		},
-		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start the mixed %s cluster: %v", backend, err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
+	c, switchToWeftd := startMixed(t, backend)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	e := &e2e{Cluster: c, backend: backend, dir: dir}
+	e := &e2e{Cluster: c, backend: backend}
 	f := c.Node(3)
 
 	// n3's lease was written by flanneld: no WeftNodeID, and flannel's backend type (its udp backend writes
@@ -115,20 +72,83 @@ func testFlanneld(t *testing.T, backend string) {
 
 	// Migration: flanneld stops, weftd takes its place with the same subnet file and keeps the subnet.
 	subnetBefore := f.Subnet()
-	if err := f.StopAgent(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	flanneld.Store(false)
-	if err := f.StartAgent(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	switchToWeftd(ctx)
 	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != subnetBefore {
 		t.Errorf("env file after the switch to weftd: %+v, %v; want flanneld's subnet %s", env, err, subnetBefore)
 	}
 	flanneldPairs(t, ctx, e)
+}
+
+// requireFlanneld skips (fails with WEFT_E2E=1) without flannel's flanneld, built by make kube-bin.
+func requireFlanneld(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(kubetest.FlanneldBin()); err != nil {
+		if kerneltest.E2E() {
+			t.Fatalf("WEFT_E2E=1 but flanneld is missing (make kube-bin, dist/kubetest/build-flanneld.sh): %v", err)
+		}
+		t.Skipf("flanneld is missing (make kube-bin): %v", err)
+	}
+}
+
+// startMixed starts a 3-node etcd-mode cluster of backend whose node n3 runs flanneld and the others weftd
+// (configArgs go to `weftd config set`). switchToWeftd is the migration step: n3's flanneld stops and
+// weftd starts in its place with the same subnet file, and is ready.
+func startMixed(t *testing.T, backend string, configArgs ...string) (c *netcluster.Cluster, switchToWeftd func(ctx context.Context)) {
+	t.Helper()
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
+			dumpLogs(t, dir)
+		}
+	})
+	const flannelNode = "n3"
+	var flanneld atomic.Bool // n3 runs flanneld (until the migration)
+	flanneld.Store(true)
+	etcdURL := fmt.Sprintf("http://%s:%d", netcluster.EtcdAddr, netcluster.EtcdPort)
+	c, err := netcluster.Start(t.Context(), netcluster.Options{
+		Prefix:     kerneltest.Prefix(),
+		Backend:    backend,
+		Nodes:      3,
+		ConfigArgs: configArgs,
+		Weftd:      weftdBin,
+		ClusterBin: cluBin,
+		Dir:        dir,
+		AgentStore: func(n *netcluster.Node) []string {
+			if n.Name == flannelNode && flanneld.Load() {
+				return []string{kubetest.FlanneldBin(), "--etcd-endpoints", etcdURL}
+			}
+			return []string{weftdBin, "--etcd-endpoints", etcdURL}
+		},
+		ReadyPath: func(n *netcluster.Node) string {
+			if n.Name == flannelNode && flanneld.Load() {
+				return "/healthz" // flanneld serves no /readyz
+			}
+			return "/readyz"
+		},
+		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
+	})
+	if err != nil {
+		t.Fatalf("start the mixed %s cluster: %v", backend, err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+	})
+	return c, func(ctx context.Context) {
+		t.Helper()
+		f := c.Node(3)
+		if err := f.StopAgent(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		flanneld.Store(false)
+		if err := f.StartAgent(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // flanneldPairs checks ICMP, a DF ping at the MTU and an 8 MiB TCP transfer each way on every ordered pair.

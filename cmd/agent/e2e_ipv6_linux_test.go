@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -377,49 +376,11 @@ func TestE2EKubeIPv6(t *testing.T) {
 // and traffic flows again.
 func TestE2EFlanneldIPv6(t *testing.T) {
 	requireE2E(t)
-	if _, err := os.Stat(kubetest.FlanneldBin()); err != nil {
-		if kerneltest.E2E() {
-			t.Fatalf("WEFT_E2E=1 but flanneld is missing (make kube-bin, dist/kubetest/build-flanneld.sh): %v", err)
-		}
-		t.Skipf("flanneld is missing (make kube-bin): %v", err)
-	}
+	requireFlanneld(t)
 	for _, backend := range []string{"vxlan", "host-gw"} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
-			dir := t.TempDir()
-			t.Cleanup(func() {
-				if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-					dumpLogs(t, dir)
-				}
-			})
-			var flanneld atomic.Bool // n3 runs flanneld (until the migration)
-			flanneld.Store(true)
-			etcdURL := fmt.Sprintf("http://%s:%d", netcluster.EtcdAddr, netcluster.EtcdPort)
-			c, err := netcluster.Start(t.Context(), netcluster.Options{
-				Prefix: kerneltest.Prefix(), Backend: backend, Nodes: 3, ConfigArgs: []string{"--ipv6-network", network6.String()},
-				Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
-				AgentStore: func(n *netcluster.Node) []string {
-					if n.Name == "n3" && flanneld.Load() {
-						return []string{kubetest.FlanneldBin(), "--etcd-endpoints", etcdURL}
-					}
-					return []string{weftdBin, "--etcd-endpoints", etcdURL}
-				},
-				ReadyPath: func(n *netcluster.Node) string {
-					if n.Name == "n3" && flanneld.Load() {
-						return "/healthz"
-					}
-					return "/readyz"
-				},
-				Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
-			})
-			if err != nil {
-				t.Fatalf("start the mixed %s cluster: %v", backend, err)
-			}
-			t.Cleanup(func() {
-				if err := c.Close(); err != nil {
-					t.Errorf("close cluster: %v", err)
-				}
-			})
+			c, switchToWeftd := startMixed(t, backend, "--ipv6-network", network6.String())
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 			defer cancel()
 			checkLeases6(t, ctx, c, backend, false)
@@ -430,16 +391,7 @@ func TestE2EFlanneldIPv6(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := f.StopAgent(syscall.SIGTERM); err != nil {
-				t.Fatal(err)
-			}
-			flanneld.Store(false)
-			if err := f.StartAgent(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := f.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
+			switchToWeftd(ctx)
 			if after, err := f.Lease(); err != nil || after.Subnet != before.Subnet || after.IPv6Subnet != before.IPv6Subnet {
 				t.Errorf("env file after the switch to weftd: %+v, %v; want flanneld's subnets %s and %s", after, err, before.Subnet, before.IPv6Subnet)
 			}
