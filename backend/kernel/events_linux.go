@@ -26,57 +26,76 @@ type eventSocket struct {
 
 // openEvents subscribes to route, neighbour (and FDB) and link events in the calling thread's namespace.
 func openEvents() (*eventSocket, error) {
+	f, rc, err := subscribe("netlink-events", []uint32{unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE},
+		eventBuffer, dropAdditions)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to kernel events: %w", err)
+	}
+	return &eventSocket{f: f, rc: rc}, nil
+}
+
+// subscribe opens a non-blocking rtnetlink socket in the calling thread's namespace, joined to groups,
+// with a receive buffer of rcvbuf bytes (0: the default) and the socket filter that filter attaches.
+func subscribe(name string, groups []uint32, rcvbuf int, filter func(fd int) error) (*os.File, syscall.RawConn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("subscribe to kernel events: netlink socket: %w", err)
+		return nil, nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	var groups uint32
-	for _, g := range []uint32{unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE} {
-		groups |= 1 << (g - 1)
+	var mask uint32
+	for _, g := range groups {
+		mask |= 1 << (g - 1)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: mask}); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("subscribe to kernel events: bind: %w", err)
+		return nil, nil, fmt.Errorf("bind: %w", err)
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, eventBuffer); err != nil {
+	if rcvbuf > 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
+			unix.Close(fd)
+			return nil, nil, fmt.Errorf("set receive buffer: %w", err)
+		}
+	}
+	if err := filter(fd); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("kernel events: set receive buffer: %w", err)
+		return nil, nil, err
 	}
-	if err := dropAdditions(fd); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("kernel events: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "netlink-events")
+	f := os.NewFile(uintptr(fd), name)
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("kernel events: %w", err)
+		return nil, nil, err
 	}
-	return &eventSocket{f: f, rc: rc}, nil
+	return f, rc, nil
+}
+
+// attachFilter attaches a classic BPF socket filter.
+func attachFilter(fd int, prog []unix.SockFilter) error {
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
+		return fmt.Errorf("attach socket filter: %w", err)
+	}
+	return nil
+}
+
+// bpfMsgType is a netlink message type as a BPF load of nlmsg_type sees it: loads are big-endian,
+// nlmsg_type is in the host's order.
+func bpfMsgType(t uint16) uint32 {
+	var b [2]byte
+	native.PutUint16(b[:], t)
+	return uint32(b[0])<<8 | uint32(b[1])
 }
 
 // dropAdditions attaches a socket filter that drops route and neighbour additions in the kernel: a start at
 // 4,000 peers announces 12,000 of them, and reading them (one wake-up and one read each) slowed the start
 // by a third.
 func dropAdditions(fd int) error {
-	// BPF loads are big-endian; nlmsg_type is in the host's order.
-	be := func(t uint16) uint32 {
-		var b [2]byte
-		native.PutUint16(b[:], t)
-		return uint32(b[0])<<8 | uint32(b[1])
-	}
-	prog := []unix.SockFilter{
+	return attachFilter(fd, []unix.SockFilter{
 		{Code: unix.BPF_LD | unix.BPF_H | unix.BPF_ABS, K: 4}, // nlmsg_type
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: be(unix.RTM_NEWROUTE)},
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: be(unix.RTM_NEWNEIGH)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, K: bpfMsgType(unix.RTM_NEWROUTE)},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, K: bpfMsgType(unix.RTM_NEWNEIGH)},
 		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff}, // keep
 		{Code: unix.BPF_RET | unix.BPF_K, K: 0},          // drop
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
-		return fmt.Errorf("attach socket filter: %w", err)
-	}
-	return nil
+	})
 }
 
 // close makes a blocked read return.

@@ -63,3 +63,10 @@ func (e *eventSocket) close()               {}
 func (e *eventSocket) read(fn func(Event))  {}
 func (h *Handle) setGone(func(Event, bool)) {}
 func (h *Handle) linkUp(index int) bool     { return false }
+
+// UnderlayWatch is Linux only.
+type UnderlayWatch struct{}
+
+func WatchUnderlay() (*UnderlayWatch, error)      { return nil, errUnsupported }
+func (w *UnderlayWatch) Changes() <-chan struct{} { return nil }
+func (w *UnderlayWatch) Close()                   {}

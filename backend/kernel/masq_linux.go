@@ -14,11 +14,13 @@ import (
 // as a child of the calling thread, so it acts on that thread's network namespace at the time of the call.
 // It is safe for concurrent use (iptables serialises through its lock; --wait is passed).
 type IPTables struct {
-	ipt  *iptables.IPTables
-	path string // the iptables (ip6tables) binary, for listing a whole table in one run
+	ipt    *iptables.IPTables
+	path   string // the iptables (ip6tables) binary, for listing a whole table in one run
+	v6     bool
+	legacy bool // iptables-legacy (x_tables), not iptables-nft
 }
 
-// NewIPTables finds iptables (v6: ip6tables) and its version.
+// NewIPTables finds iptables (v6: ip6tables), its version and its mode (legacy or nf_tables).
 func NewIPTables(v6 bool) (*IPTables, error) {
 	proto, name := iptables.ProtocolIPv4, "iptables"
 	if v6 {
@@ -32,7 +34,11 @@ func NewIPTables(v6 bool) (*IPTables, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &IPTables{ipt: ipt, path: path}, nil
+	legacy, err := isLegacy(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &IPTables{ipt: ipt, path: path, v6: v6, legacy: legacy}, nil
 }
 
 // HasRandomFully reports whether this iptables supports MASQUERADE --random-fully (1.6.2 and later).

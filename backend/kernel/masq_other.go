@@ -15,3 +15,6 @@ func (t *IPTables) HasRandomFully() bool { return false }
 
 // SyncChain returns errors.ErrUnsupported off Linux.
 func (t *IPTables) SyncChain(c Chain) (bool, error) { return false, errors.ErrUnsupported }
+
+// Generation returns errors.ErrUnsupported off Linux.
+func (t *IPTables) Generation() (uint64, error) { return 0, errors.ErrUnsupported }

@@ -15,3 +15,6 @@ func (t *NFTables) HasFullyRandom() bool { return false }
 
 // SyncChain returns errors.ErrUnsupported off Linux.
 func (t *NFTables) SyncChain(c NFTChain) (bool, error) { return false, errors.ErrUnsupported }
+
+// Generation returns errors.ErrUnsupported off Linux.
+func (t *NFTables) Generation() (uint64, error) { return 0, errors.ErrUnsupported }

@@ -116,8 +116,9 @@ func (a *agent) startProber(ctx context.Context, wg *sync.WaitGroup) {
 	})
 }
 
-// watchLeaseTTL reads the TTL left on this node's lease from the store every few seconds, for the metrics
-// and `weftd status`; a store without TTLs (kube) is not asked.
+// watchLeaseTTL reads the TTL left on this node's lease from the store, for the metrics and `weftd status`
+// (which count it down in between): at once for a new lease, then every leaseTTLRead; a store without TTLs
+// (kube) is not asked.
 func (a *agent) watchLeaseTTL(ctx context.Context, store subnet.Store) {
 	ts, ok := store.(interface {
 		LeaseTTL(context.Context, subnet.Lease) (time.Duration, bool, error)
@@ -127,8 +128,11 @@ func (a *agent) watchLeaseTTL(ctx context.Context, store subnet.Store) {
 	}
 	t := time.NewTicker(leaseTTLEvery)
 	defer t.Stop()
+	var last *leaseInfo // the lease of the last reading
+	var lastAt time.Time
 	for {
-		if li := a.health.metrics.lease.Load(); li != nil && !li.lease.Reservation && !li.lost.Load() {
+		if li := a.health.metrics.lease.Load(); li != nil && !li.lease.Reservation && !li.lost.Load() &&
+			(li != last || time.Since(lastAt) >= leaseTTLRead) {
 			rctx, cancel := context.WithTimeout(ctx, leaseTTLEvery)
 			left, ok, err := ts.LeaseTTL(rctx, li.lease)
 			cancel()
@@ -137,6 +141,7 @@ func (a *agent) watchLeaseTTL(ctx context.Context, store subnet.Store) {
 				a.log.Debug("read the lease's TTL", "err", err)
 			case err == nil && ok:
 				li.ttl.Store(&ttlReading{left: left, at: time.Now()})
+				last, lastAt = li, time.Now()
 			}
 		}
 		select {
@@ -147,5 +152,9 @@ func (a *agent) watchLeaseTTL(ctx context.Context, store subnet.Store) {
 	}
 }
 
-// leaseTTLEvery is how often watchLeaseTTL reads the lease's TTL.
-const leaseTTLEvery = 5 * time.Second
+// leaseTTLEvery is how often watchLeaseTTL looks for a new lease (without asking the store), and
+// leaseTTLRead how often it reads the TTL of the same lease again.
+const (
+	leaseTTLEvery = 5 * time.Second
+	leaseTTLRead  = time.Minute
+)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,17 +16,26 @@ import (
 // chainSyncer makes one iptables chain equal to its plan; *kernel.IPTables implements it.
 type chainSyncer interface {
 	SyncChain(c kernel.Chain) (changed bool, err error)
+	generation
 }
 
 // nftSyncer makes one nftables chain equal to its plan; *kernel.NFTables implements it.
 type nftSyncer interface {
 	SyncChain(c kernel.NFTChain) (changed bool, err error)
+	generation
+}
+
+// generation reads a number that changes whenever the packet filter's rules may have changed, without
+// listing them (kernel.IPTables.Generation).
+type generation interface {
+	Generation() (uint64, error)
 }
 
 // ruleEngine applies the plans of compat.md §8 for one address family.
 type ruleEngine interface {
 	SyncForward(network netip.Prefix) (changed bool, err error)
 	SyncMasq(network, own netip.Prefix) (changed bool, err error)
+	generation
 }
 
 // iptEngine keeps flanneld's iptables (or ip6tables) chains FLANNEL-FWD and FLANNEL-POSTRTG.
@@ -42,6 +52,8 @@ func (e iptEngine) SyncMasq(network, own netip.Prefix) (bool, error) {
 	return e.ipt.SyncChain(kernel.MasqRules(network, own, e.randomFully))
 }
 
+func (e iptEngine) Generation() (uint64, error) { return e.ipt.Generation() }
+
 // nftEngine keeps the chains forward and postrtg of flanneld's nftables table of one family.
 type nftEngine struct {
 	nft         nftSyncer
@@ -56,6 +68,8 @@ func (e nftEngine) SyncMasq(network, own netip.Prefix) (bool, error) {
 	return e.nft.SyncChain(kernel.NFTMasqRules(network, own, e.fullyRandom))
 }
 
+func (e nftEngine) Generation() (uint64, error) { return e.nft.Generation() }
+
 // ruleFamily is one address family's overlay network and the engine that keeps its rules.
 type ruleFamily struct {
 	v6      bool
@@ -69,7 +83,9 @@ type ruleFamily struct {
 // every wanted chain of every family; with --ip-masq it waits for the own subnets (the first lease,
 // normally milliseconds after start), without it the forward rules are applied at once. It applies them
 // when a subnet changes (replacing the old subnet's rules) and checks them every resync interval,
-// restoring what was changed or deleted behind its back. Rules stay in place when it stops (compat §8); a
+// restoring what was changed or deleted behind its back. A check lists the rules (an iptables or nft run)
+// only when the packet filter's generation moved since the last pass, or every fullCheckEvery-th time;
+// without a generation (it cannot be read) every check lists them. Rules stay in place when it stops (compat §8); a
 // chain that is not wanted (its flag off) is never touched, whatever it holds.
 //
 // It reports through ready whether every wanted chain is in place for the current subnets: false from the
@@ -220,12 +236,16 @@ func (m *ruleManager) loop() {
 	defer t.Stop()
 	var applied ownSubnets // subnets of the last successful pass
 	inPlace := false       // the last pass succeeded
+	var passGens []uint64  // the generations read before the last successful pass; nil: unknown
+	skipped := 0           // checks skipped since the last pass
 	for {
+		tick := false
 		select {
 		case <-m.stop:
 			return
 		case <-m.kick:
 		case <-t.C:
+			tick = true
 		}
 		m.mu.Lock()
 		sn, gen := m.subnets, m.gen
@@ -235,6 +255,12 @@ func (m *ruleManager) loop() {
 		} else if !m.haveSubnets(sn) {
 			continue // nothing to do before the first lease; stay not ready
 		}
+		gens := m.generations()
+		if tick && inPlace && sn == applied && gens != nil && slices.Equal(gens, passGens) && skipped < fullCheckEvery-1 {
+			skipped++
+			continue // nothing changed in the packet filter since the last pass
+		}
+		skipped = 0
 		changed, err := m.pass(sn)
 		m.mu.Lock()
 		if gen == m.gen {
@@ -253,10 +279,29 @@ func (m *ruleManager) loop() {
 			m.log.Warn("packet filter rules were changed behind our back; restored", "subnet", sn.v4, "ipv6-subnet", sn.v6)
 		}
 		inPlace = err == nil
+		passGens = nil
 		if inPlace {
-			applied = sn
+			applied, passGens = sn, gens
 		}
 	}
+}
+
+// fullCheckEvery is how often, in resync intervals, the rules are listed even though the packet filter's
+// generation did not move: iptables-legacy's generation misses a rule replaced by one of the same size.
+const fullCheckEvery = 12
+
+// generations reads each family's packet filter generation; nil if one cannot be read.
+func (m *ruleManager) generations() []uint64 {
+	gens := make([]uint64, len(m.fams))
+	for i, f := range m.fams {
+		g, err := f.engine.Generation()
+		if err != nil {
+			m.log.Debug("packet filter generation unavailable; listing the rules", "engine", f.name, "err", err)
+			return nil
+		}
+		gens[i] = g
+	}
+	return gens
 }
 
 // haveSubnets reports whether sn has a subnet for every family with rules.

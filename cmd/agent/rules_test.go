@@ -16,11 +16,13 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// fakeSyncer records the chains synced and fails while fail is set.
+// fakeSyncer records the chains synced and fails while fail is set. With hasGen its generation is gen.
 type fakeSyncer struct {
 	mu     sync.Mutex
 	synced []kernel.Chain
 	fail   error
+	hasGen bool
+	gen    atomic.Uint64
 }
 
 func (f *fakeSyncer) SyncChain(c kernel.Chain) (bool, error) {
@@ -31,6 +33,13 @@ func (f *fakeSyncer) SyncChain(c kernel.Chain) (bool, error) {
 	}
 	f.synced = append(f.synced, c)
 	return true, nil
+}
+
+func (f *fakeSyncer) Generation() (uint64, error) {
+	if !f.hasGen {
+		return 0, errors.ErrUnsupported // every check lists the rules
+	}
+	return f.gen.Load(), nil
 }
 
 func (f *fakeSyncer) setFail(err error) {
@@ -121,6 +130,41 @@ func TestRuleManager(t *testing.T) {
 	}
 }
 
+// TestRuleManagerGeneration: with a packet filter generation, a periodic check lists the rules only when
+// the generation moved, or every fullCheckEvery-th check; a subnet change always does.
+func TestRuleManagerGeneration(t *testing.T) {
+	f := &fakeSyncer{hasGen: true}
+	var ready atomic.Bool
+	const resync = 10 * time.Millisecond
+	m := startRules(ruleOptions{Families: []ruleFamily{{network: netip.MustParsePrefix("10.5.0.0/16"), engine: iptEngine{ipt: f}, name: "iptables"}},
+		Masq: true, Forward: true, Resync: resync, Ready: ready.Store}, slog.New(slog.DiscardHandler))
+	defer m.Close()
+	m.SetSubnets(netip.MustParsePrefix("10.5.7.0/24"), netip.Prefix{})
+	eventually(t, "ready", ready.Load)
+	passes := func() int { _, n := f.last(kernel.ForwardChainName); return n }
+
+	n := passes()
+	time.Sleep(fullCheckEvery / 2 * resync)
+	if got := passes(); got > n+1 { // one full check may fall in the window
+		t.Errorf("generation unchanged: %d passes in %d checks, want at most 1", got-n, fullCheckEvery/2)
+	}
+	n = passes()
+	f.gen.Add(1)
+	eventually(t, "a pass after the generation moved", func() bool { return passes() > n })
+
+	n = passes()
+	time.Sleep(3 * fullCheckEvery * resync)
+	if got := passes() - n; got < 2 {
+		t.Errorf("generation unchanged for %d checks: %d full checks, want 2 or more (one every %d)", 3*fullCheckEvery, got, fullCheckEvery)
+	}
+
+	m.SetSubnets(netip.MustParsePrefix("10.5.9.0/24"), netip.Prefix{})
+	eventually(t, "a pass after a subnet change", func() bool {
+		c, _ := f.last(kernel.MasqChainName)
+		return slices.Equal(c.Lines(), kernel.MasqRules(netip.MustParsePrefix("10.5.0.0/16"), netip.MustParsePrefix("10.5.9.0/24"), false).Lines())
+	})
+}
+
 func TestRuleManagerForwardOnly(t *testing.T) {
 	f := &fakeSyncer{}
 	var ready atomic.Bool
@@ -162,6 +206,8 @@ func (f *fakeNFT) SyncChain(c kernel.NFTChain) (bool, error) {
 	f.synced[c.Family+" "+c.Name] = c
 	return true, nil
 }
+
+func (f *fakeNFT) Generation() (uint64, error) { return 0, errors.ErrUnsupported }
 
 func (f *fakeNFT) get(key string) (kernel.NFTChain, bool) {
 	f.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/kernel"
 	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcdstore"
 	"github.com/weft-net/weft/subnet/kubestore"
@@ -176,17 +177,28 @@ func (a *agent) watchConfig(ctx context.Context, store subnet.Store) {
 	}
 }
 
-// watchUnderlay selects the external interface again every few seconds. While it cannot be selected (its
-// address is gone, say) weftd is not ready; if it comes back different (another address, index or MTU),
-// weftd stops (errRestart) so that it starts again publishing and using the new one.
+// watchUnderlay selects the external interface again when the kernel's links, addresses or routes change
+// (kernel.WatchUnderlay; without it every underlayCheck), and every reconcile interval. While it cannot be
+// selected (its address is gone, say) weftd is not ready; if it comes back different (another address,
+// index or MTU), weftd stops (errRestart) so that it starts again publishing and using the new one.
 func (a *agent) watchUnderlay(ctx context.Context, sel backend.IfaceSelector, ext backend.External) {
-	t := time.NewTicker(min(a.cfg.Reconcile, underlayCheck))
+	every := a.cfg.Reconcile
+	var changes <-chan struct{}
+	if w, err := kernel.WatchUnderlay(); err != nil {
+		a.log.Debug("kernel events for the external interface unavailable; checking it every few seconds", "err", err)
+		every = min(every, underlayCheck)
+	} else {
+		defer w.Close()
+		changes = w.Changes()
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changes:
 		}
 		now, err := backend.SelectExternal(sel)
 		a.mu.Lock()
@@ -209,7 +221,7 @@ func (a *agent) watchUnderlay(ctx context.Context, sel backend.IfaceSelector, ex
 	}
 }
 
-// underlayCheck is how often watchUnderlay looks at the external interface (at most).
+// underlayCheck is how often watchUnderlay looks at the external interface without kernel events.
 const underlayCheck = 5 * time.Second
 
 // removePeers removes the data path to the peers of the network weftd ran with, before it stops for a

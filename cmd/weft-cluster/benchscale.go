@@ -44,7 +44,8 @@ type scaleResult struct {
 	P50, P99 time.Duration // new lease written → its route present
 	PutP50   time.Duration // of which the etcd write itself (the bench's own etcd), p50
 	Samples  int
-	CPURest  float64 // percent of one CPU over the rest interval
+	CPURest  float64 // percent of one CPU over the rest interval, weftd with its children
+	CPUKids  float64 // of which its children (the iptables and nft commands it runs)
 	RSSKiB   int     // VmRSS at the end of the rest interval
 	AnonKiB  int     // of which RssAnon: the process's own memory (the rest is the binary's shared file pages)
 }
@@ -55,6 +56,7 @@ func cmdBenchScale(ctx context.Context, args []string, stdout, stderr io.Writer)
 	samples := fs.Int("samples", 100, "new leases written per peer count (p50 and p99 over them)")
 	rest := fs.Duration("rest", 330*time.Second, "how long CPU at rest is measured (the default spans one periodic comparison with the kernel, every 10th 30 s reconcile; 10s for a quick look)")
 	weftd := fs.String("weftd", "", "weftd binary (default: weftd next to weft-cluster, else on PATH)")
+	extra := fs.String("weftd-flags", "", "more weftd flags, space-separated (to compare settings: --iptables-resync=1h)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -76,7 +78,7 @@ func cmdBenchScale(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return fmt.Errorf("--peers %q: want counts from 1 to 60000", f)
 		}
 		fmt.Fprintf(stderr, "measuring %d peers...\n", n)
-		r, err := scaleRun(ctx, self, bin, n, *samples, *rest, stderr)
+		r, err := scaleRun(ctx, self, bin, n, *samples, *rest, *extra, stderr)
 		if err != nil {
 			return fmt.Errorf("%d peers: %w", n, err)
 		}
@@ -87,7 +89,7 @@ func cmdBenchScale(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 // scaleRun measures one peer count in a fresh namespace, removed afterwards.
-func scaleRun(ctx context.Context, self, weftd string, peers, samples int, rest time.Duration, stderr io.Writer) (scaleResult, error) {
+func scaleRun(ctx context.Context, self, weftd string, peers, samples int, rest time.Duration, extra string, stderr io.Writer) (scaleResult, error) {
 	var r scaleResult
 	name := fmt.Sprintf("%s-%d", scaleNS, os.Getpid())
 	ns, err := kerneltest.CreateNS(name)
@@ -113,7 +115,7 @@ func scaleRun(ctx context.Context, self, weftd string, peers, samples int, rest 
 	defer os.RemoveAll(dir)
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", name, self, "bench-scale-node",
 		"--weftd", weftd, "--peers", strconv.Itoa(peers), "--samples", strconv.Itoa(samples),
-		"--rest", rest.String(), "--dir", dir)
+		"--rest", rest.String(), "--dir", dir, "--weftd-flags", extra)
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.Output()
@@ -144,9 +146,9 @@ func msText(d time.Duration) string {
 func printScale(w io.Writer, rs []scaleResult) {
 	fmt.Fprintln(w, "One weftd (vxlan) with N simulated peers in a local etcd. New lease: written to etcd until its route is in the kernel.")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEERS\tSTART (ALL ROUTES)\tNEW LEASE P50\tNEW LEASE P99\t(ETCD PUT P50)\tSAMPLES\tCPU AT REST\tRSS\t(PRIVATE)")
+	fmt.Fprintln(tw, "PEERS\tSTART (ALL ROUTES)\tNEW LEASE P50\tNEW LEASE P99\t(ETCD PUT P50)\tSAMPLES\tCPU AT REST\t(CHILDREN)\tRSS\t(PRIVATE)")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%.2f %%\t%.1f MB\t%.1f MB\n", r.Peers, msText(r.Start), msText(r.P50), msText(r.P99), msText(r.PutP50), r.Samples, r.CPURest,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%.3f %%\t%.3f %%\t%.1f MB\t%.1f MB\n", r.Peers, msText(r.Start), msText(r.P50), msText(r.P99), msText(r.PutP50), r.Samples, r.CPURest, r.CPUKids,
 			float64(r.RSSKiB)/1024, float64(r.AnonKiB)/1024)
 	}
 	tw.Flush()
@@ -167,6 +169,7 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 	samples := fs.Int("samples", 100, "new leases to time")
 	rest := fs.Duration("rest", 10*time.Second, "CPU at rest interval")
 	dir := fs.String("dir", "", "working directory")
+	extra := fs.String("weftd-flags", "", "more weftd flags, space-separated")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -236,8 +239,8 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 		return err
 	}
 	defer logf.Close()
-	agent := exec.Command(*weftd, "--etcd-endpoints", url, "--iface", "eth0", "--subnet-file", filepath.Join(*dir, "subnet.env"),
-		"--node-id", "bench", "--subnet-lease-ttl", "1h")
+	agent := exec.Command(*weftd, append([]string{"--etcd-endpoints", url, "--iface", "eth0", "--subnet-file", filepath.Join(*dir, "subnet.env"),
+		"--node-id", "bench", "--subnet-lease-ttl", "1h"}, strings.Fields(*extra)...)...)
 	agent.Stdout, agent.Stderr = logf, logf
 	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var r scaleResult
@@ -306,17 +309,19 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 
 	// At rest.
 	time.Sleep(time.Second)
-	c0, err := cpuTicks(agent.Process.Pid)
+	c0, k0, err := cpuTicks(agent.Process.Pid)
 	if err != nil {
 		return err
 	}
 	w0 := time.Now()
 	time.Sleep(*rest)
-	c1, err := cpuTicks(agent.Process.Pid)
+	c1, k1, err := cpuTicks(agent.Process.Pid)
 	if err != nil {
 		return err
 	}
-	r.CPURest = float64(c1-c0) / 100 / time.Since(w0).Seconds() * 100 // USER_HZ is 100
+	secs := time.Since(w0).Seconds()
+	r.CPURest = float64(c1+k1-c0-k0) / 100 / secs * 100 // USER_HZ is 100
+	r.CPUKids = float64(k1-k0) / 100 / secs * 100
 	if r.RSSKiB, err = statusKiB(agent.Process.Pid, "VmRSS"); err != nil {
 		return err
 	}
@@ -348,25 +353,23 @@ func waitRoute(updates <-chan kernel.RouteEvent, dst netip.Prefix, add bool, tim
 
 // cpuTicks returns a process's user + system time in clock ticks, with that of its children it waited for
 // (weftd's iptables runs): /proc/PID/stat fields 14 to 17.
-func cpuTicks(pid int) (int64, error) {
+func cpuTicks(pid int) (self, children int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	if len(f) < 15 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	var sum int64
-	for _, v := range f[11:15] { // utime, stime, cutime, cstime
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	var t [4]int64
+	for i, v := range f[11:15] { // utime, stime, cutime, cstime
+		if t[i], err = strconv.ParseInt(v, 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 		}
-		sum += n
 	}
-	return sum, nil
+	return t[0] + t[1], t[2] + t[3], nil
 }
 
 // statusKiB reads a field in kB from /proc/<pid>/status ("VmRSS").

@@ -50,8 +50,8 @@ type Config struct {
 	// that stops renewing loses its key this long after. Rounded up to whole seconds (etcd also enforces a
 	// minimum). Zero: DefaultLeaseTTL (24 h, as flannel).
 	LeaseTTL time.Duration
-	// DialTimeout bounds authentication (with Username) when New connects. Zero: DefaultDialTimeout. (A new
-	// etcd lease's keepalive waits up to LeaseTTL for its first answer, not DialTimeout + 1 s.)
+	// DialTimeout bounds authentication (with Username) when New connects. Zero: DefaultDialTimeout. (A lease
+	// is renewed for as long as its TTL lasts, whatever DialTimeout is.)
 	DialTimeout time.Duration
 	// RequestTimeout bounds each etcd request: a method call, or one step of Hold and Watch, which then log
 	// and retry. Zero: DefaultRequestTimeout.

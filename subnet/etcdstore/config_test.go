@@ -251,37 +251,3 @@ func TestLeasesExpiry(t *testing.T) {
 		}
 	}
 }
-
-// TestFirstKeepAliveOutlastsBlip checks that a new etcd lease's keepalive survives etcd being away longer
-// than the client's dial timeout before its first answer: the etcd lease is valid for its TTL, so the
-// keepalive must not report it lost sooner (the etcd client's default gives it DialTimeout + 1 s).
-func TestFirstKeepAliveOutlastsBlip(t *testing.T) {
-	t.Parallel()
-	srv := etcdtest.Start(t)
-	st := newStore(t, srv, withTTL(30*time.Second), func(c *Config) { c.DialTimeout = time.Second })
-	ctx := testCtx(t, 40*time.Second)
-	g, err := st.cli.Grant(ctx, 30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Stop()
-	ch, err := st.cli.KeepAlive(ctx, g.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(4 * time.Second) // twice DialTimeout + 1 s
-	srv.Restart()
-	for {
-		select {
-		case resp, ok := <-ch:
-			if !ok {
-				t.Fatal("keepalive of a valid etcd lease ended while etcd was away for 4 s (TTL 30 s)")
-			}
-			if resp.TTL > 0 {
-				return
-			}
-		case <-ctx.Done():
-			t.Fatal("no keepalive answer after etcd came back")
-		}
-	}
-}

@@ -13,7 +13,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -33,8 +32,8 @@ var errNoPublicIP = errors.New("no public address for an address family the netw
 type held struct {
 	lease   subnet.Lease
 	key     string
-	rev     int64                // etcd revision of our last write of key
-	session *concurrency.Session // keeps the etcd lease alive; nil for a reservation
+	rev     int64    // etcd revision of our last write of key
+	session *renewal // keeps the etcd lease alive; nil for a reservation
 }
 
 func (h *held) leaseID() clientv3.LeaseID {
@@ -156,7 +155,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 // leaseGrant grants an etcd lease on first use and keeps it alive until taken by a held lease or dropped.
 type leaseGrant struct {
 	s       *Store
-	session *concurrency.Session
+	session *renewal
 }
 
 func (g *leaseGrant) id(ctx context.Context) (clientv3.LeaseID, error) {
@@ -169,22 +168,18 @@ func (g *leaseGrant) id(ctx context.Context) (clientv3.LeaseID, error) {
 		}
 	}
 	rctx, cancel := g.s.reqCtx(ctx)
+	sent := time.Now()
 	resp, err := g.s.cli.Grant(rctx, g.s.ttl)
 	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("grant etcd lease (TTL %d s): %w", g.s.ttl, err)
 	}
-	sess, err := concurrency.NewSession(g.s.cli, concurrency.WithLease(resp.ID), concurrency.WithContext(ctx))
-	if err != nil {
-		g.s.revoke(ctx, resp.ID)
-		return 0, fmt.Errorf("keep etcd lease %x alive: %w", int64(resp.ID), err)
-	}
-	g.session = sess
+	g.session = g.s.renew(resp.ID, sent, time.Duration(resp.TTL)*time.Second)
 	return resp.ID, nil
 }
 
 // take hands the session to the caller.
-func (g *leaseGrant) take() *concurrency.Session {
+func (g *leaseGrant) take() *renewal {
 	s := g.session
 	g.session = nil
 	return s
@@ -199,7 +194,7 @@ func (g *leaseGrant) drop(ctx context.Context) {
 }
 
 // dropSession stops sess's keepalive and revokes its lease: for a lease no key of ours is attached to.
-func (s *Store) dropSession(ctx context.Context, sess *concurrency.Session) {
+func (s *Store) dropSession(ctx context.Context, sess *renewal) {
 	sess.Orphan()
 	s.revoke(ctx, sess.Lease())
 }

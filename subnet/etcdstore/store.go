@@ -102,12 +102,6 @@ func New(cfg Config, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w: %w", strings.Join(eps, ","), ErrConnect, explain(context.Background(), eps, err))
 	}
-	// The etcd client gives a new lease's keepalive DialTimeout + 1 s for its first answer before it reports
-	// the lease lost; a blip of etcd right after acquiring would then lose a lease that is valid for its
-	// whole TTL. Wait the TTL instead (etcd expires the key then anyway, which Hold sees).
-	first := time.Duration(cfg.leaseTTLSeconds()) * time.Second
-	cli.Lease.Close()
-	cli.Lease = clientv3.NewLeaseFromLeaseClient(clientv3.RetryLeaseClient(cli), cli, max(first, ccfg.DialTimeout+time.Second))
 	return &Store{
 		cli:        cli,
 		log:        log,
