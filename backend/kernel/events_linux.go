@@ -149,7 +149,7 @@ func decodeEvent(typ uint16, data []byte) (Event, bool) {
 		if n.Family == unix.AF_BRIDGE {
 			return Event{Kind: FDBGone, Link: n.LinkIndex, MAC: n.HardwareAddr.String()}, true
 		}
-		if n.Family != unix.AF_INET {
+		if n.Family != unix.AF_INET && n.Family != unix.AF_INET6 {
 			return Event{}, false
 		}
 		ip, ok := netip.AddrFromSlice(n.IP)

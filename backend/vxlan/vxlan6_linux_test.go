@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weft-net/weft/backend/backendtest"
 	"github.com/weft-net/weft/backend/kernel/kerneltest"
@@ -103,12 +104,25 @@ func TestVXLANDualStack(t *testing.T) {
 		t.Errorf("IPv4 ping at flannel.1's MTU (1450): %v\n%s", err, out)
 	}
 
-	// Repairs what was deleted behind its back; an update without resync keeps the state.
-	n1.NS.MustIP(t, "-6", "neigh", "del", "fd00:5:0:2::", "dev", "flannel-v6.1")
-	n1.NS.MustExec(t, "bridge", "fdb", "del", m3, "dev", "flannel-v6.1", "dst", "2001:db8::13", "self")
-	n1.NS.MustIP(t, "-6", "route", "del", "fd00:5:0:3::/64")
+	// Repairs what was deleted behind its back at once, each alone, following kernel events (without a Set);
+	// an update without resync keeps the state.
+	for _, breakIt := range [][]string{
+		{"ip", "-6", "neigh", "del", "fd00:5:0:2::", "dev", "flannel-v6.1"},
+		{"bridge", "fdb", "del", m3, "dev", "flannel-v6.1", "dst", "2001:db8::13", "self"},
+		{"ip", "-6", "route", "del", "fd00:5:0:3::/64"},
+	} {
+		n1.NS.MustExec(t, breakIt...)
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if kerneltest.Norm(sortLines(n1.NS.MustIP(t, "-6", "neigh", "show", "dev", "flannel-v6.1", "nud", "permanent"))) == kerneltest.Norm(sortLines(wantNeigh)) &&
+				kerneltest.Norm(n1.NS.MustIP(t, "-6", "route", "show", "proto", "87")) == kerneltest.Norm(wantRoutes) &&
+				kerneltest.Norm(sortLines(n1.NS.MustExec(t, "bridge", "fdb", "show", "dev", "flannel-v6.1"))) == kerneltest.Norm(sortLines(wantFDB)) {
+				break
+			}
+		}
+		check(fmt.Sprintf("after %v, without a Set", breakIt))
+	}
 	n1.Set(t, n2, n3)
-	check("after repair")
+	check("after a Set")
 	n1.Update(t, n2, n3)
 	check("after an update")
 	tp.PingAll6(t)
