@@ -19,6 +19,9 @@ import (
 // outage must equal what it held, replay); changes written after the members return are delivered within
 // 10 s of being written.
 func TestAllMembersDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 60 s outage: skipped in -short")
+	}
 	t.Parallel()
 	const (
 		ttl    = 2 * time.Minute
