@@ -148,15 +148,14 @@ type leaseWriter struct {
 	t  testing.TB
 	st *Store
 	r  *replay
-	n  int
 }
 
 // put writes the lease of sub (a key without an etcd lease, as another node's for the watcher).
 func (w *leaseWriter) put(sub string) {
 	w.t.Helper()
-	w.n++
 	key := subnetsPrefix + strings.Replace(sub, "/", "-", 1)
-	value := fmt.Sprintf(`{"PublicIP":"192.0.2.%d","PublicIPv6":null,"BackendType":"vxlan"}`, 100+w.n%100)
+	// Unique among the replay's writes, whichever writer made them.
+	value := fmt.Sprintf(`{"PublicIP":"192.0.2.100","PublicIPv6":null,"BackendType":"vxlan","WeftNodeID":"write-%d"}`, len(w.r.written)+1)
 	w.do("put "+key, func(ctx context.Context) (int64, error) {
 		resp, err := w.st.cli.Put(ctx, key, value)
 		if err != nil {
