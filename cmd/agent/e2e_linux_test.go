@@ -664,10 +664,7 @@ func (e *e2e) etcdOutage(t *testing.T) {
 	ctx := e.ctx(t, 120*time.Second)
 	nodes := e.Nodes()[:3]
 	n1, n2 := nodes[0], nodes[1]
-	pids := map[string]int{}
-	for _, n := range nodes {
-		pids[n.Name] = n.AgentPID()
-	}
+	pids := agentPIDs(nodes)
 	run, err := e.StartPing(n1, n2.ContainerIP(), 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -692,11 +689,7 @@ func (e *e2e) etcdOutage(t *testing.T) {
 	if r.Transmitted < 300 || r.Lost() > maxLoss {
 		t.Errorf("continuous ping across the etcd outage: %s, want at most %d lost", r, maxLoss)
 	}
-	for _, n := range nodes {
-		if !n.AgentRunning() || n.AgentPID() != pids[n.Name] {
-			t.Errorf("node %s: agent pid %d running %t, want the same pid %d still running", n.Name, n.AgentPID(), n.AgentRunning(), pids[n.Name])
-		}
-	}
+	checkSameAgents(t, nodes, pids)
 	// A lease change after the restart: node 4 (stopped, lease deleted in scenario 2) comes back, or a new
 	// node joins if scenario 2 did not leave one.
 	n4 := e.Node(4)
@@ -729,6 +722,25 @@ func (e *e2e) etcdOutage(t *testing.T) {
 			return err == nil && status == 200 && perr == nil && peers == float64(len(nodes)),
 				fmt.Sprintf("/readyz %d (%v), weft_peers %v (%v)", status, err, peers, perr)
 		})
+	}
+}
+
+// agentPIDs returns each node's agent PID by node name, for checkSameAgents.
+func agentPIDs(nodes []*netcluster.Node) map[string]int {
+	pids := map[string]int{}
+	for _, n := range nodes {
+		pids[n.Name] = n.AgentPID()
+	}
+	return pids
+}
+
+// checkSameAgents reports each node whose agent is not the process of pids (agentPIDs) still running.
+func checkSameAgents(t *testing.T, nodes []*netcluster.Node, pids map[string]int) {
+	t.Helper()
+	for _, n := range nodes {
+		if !n.AgentRunning() || n.AgentPID() != pids[n.Name] {
+			t.Errorf("node %s: agent pid %d running %t, want the same pid %d still running", n.Name, n.AgentPID(), n.AgentRunning(), pids[n.Name])
+		}
 	}
 }
 

@@ -19,6 +19,9 @@ func cmdEtcd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "etcd log level: debug, info, warn or error")
 	fs.BoolVar(&o.Fast, "fast", false, "short heartbeat and election timeout, so a restarted member leads quickly")
 	fs.BoolVar(&o.UnsafeNoFsync, "unsafe-no-fsync", false, "skip fsync (throwaway data only)")
+	fs.StringVar(&o.Name, "name", "", "member name (default \"default\")")
+	fs.StringVar(&o.PeerAddr, "peer", "", "peer address IP:PORT (default: the --listen IP, port 2380)")
+	fs.StringVar(&o.InitialCluster, "initial-cluster", "", "every member of a new multi-member cluster as name=http://IP:PORT,... (default: this member alone)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}

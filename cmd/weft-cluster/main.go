@@ -4,7 +4,7 @@
 //	weft-cluster up [--backend vxlan|udp|host-gw] [--nodes 3] [--keep] [--docker] [--weftd PATH]
 //	weft-cluster down
 //	weft-cluster bench [--time 3] [--reps 3] [--paths veth,host-gw,vxlan,udp,udp-nooffload] [--baseline-weftd PATH]
-//	weft-cluster etcd --listen ADDR --data-dir DIR
+//	weft-cluster etcd --listen ADDR --data-dir DIR [--name N --peer ADDR --initial-cluster N=URL,...]
 //
 // up builds the cluster (cmd/internal/netcluster), prints the leases, proves container-to-container ICMP and TCP
 // across every ordered pair of nodes and removes everything again, unless --keep; with --docker every node

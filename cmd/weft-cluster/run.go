@@ -19,8 +19,9 @@ const usage = `Usage:
   weft-cluster bench-scale [--peers 100,1000,4000] [--samples 100] [--rest 10s]
                               one weftd (vxlan) with N simulated peers in a local etcd: time until every
                               route is in, new lease to route p50/p99, CPU at rest, RSS
-  weft-cluster etcd --listen ADDR --data-dir DIR
-                              run the embedded etcd server (used inside the cluster's etcd namespace)
+  weft-cluster etcd --listen ADDR --data-dir DIR [--name N --peer ADDR --initial-cluster N=URL,...]
+                              run the embedded etcd server, or one member of a multi-member etcd (used
+                              inside the cluster's etcd namespace)
 Run "weft-cluster COMMAND --help" for a command's flags.
 `
 

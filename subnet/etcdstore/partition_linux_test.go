@@ -1,116 +1,30 @@
 package etcdstore
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/subnet"
-	"github.com/weft-net/weft/subnet/etcdstore/etcdtest"
 )
 
-// TestPartitionedMember runs a 3-member etcd, each member a process in a network namespace of its own on
-// one bridge, and the store in a fourth namespace reaching all three:
-//
-//	netns <p>-lan  bridge br0
-//	  ├─ <p>-n1  192.0.2.11  etcd m1   ┐
-//	  ├─ <p>-n2  192.0.2.12  etcd m2   ├ peers on :2380, clients on :2379
-//	  ├─ <p>-n3  192.0.2.13  etcd m3   ┘
-//	  └─ <p>-n4  192.0.2.14  the store (Hold, WatchChanges) with all three endpoints
-//
-// The member carrying the store's lease watch is then cut off from the other two (its peer traffic dropped
-// by a packet filter inside its namespace; it keeps running and keeps answering clients). The lease must be
-// kept, the watch must move to a healthy member within 10 s (a change written through a healthy member
-// arrives by then), and no change written before, during or after the move is missed.
+// TestPartitionedMember runs a 3-member etcd, each member a process in a network namespace of its own
+// (memberCluster), and the store with all three endpoints. The member carrying the store's lease watch is
+// then cut off from the other two (its peer traffic dropped by a packet filter inside its namespace; it keeps
+// running and keeps answering clients). The lease must be kept, the watch must move to a healthy member
+// within 10 s (a change written through a healthy member arrives by then), and no change written before,
+// during or after the move is missed.
 func TestPartitionedMember(t *testing.T) {
-	kerneltest.RequireCommand(t, "iptables")
-	tp := kerneltest.NewTopology(t, 4)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	var initial []string
-	for i := 1; i <= 3; i++ {
-		initial = append(initial, fmt.Sprintf("m%d=http://192.0.2.1%d:2380", i, i))
-	}
-	endpoint := func(i int) string { return fmt.Sprintf("http://192.0.2.1%d:2379", i) }
-	for i := 1; i <= 3; i++ {
-		o := etcdtest.Options{
-			Name: fmt.Sprintf("m%d", i), Dir: filepath.Join(dir, fmt.Sprintf("m%d", i)),
-			ClientAddr: fmt.Sprintf("192.0.2.1%d:2379", i), PeerAddr: fmt.Sprintf("192.0.2.1%d:2380", i),
-			InitialCluster: strings.Join(initial, ","), LogFile: filepath.Join(dir, fmt.Sprintf("m%d.log", i)),
-			UnsafeNoFsync: true, // etcd's own timings: with Fast's 100 ms elections a loaded machine re-elects forever
-		}
-		raw, _ := json.Marshal(o)
-		cmd := tp.Nodes[i-1].NS.Command(self, "-test.run=^$")
-		cmd.Env = append(os.Environ(), memberEnv+"="+string(raw))
-		out, err := os.Create(filepath.Join(dir, fmt.Sprintf("m%d.out", i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = out, out
-		// No Pdeathsig: it fires when the thread that started the child ends, and the namespace dialer below
-		// ends threads on purpose (kerneltest.NS.Do).
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-			out.Close()
-			if t.Failed() {
-				b, _ := os.ReadFile(filepath.Join(dir, o.Name+".log"))
-				so, _ := os.ReadFile(out.Name())
-				t.Logf("etcd %s output:\n%s\nlog (tail):\n%s", o.Name, so, tail(string(b), 3000))
-			}
-		})
-	}
-	client := tp.Nodes[3].NS
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := client.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, "tcp", strings.TrimPrefix(addr, "http://"))
-			return err
-		})
-		return c, err
-	}
-	httpc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-		return dial(ctx, addr)
-	}}}
-	// Wait for the cluster: every member healthy.
-	deadline := time.Now().Add(60 * time.Second)
-	for i := 1; i <= 3; i++ {
-		for !healthy(httpc, endpoint(i)) {
-			if time.Now().After(deadline) {
-				t.Fatalf("etcd member m%d not healthy after 60 s", i)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-
+	t.Parallel()
+	mc := startMemberCluster(t)
 	var logs lockedBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	st, err := New(Config{Endpoints: []string{endpoint(1), endpoint(2), endpoint(3)}, LeaseTTL: time.Minute, dial: dial}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := mc.newStore(Config{Endpoints: mc.endpoints(), LeaseTTL: time.Minute}, log)
 	setConfig(t, st, net16)
 	h := startHold(t, st, subnet.AcquireRequest{Attrs: attrs("192.0.2.14")})
 	own := h.next(t, 10*time.Second)
@@ -127,32 +41,9 @@ func TestPartitionedMember(t *testing.T) {
 		t.Fatalf("first batch lacks the own lease %s", own.Subnet)
 	}
 
-	// The member that carries the watch.
-	watched := 0
-	deadline = time.Now().Add(10 * time.Second)
-	for watched == 0 {
-		for i := 1; i <= 3; i++ {
-			if n, _ := metric(httpc, endpoint(i), "etcd_debugging_mvcc_watch_stream_total"); n > 0 {
-				watched = i
-			}
-		}
-		if watched == 0 && time.Now().After(deadline) {
-			t.Fatal("no member reports the store's watch stream")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	var healthyEPs []string
-	for i := 1; i <= 3; i++ {
-		if i != watched {
-			healthyEPs = append(healthyEPs, endpoint(i))
-		}
-	}
+	watched := mc.streamMember("Watch")
 	t.Logf("the watch is on m%d; cutting it off from its peers", watched)
-	other, err := New(Config{Endpoints: healthyEPs, RequestTimeout: 5 * time.Second, dial: dial}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { other.Close() })
+	other := mc.newStore(Config{Endpoints: mc.endpoints(watched), RequestTimeout: 5 * time.Second}, nil)
 	n := 0
 	put := func() netip.Prefix {
 		n++
@@ -174,7 +65,7 @@ func TestPartitionedMember(t *testing.T) {
 	}
 	wrote := []netip.Prefix{put()} // before the cut
 
-	member := tp.Nodes[watched-1].NS
+	member := mc.tp.Nodes[watched-1].NS
 	for _, rule := range [][]string{
 		{"INPUT", "--dport"}, {"INPUT", "--sport"}, {"OUTPUT", "--dport"}, {"OUTPUT", "--sport"},
 	} {
@@ -226,33 +117,6 @@ func TestPartitionedMember(t *testing.T) {
 	if _, lease, _, ok := rawGet(t, other.cli, keyOf(own)); !ok || lease == 0 {
 		t.Errorf("own key %s gone or without etcd lease while one member was cut off", keyOf(own))
 	}
-}
-
-// healthy reports whether the member at endpoint answers /health with health true.
-func healthy(c *http.Client, endpoint string) bool {
-	resp, err := c.Get(endpoint + "/health")
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode == 200 && strings.Contains(string(b), `"health":"true"`)
-}
-
-// metric reads a gauge or counter without labels from the member's /metrics.
-func metric(c *http.Client, endpoint, name string) (float64, error) {
-	resp, err := c.Get(endpoint + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, fmt.Errorf("%s: no metric %s", endpoint, name)
 }
 
 func tail(s string, n int) string {

@@ -54,8 +54,7 @@ func TestQuorumLoss(t *testing.T) {
 		t.Fatalf("first batch %+v, want the own lease", b)
 	}
 
-	c.Stop(1)
-	c.Stop(2)
+	c.Stop(1, 2)
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(logs.String(), "lease watch failed") {
 		if time.Now().After(deadline) {

@@ -15,6 +15,9 @@
 // the working directory. Close is idempotent and safe after a partial setup; Start calls it itself when it
 // fails.
 //
+// With Options.EtcdMembers etcd has several members, each a process in the etcd namespace on an address of
+// its own (192.0.2.2, 192.0.2.3 ...), and the agents get every member's URL.
+//
 // With Options.Docker every node is a Docker host instead: weft-docker-opts and a real dockerd, started as
 // the units in dist/systemd start them, and a busybox container (see DockerOptions).
 //

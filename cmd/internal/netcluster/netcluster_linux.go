@@ -23,7 +23,8 @@ import (
 
 // Fixed addresses of the underlay (RFC 5737 TEST-NET-1).
 var (
-	// EtcdAddr is the etcd namespace's address; etcd's client port is EtcdPort.
+	// EtcdAddr is the etcd namespace's address, its first member's; etcd's client port is EtcdPort. Further
+	// members (Options.EtcdMembers) have the addresses that follow (192.0.2.3, 192.0.2.4).
 	EtcdAddr = netip.MustParseAddr("192.0.2.2")
 	// UnderlayBits is the underlay's prefix length.
 	UnderlayBits = 24
@@ -32,8 +33,11 @@ var (
 )
 
 const (
-	// EtcdPort is etcd's client port.
-	EtcdPort = 2379
+	// EtcdPort is etcd's client port; its members talk to each other on EtcdPeerPort.
+	EtcdPort     = 2379
+	EtcdPeerPort = 2380
+	// MaxEtcdMembers bounds Options.EtcdMembers (their addresses stay below the nodes').
+	MaxEtcdMembers = 5
 	// DefaultNetwork is the overlay network when Options.Network is empty.
 	DefaultNetwork = "10.5.0.0/16"
 	// DefaultHealthzPort is the agents' health port when Options.HealthzPort is zero.
@@ -64,6 +68,10 @@ type Options struct {
 	ConfigArgs []string
 	// Nodes is the number of nodes Start creates. Zero: 3. At most MaxNodes.
 	Nodes int
+	// EtcdMembers is the number of etcd members, each a process in the etcd namespace on an address of its
+	// own (EtcdAddr and the addresses after it); the agents get every member's client URL. Zero: 1. At
+	// most MaxEtcdMembers.
+	EtcdMembers int
 	// Weftd is the path of the weftd binary; required.
 	Weftd string
 	// ClusterBin is the path of the weft-cluster binary, which runs etcd (`weft-cluster etcd`); required.
@@ -129,6 +137,12 @@ func (o *Options) setDefaults() error {
 	if o.Nodes < 1 || o.Nodes > MaxNodes {
 		return fmt.Errorf("cluster options: Nodes %d: want 1 to %d", o.Nodes, MaxNodes)
 	}
+	if o.EtcdMembers == 0 {
+		o.EtcdMembers = 1
+	}
+	if o.EtcdMembers < 1 || o.EtcdMembers > MaxEtcdMembers {
+		return fmt.Errorf("cluster options: EtcdMembers %d: want 1 to %d", o.EtcdMembers, MaxEtcdMembers)
+	}
 	if o.HealthzPort == 0 {
 		o.HealthzPort = DefaultHealthzPort
 	}
@@ -167,14 +181,15 @@ type Cluster struct {
 
 	// LAN is the underlay switch's namespace (bridge br0); Etcd is etcd's namespace.
 	LAN, Etcd *kerneltest.NS
-	// EtcdURL is etcd's client URL, http://192.0.2.2:2379.
+	// EtcdURL is etcd's client URL, http://192.0.2.2:2379; with several members (Options.EtcdMembers)
+	// every member's, comma-separated, as --etcd-endpoints takes them.
 	EtcdURL string
 
 	mu sync.Mutex // guards all following fields
 	// nss are the namespaces created, in creation order.
 	nss      []*kerneltest.NS
 	nodes    []*Node
-	etcd     *proc
+	etcds    []*proc          // the etcd members, by member index while running (or stopped)
 	services map[string]*proc // by name, see StartService
 	// cmds are short-lived commands running now (ping, weftd CLI calls), killed by Close.
 	cmds   map[*exec.Cmd]struct{}
@@ -202,12 +217,12 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", o.Prefix, err)
 	}
-	c := &Cluster{
-		opts:    o,
-		log:     o.Log,
-		EtcdURL: "http://" + netip.AddrPortFrom(EtcdAddr, EtcdPort).String(),
-		cmds:    map[*exec.Cmd]struct{}{},
+	c := &Cluster{opts: o, log: o.Log, cmds: map[*exec.Cmd]struct{}{}}
+	var urls []string
+	for i := range o.EtcdMembers {
+		urls = append(urls, "http://"+netip.AddrPortFrom(etcdMemberAddr(i), EtcdPort).String())
 	}
+	c.EtcdURL = strings.Join(urls, ",")
 	if err := c.start(ctx); err != nil {
 		if cerr := c.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("clean up: %w", cerr))
@@ -232,6 +247,11 @@ func (c *Cluster) start(ctx context.Context) error {
 	}
 	if err := c.plug(c.Etcd, "veth-etcd", netip.PrefixFrom(EtcdAddr, UnderlayBits)); err != nil {
 		return err
+	}
+	for i := 1; i < o.EtcdMembers; i++ {
+		if _, err := c.Etcd.IP("addr", "add", netip.PrefixFrom(etcdMemberAddr(i), UnderlayBits).String(), "dev", "eth0"); err != nil {
+			return err
+		}
 	}
 	if err := c.StartEtcd(ctx); err != nil {
 		return err
@@ -464,48 +484,102 @@ func (c *Cluster) runCmd(cmd *exec.Cmd) error {
 	return err
 }
 
-// StartEtcd starts etcd (again) in the etcd namespace with the same data directory and address, and waits
-// until it serves clients.
+// etcdMemberAddr returns member i's address (from 0: EtcdAddr).
+func etcdMemberAddr(i int) netip.Addr {
+	a := EtcdAddr
+	for range i {
+		a = a.Next()
+	}
+	return a
+}
+
+// StartEtcd starts etcd (again) in the etcd namespace, every member that is not running, with the same data
+// directories and addresses, and waits until each member serves clients (with several members: once they
+// have a leader).
 func (c *Cluster) StartEtcd(ctx context.Context) error {
-	dir := filepath.Join(c.opts.Dir, "etcd")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("etcd: %w", err)
+	n := c.opts.EtcdMembers
+	var initial []string
+	for i := range n {
+		initial = append(initial, fmt.Sprintf("m%d=http://%s", i+1, netip.AddrPortFrom(etcdMemberAddr(i), EtcdPeerPort)))
 	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return errors.New("cluster is closed")
 	}
-	if c.etcd != nil && c.etcd.running() {
-		c.mu.Unlock()
-		return errors.New("etcd is already running")
+	if c.etcds == nil {
+		c.etcds = make([]*proc, n)
 	}
-	argv := []string{"ip", "netns", "exec", c.Etcd.Name, c.opts.ClusterBin, "etcd",
-		"--listen", netip.AddrPortFrom(EtcdAddr, EtcdPort).String(),
-		"--data-dir", filepath.Join(dir, "data"), "--fast", "--unsafe-no-fsync"}
-	p, err := startProc("etcd", argv, filepath.Join(dir, "etcd.log"), c.opts.Detach)
-	if err == nil {
-		c.etcd = p
+	var started []int
+	for i := range n {
+		if p := c.etcds[i]; p != nil && p.running() {
+			continue
+		}
+		dir := c.etcdDir(i)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			c.mu.Unlock()
+			return fmt.Errorf("etcd: %w", err)
+		}
+		addr := etcdMemberAddr(i)
+		argv := []string{"ip", "netns", "exec", c.Etcd.Name, c.opts.ClusterBin, "etcd",
+			"--listen", netip.AddrPortFrom(addr, EtcdPort).String(),
+			"--data-dir", filepath.Join(dir, "data"), "--unsafe-no-fsync"}
+		if n == 1 {
+			argv = append(argv, "--fast")
+		} else {
+			// etcd's own timings: with --fast's 100 ms elections a loaded machine re-elects forever.
+			argv = append(argv, "--name", fmt.Sprintf("m%d", i+1), "--peer", netip.AddrPortFrom(addr, EtcdPeerPort).String(),
+				"--initial-cluster", strings.Join(initial, ","))
+		}
+		p, err := startProc(c.etcdName(i), argv, filepath.Join(dir, "etcd.log"), c.opts.Detach)
+		if err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		c.etcds[i] = p
 		c.saveStateLocked()
+		started = append(started, i)
+		c.log.Info("started etcd", "member", c.etcdName(i), "pid", p.pid(), "url", "http://"+netip.AddrPortFrom(addr, EtcdPort).String())
 	}
 	c.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	c.log.Info("started etcd", "pid", p.pid(), "url", c.EtcdURL)
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
+	for _, i := range started {
+		if err := c.waitEtcd(ctx, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// etcdName names member i's process: "etcd", or "etcd1", "etcd2" ... with several members.
+func (c *Cluster) etcdName(i int) string {
+	if c.opts.EtcdMembers == 1 {
+		return "etcd"
+	}
+	return fmt.Sprintf("etcd%d", i+1)
+}
+
+// etcdDir is member i's directory: <Dir>/etcd, or <Dir>/etcd1 ... with several members.
+func (c *Cluster) etcdDir(i int) string { return filepath.Join(c.opts.Dir, c.etcdName(i)) }
+
+// waitEtcd waits until member i answers /health with 200.
+func (c *Cluster) waitEtcd(ctx context.Context, i int) error {
+	c.mu.Lock()
+	p := c.etcds[i]
+	c.mu.Unlock()
+	addr := netip.AddrPortFrom(etcdMemberAddr(i), EtcdPort)
 	for {
-		status, _, err := c.httpGet(ctx, c.Etcd, netip.AddrPortFrom(EtcdAddr, EtcdPort), "/health")
+		status, _, err := c.httpGet(ctx, c.Etcd, addr, "/health")
 		if err == nil && status == 200 {
 			return nil
 		}
 		if !p.running() {
-			return fmt.Errorf("etcd exited: %s", exitText(p.err)+"\n"+tail(filepath.Join(dir, "etcd.log"), 20))
+			return fmt.Errorf("%s exited: %s", c.etcdName(i), exitText(p.err)+"\n"+tail(filepath.Join(c.etcdDir(i), "etcd.log"), 20))
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("etcd at %s not healthy: %w (last: status %d, %v)", c.EtcdURL, ctx.Err(), status, err)
+			return fmt.Errorf("etcd at http://%s not healthy: %w (last: status %d, %v)", addr, ctx.Err(), status, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -558,23 +632,42 @@ func (c *Cluster) stopProc(p *proc, grace time.Duration) error {
 	return err
 }
 
-// StopEtcd stops etcd with SIGTERM (SIGKILL after 10 s) and waits for it.
-func (c *Cluster) StopEtcd() error {
+// StopEtcd stops etcd, every member at once, with SIGTERM (SIGKILL after 10 s) and waits for it. Several
+// members stopped gracefully at once may need longer (a leader hands over to a member that is stopping
+// too): use KillEtcd.
+func (c *Cluster) StopEtcd() error { return c.signalEtcd(syscall.SIGTERM, 10*time.Second) }
+
+// KillEtcd kills every etcd member at once (SIGKILL: a crash; the data stays for StartEtcd) and waits for
+// them.
+func (c *Cluster) KillEtcd() error { return c.signalEtcd(syscall.SIGKILL, 10*time.Second) }
+
+func (c *Cluster) signalEtcd(sig syscall.Signal, grace time.Duration) error {
 	c.mu.Lock()
-	p := c.etcd
+	ps := slices.Clone(c.etcds)
 	c.mu.Unlock()
-	if p == nil {
-		return nil
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		if p != nil {
+			wg.Go(func() { errs[i] = p.stop(sig, grace) })
+		}
 	}
-	err := c.stopProc(p, 10*time.Second)
-	c.log.Info("stopped etcd")
-	return err
+	wg.Wait()
+	c.mu.Lock()
+	c.saveStateLocked()
+	c.mu.Unlock()
+	c.log.Info("stopped etcd", "signal", sig)
+	return errors.Join(errs...)
 }
 
-// EtcdLog returns etcd's log.
+// EtcdLog returns etcd's log: every member's, one after the other.
 func (c *Cluster) EtcdLog() string {
-	b, _ := os.ReadFile(filepath.Join(c.opts.Dir, "etcd", "etcd.log"))
-	return string(b)
+	var b strings.Builder
+	for i := range c.opts.EtcdMembers {
+		l, _ := os.ReadFile(filepath.Join(c.etcdDir(i), "etcd.log"))
+		b.Write(l)
+	}
+	return b.String()
 }
 
 // PIDs returns the PIDs of the processes the cluster started that are still running.
@@ -603,8 +696,10 @@ func (c *Cluster) Namespaces() []string {
 
 func (c *Cluster) procsLocked() []*proc {
 	var ps []*proc
-	if c.etcd != nil {
-		ps = append(ps, c.etcd)
+	for _, p := range c.etcds {
+		if p != nil {
+			ps = append(ps, p)
+		}
 	}
 	for _, p := range c.services {
 		ps = append(ps, p)
@@ -666,9 +761,10 @@ func (c *Cluster) saveStateLocked() {
 }
 
 // Close removes everything the cluster created: it stops the Docker daemons (Options.Docker; see
-// Dockerd.Stop) and removes their cgroups, then the agents and etcd (SIGTERM, then SIGKILL; only
-// the PIDs it started) and waits for them, kills running helper commands, deletes the namespaces (last
-// created first), the state file and, with Options.RemoveDir, the directory. It is idempotent.
+// Dockerd.Stop) and removes their cgroups, then the agents and etcd (SIGTERM, then SIGKILL; several etcd
+// members at once: SIGKILL; only the PIDs it started) and waits for them, kills running helper commands,
+// deletes the namespaces (last created first), the state file and, with Options.RemoveDir, the directory. It
+// is idempotent.
 func (c *Cluster) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -703,9 +799,11 @@ func (c *Cluster) Close() error {
 	wg.Wait()
 	c.mu.Lock()
 	procs := c.procsLocked()
+	etcds := slices.Clone(c.etcds)
 	c.mu.Unlock()
 	// Agents next (in parallel), then services, then etcd, so the agents never see their store vanish
 	// before they stop, nor a service its etcd.
+	isEtcd := func(p *proc) bool { return slices.Contains(etcds, p) }
 	isService := func(p *proc) bool {
 		for _, s := range c.services {
 			if s == p {
@@ -715,7 +813,7 @@ func (c *Cluster) Close() error {
 		return false
 	}
 	for _, p := range procs {
-		if p == c.etcd || isService(p) {
+		if isEtcd(p) || isService(p) {
 			continue
 		}
 		wg.Go(func() {
@@ -734,11 +832,24 @@ func (c *Cluster) Close() error {
 			}
 		}
 	}
-	if c.etcd != nil {
-		if err := c.etcd.stop(syscall.SIGTERM, 5*time.Second); err != nil {
-			errs = append(errs, err)
+	// Several etcd members stopped gracefully at once wait for each other (a leader hands over to a member
+	// that is stopping too): kill them, their data is of no further use.
+	etcdSig := syscall.SIGTERM
+	if len(etcds) > 1 {
+		etcdSig = syscall.SIGKILL
+	}
+	for _, p := range procs {
+		if isEtcd(p) {
+			wg.Go(func() {
+				if err := p.stop(etcdSig, 5*time.Second); err != nil {
+					emu.Lock()
+					errs = append(errs, err)
+					emu.Unlock()
+				}
+			})
 		}
 	}
+	wg.Wait()
 	for i := len(nss) - 1; i >= 0; i-- {
 		if err := nss[i].Delete(); err != nil {
 			errs = append(errs, err)

@@ -17,6 +17,9 @@ type Cluster struct {
 	tb      testing.TB
 	members []Options
 
+	// streams[i] ends member i's open streams when it stops (see streamKiller).
+	streams []streamKiller
+
 	mu sync.Mutex // guards es
 	es []*embed.Etcd
 }
@@ -32,7 +35,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	t.Cleanup(reserved.release)
 	ports := reserved.nums
 	dir := t.TempDir()
-	c := &Cluster{tb: t, es: make([]*embed.Etcd, n)}
+	c := &Cluster{tb: t, es: make([]*embed.Etcd, n), streams: make([]streamKiller, n)}
 	var initial []string
 	for i := range n {
 		o := Options{
@@ -52,11 +55,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for i := range c.members {
 		c.members[i].InitialCluster = strings.Join(initial, ",")
 	}
-	t.Cleanup(func() {
-		for i := range c.members {
-			c.Stop(i)
-		}
-	})
+	t.Cleanup(func() { c.Stop(allIndexes(n)...) })
 	if err := c.start(allIndexes(n)...); err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +76,8 @@ func (c *Cluster) start(idx ...int) error {
 	var wg sync.WaitGroup
 	for k, i := range idx {
 		wg.Go(func() {
-			e, err := startEmbed(c.members[i])
+			c.streams[i].start()
+			e, err := startEmbed(c.members[i], c.streams[i].serverOption())
 			if err != nil {
 				errs[k] = fmt.Errorf("member %s: %w", c.members[i].Name, err)
 				return
@@ -103,15 +103,22 @@ func (c *Cluster) Endpoints() []string {
 	return out
 }
 
-// Stop stops member i, keeping its data and ports for Restart. Stopping a stopped member does nothing.
-func (c *Cluster) Stop(i int) {
-	c.mu.Lock()
-	e := c.es[i]
-	c.es[i] = nil
-	c.mu.Unlock()
-	if e != nil {
-		e.Close()
+// Stop stops the members idx, all at once, keeping their data and ports for Restart. Open watch and
+// keepalive streams end at once with codes.Unavailable, as if the members had crashed. Stopping a stopped
+// member does nothing.
+func (c *Cluster) Stop(idx ...int) {
+	var wg sync.WaitGroup
+	for _, i := range idx {
+		c.mu.Lock()
+		e := c.es[i]
+		c.es[i] = nil
+		c.mu.Unlock()
+		if e != nil {
+			c.streams[i].stop()
+			wg.Go(e.Close)
+		}
 	}
+	wg.Wait()
 }
 
 // Restart starts the stopped members idx again, together (a member without quorum is not ready alone).
