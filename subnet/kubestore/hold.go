@@ -193,6 +193,5 @@ func networkUp(n *corev1.Node) bool {
 func (s *Store) patchStatus(ctx context.Context, body []byte) error {
 	rctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
 	defer cancel()
-	_, err := s.cli.CoreV1().Nodes().Patch(rctx, s.node, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
-	return err
+	return s.cli.patchNodeStatus(rctx, s.node, types.StrategicMergePatchType, body)
 }

@@ -28,9 +28,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -74,7 +71,7 @@ type Config struct {
 
 // Store is the lease store on the Kubernetes API. Create it with New; Close it when done.
 type Store struct {
-	cli        kubernetes.Interface
+	cli        coreClient
 	log        *slog.Logger
 	ann        Annotations
 	node       string
@@ -159,7 +156,7 @@ func Connect(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) 
 const ConnectRetryMax = 30 * time.Second
 
 func newStore(ctx context.Context, cfg Config, rc *rest.Config, ann Annotations, log *slog.Logger) (*Store, error) {
-	cli, err := kubernetes.NewForConfig(rc)
+	cli, err := newCoreClient(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for %s: %w", rc.Host, err)
 	}
@@ -179,7 +176,7 @@ func newStore(ctx context.Context, cfg Config, rc *rest.Config, ann Annotations,
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
 		defer cancel()
-		pod, err := cli.CoreV1().Pods(cfg.PodNamespace).Get(rctx, cfg.PodName, metav1.GetOptions{})
+		pod, err := cli.getPod(rctx, cfg.PodNamespace, cfg.PodName)
 		if err != nil {
 			return nil, fmt.Errorf("node name from pod %s/%s: %w", cfg.PodNamespace, cfg.PodName, err)
 		}
@@ -283,7 +280,7 @@ type NodeInfo struct {
 func (s *Store) NodeInfo(ctx context.Context) (NodeInfo, error) {
 	rctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
 	defer cancel()
-	n, err := s.cli.CoreV1().Nodes().Get(rctx, s.node, metav1.GetOptions{})
+	n, err := s.cli.getNode(rctx, s.node)
 	if err != nil {
 		return NodeInfo{}, fmt.Errorf("get node %s: %w", s.node, err)
 	}
@@ -315,8 +312,7 @@ func (s *Store) start() error {
 		return ErrClosed
 	}
 	s.startOnce.Do(func() {
-		lw := cache.NewListWatchFromClient(s.cli.CoreV1().RESTClient(), "nodes", "", fields.Everything())
-		inf := cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
+		inf := cache.NewSharedIndexInformer(s.cli.nodesListWatch(), &corev1.Node{}, 0, cache.Indexers{})
 		_ = inf.SetTransform(func(obj any) (any, error) {
 			if n, ok := obj.(*corev1.Node); ok {
 				return s.ann.trim(n), nil
