@@ -27,7 +27,6 @@ import (
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -312,9 +311,9 @@ func (s *Store) start() error {
 		return ErrClosed
 	}
 	s.startOnce.Do(func() {
-		inf := cache.NewSharedIndexInformer(s.cli.nodesListWatch(), &corev1.Node{}, 0, cache.Indexers{})
+		inf := cache.NewSharedIndexInformer(s.cli.nodesListWatch(), &node{}, 0, cache.Indexers{})
 		_ = inf.SetTransform(func(obj any) (any, error) {
-			if n, ok := obj.(*corev1.Node); ok {
+			if n, ok := obj.(*node); ok {
 				return s.ann.trim(n), nil
 			}
 			return obj, nil
@@ -322,8 +321,8 @@ func (s *Store) start() error {
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(obj any) { s.notify(obj) },
 			UpdateFunc: func(old, cur any) {
-				o, ok1 := old.(*corev1.Node)
-				n, ok2 := cur.(*corev1.Node)
+				o, ok1 := old.(*node)
+				n, ok2 := cur.(*node)
 				if ok1 && ok2 && sameLeaseView(o, n) {
 					return // a heartbeat or another change that does not touch the lease
 				}
@@ -399,14 +398,14 @@ func (s *Store) waitSynced(ctx context.Context) error {
 }
 
 // nodes returns the trimmed Nodes the informer holds.
-func (s *Store) nodes() []*corev1.Node {
+func (s *Store) nodes() []*node {
 	s.mu.Lock()
 	inf := s.informer
 	s.mu.Unlock()
 	objs := inf.GetStore().List()
-	out := make([]*corev1.Node, 0, len(objs))
+	out := make([]*node, 0, len(objs))
 	for _, o := range objs {
-		if n, ok := o.(*corev1.Node); ok {
+		if n, ok := o.(*node); ok {
 			out = append(out, n)
 		}
 	}
@@ -414,7 +413,7 @@ func (s *Store) nodes() []*corev1.Node {
 }
 
 // self returns this node's trimmed Node from the informer, or nil.
-func (s *Store) self() *corev1.Node {
+func (s *Store) self() *node {
 	s.mu.Lock()
 	inf := s.informer
 	s.mu.Unlock()
@@ -422,7 +421,7 @@ func (s *Store) self() *corev1.Node {
 	if !ok {
 		return nil
 	}
-	n, _ := o.(*corev1.Node)
+	n, _ := o.(*node)
 	return n
 }
 
