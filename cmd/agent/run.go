@@ -209,10 +209,6 @@ func (a *agent) watchUnderlay(ctx context.Context, sel backend.IfaceSelector, ex
 	}
 }
 
-// releaseDelay is how long after a complete Set the reconcile loop hands unused memory back to the system
-// (debug.FreeOSMemory, a garbage collection); another complete Set meanwhile starts it again.
-const releaseDelay = 2 * time.Second
-
 // underlayCheck is how often watchUnderlay looks at the external interface (at most).
 const underlayCheck = 5 * time.Second
 
@@ -564,6 +560,10 @@ func (a *agent) resyncDue(last time.Time) bool {
 	}
 	return true
 }
+
+// releaseDelay is how long after a complete Set the reconcile loop hands unused memory back to the system
+// (debug.FreeOSMemory, a garbage collection); another complete Set meanwhile starts it again.
+const releaseDelay = 2 * time.Second
 
 // reconcileLoop is the only caller of the backend's Set: on every change and every reconcile interval.
 func (a *agent) reconcileLoop(ctx context.Context) {
