@@ -573,6 +573,10 @@ func (a *agent) resyncDue(last time.Time) bool {
 	return true
 }
 
+// releaseDelay is how long after a complete Set the reconcile loop hands unused memory back to the system
+// (debug.FreeOSMemory, a garbage collection); another complete Set meanwhile starts it again.
+const releaseDelay = 2 * time.Second
+
 // reconcileLoop is the only caller of the backend's Set: on every change and every reconcile interval.
 func (a *agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Reconcile)
@@ -580,6 +584,7 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 	lastPeers := -1
 	var overlapLog backend.SkipLog // peer leases dropped for overlapping another, warned about once
 	lastResync := time.Now()
+	var release <-chan time.Time // set by a complete Set: hand memory back to the system when it fires
 	for {
 		resync := false // a lease change is applied as a change; the tick compares with the kernel
 		select {
@@ -588,6 +593,10 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 		case <-a.kick:
 		case <-t.C:
 			resync = a.resyncDue(lastResync)
+		case <-release:
+			release = nil
+			debug.FreeOSMemory()
+			continue
 		}
 		if resync {
 			lastResync = time.Now()
@@ -641,11 +650,11 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 			a.log.Error("reconcile kernel state", "err", err)
 			continue
 		}
-		if want.Resync || lastPeers < 0 {
-			// A comparison with the kernel's tables reads every route, neighbour and FDB entry (12,000 at
-			// 4,000 peers): hand the memory it used back to the system now rather than keeping it for minutes.
-			debug.FreeOSMemory()
-		}
+		// A complete Set plans every peer, and a comparison with the kernel's tables reads every route,
+		// neighbour and FDB entry (12,000 at 4,000 peers): once no other complete Set follows for a moment
+		// (one often does at start, when the watch shows the own lease), hand the memory they used back to
+		// the system rather than keeping the heap at its peak until the runtime's scavenger returns it.
+		release = time.After(releaseDelay)
 		if len(want.Peers) != lastPeers {
 			level := slog.LevelDebug // one line per lease change is not what an operator needs
 			if lastPeers < 0 {

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -119,7 +118,7 @@ func (s *Store) Hold(ctx context.Context, req subnet.AcquireRequest, fn subnet.H
 
 // announce makes the Node n carry the lease annotations for attrs (and the NetworkUnavailable=False
 // condition, if configured) and returns the lease. Writes happen only for what is missing or differs.
-func (s *Store) announce(ctx context.Context, n *corev1.Node, attrs subnet.Attrs, cfg *subnet.Config) (subnet.Lease, error) {
+func (s *Store) announce(ctx context.Context, n *node, attrs subnet.Attrs, cfg *subnet.Config) (subnet.Lease, error) {
 	if n == nil {
 		return subnet.Lease{}, fmt.Errorf("node %s: %w", s.node, errNoNode)
 	}
@@ -156,11 +155,11 @@ func (s *Store) announce(ctx context.Context, n *corev1.Node, attrs subnet.Attrs
 	}
 	if s.setNetUp && !networkUp(n) {
 		now := metav1.Now()
-		cond := corev1.NodeCondition{
-			Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse, Reason: "FlannelIsUp",
+		cond := nodeCondition{
+			Type: condNetworkUnavailable, Status: condFalse, Reason: "FlannelIsUp",
 			Message: "Flannel is running on this node", LastTransitionTime: now, LastHeartbeatTime: now,
 		}
-		body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+		body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []nodeCondition{cond}}})
 		if err != nil {
 			return subnet.Lease{}, fmt.Errorf("encode condition patch: %w", err)
 		}
@@ -181,10 +180,10 @@ func (s *Store) announce(ctx context.Context, n *corev1.Node, attrs subnet.Attrs
 }
 
 // networkUp reports whether the (trimmed) Node has NetworkUnavailable=False.
-func networkUp(n *corev1.Node) bool {
+func networkUp(n *node) bool {
 	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeNetworkUnavailable {
-			return c.Status == corev1.ConditionFalse
+		if c.Type == condNetworkUnavailable {
+			return c.Status == condFalse
 		}
 	}
 	return false
@@ -193,6 +192,5 @@ func networkUp(n *corev1.Node) bool {
 func (s *Store) patchStatus(ctx context.Context, body []byte) error {
 	rctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
 	defer cancel()
-	_, err := s.cli.CoreV1().Nodes().Patch(rctx, s.node, types.StrategicMergePatchType, body, metav1.PatchOptions{}, "status")
-	return err
+	return s.cli.patchNodeStatus(rctx, s.node, types.StrategicMergePatchType, body)
 }

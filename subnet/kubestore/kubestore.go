@@ -27,10 +27,6 @@ import (
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -74,7 +70,7 @@ type Config struct {
 
 // Store is the lease store on the Kubernetes API. Create it with New; Close it when done.
 type Store struct {
-	cli        kubernetes.Interface
+	cli        coreClient
 	log        *slog.Logger
 	ann        Annotations
 	node       string
@@ -159,7 +155,7 @@ func Connect(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) 
 const ConnectRetryMax = 30 * time.Second
 
 func newStore(ctx context.Context, cfg Config, rc *rest.Config, ann Annotations, log *slog.Logger) (*Store, error) {
-	cli, err := kubernetes.NewForConfig(rc)
+	cli, err := newCoreClient(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for %s: %w", rc.Host, err)
 	}
@@ -179,7 +175,7 @@ func newStore(ctx context.Context, cfg Config, rc *rest.Config, ann Annotations,
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
 		defer cancel()
-		pod, err := cli.CoreV1().Pods(cfg.PodNamespace).Get(rctx, cfg.PodName, metav1.GetOptions{})
+		pod, err := cli.getPod(rctx, cfg.PodNamespace, cfg.PodName)
 		if err != nil {
 			return nil, fmt.Errorf("node name from pod %s/%s: %w", cfg.PodNamespace, cfg.PodName, err)
 		}
@@ -283,7 +279,7 @@ type NodeInfo struct {
 func (s *Store) NodeInfo(ctx context.Context) (NodeInfo, error) {
 	rctx, cancel := context.WithTimeout(ctx, s.reqTimeout)
 	defer cancel()
-	n, err := s.cli.CoreV1().Nodes().Get(rctx, s.node, metav1.GetOptions{})
+	n, err := s.cli.getNode(rctx, s.node)
 	if err != nil {
 		return NodeInfo{}, fmt.Errorf("get node %s: %w", s.node, err)
 	}
@@ -315,10 +311,9 @@ func (s *Store) start() error {
 		return ErrClosed
 	}
 	s.startOnce.Do(func() {
-		lw := cache.NewListWatchFromClient(s.cli.CoreV1().RESTClient(), "nodes", "", fields.Everything())
-		inf := cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
+		inf := cache.NewSharedIndexInformer(s.cli.nodesListWatch(), &node{}, 0, cache.Indexers{})
 		_ = inf.SetTransform(func(obj any) (any, error) {
-			if n, ok := obj.(*corev1.Node); ok {
+			if n, ok := obj.(*node); ok {
 				return s.ann.trim(n), nil
 			}
 			return obj, nil
@@ -326,8 +321,8 @@ func (s *Store) start() error {
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(obj any) { s.notify(obj) },
 			UpdateFunc: func(old, cur any) {
-				o, ok1 := old.(*corev1.Node)
-				n, ok2 := cur.(*corev1.Node)
+				o, ok1 := old.(*node)
+				n, ok2 := cur.(*node)
 				if ok1 && ok2 && sameLeaseView(o, n) {
 					return // a heartbeat or another change that does not touch the lease
 				}
@@ -403,14 +398,14 @@ func (s *Store) waitSynced(ctx context.Context) error {
 }
 
 // nodes returns the trimmed Nodes the informer holds.
-func (s *Store) nodes() []*corev1.Node {
+func (s *Store) nodes() []*node {
 	s.mu.Lock()
 	inf := s.informer
 	s.mu.Unlock()
 	objs := inf.GetStore().List()
-	out := make([]*corev1.Node, 0, len(objs))
+	out := make([]*node, 0, len(objs))
 	for _, o := range objs {
-		if n, ok := o.(*corev1.Node); ok {
+		if n, ok := o.(*node); ok {
 			out = append(out, n)
 		}
 	}
@@ -418,7 +413,7 @@ func (s *Store) nodes() []*corev1.Node {
 }
 
 // self returns this node's trimmed Node from the informer, or nil.
-func (s *Store) self() *corev1.Node {
+func (s *Store) self() *node {
 	s.mu.Lock()
 	inf := s.informer
 	s.mu.Unlock()
@@ -426,7 +421,7 @@ func (s *Store) self() *corev1.Node {
 	if !ok {
 		return nil
 	}
-	n, _ := o.(*corev1.Node)
+	n, _ := o.(*node)
 	return n
 }
 

@@ -8,8 +8,6 @@ import (
 	"regexp"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -72,8 +70,8 @@ func (a Annotations) names() []string {
 // trim reduces a Node to what the store reads: its name, resource version, flannel's annotations, the pod
 // CIDRs and the NetworkUnavailable condition. The informer keeps only trimmed Nodes, and two trimmed Nodes
 // that are equal (ignoring the resource version) mean the same lease: a status heartbeat changes nothing.
-func (a Annotations) trim(n *corev1.Node) *corev1.Node {
-	out := &corev1.Node{}
+func (a Annotations) trim(n *node) *node {
+	out := &node{}
 	out.Name, out.ResourceVersion, out.UID = n.Name, n.ResourceVersion, n.UID
 	for _, k := range a.names() {
 		if v, ok := n.Annotations[k]; ok {
@@ -86,15 +84,15 @@ func (a Annotations) trim(n *corev1.Node) *corev1.Node {
 	out.Spec.PodCIDR = n.Spec.PodCIDR
 	out.Spec.PodCIDRs = n.Spec.PodCIDRs
 	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeNetworkUnavailable {
-			out.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status, Reason: c.Reason}}
+		if c.Type == condNetworkUnavailable {
+			out.Status.Conditions = []nodeCondition{{Type: c.Type, Status: c.Status, Reason: c.Reason}}
 		}
 	}
 	return out
 }
 
 // sameLeaseView reports whether two trimmed Nodes carry the same lease-relevant content.
-func sameLeaseView(a, b *corev1.Node) bool {
+func sameLeaseView(a, b *node) bool {
 	if a.Name != b.Name || a.UID != b.UID || a.Spec.PodCIDR != b.Spec.PodCIDR || len(a.Spec.PodCIDRs) != len(b.Spec.PodCIDRs) ||
 		len(a.Annotations) != len(b.Annotations) {
 		return false
@@ -117,7 +115,7 @@ var errNoPodCIDR = errors.New("pod CIDR not assigned")
 
 // podCIDRs returns the Node's IPv4 and IPv6 pod CIDRs (spec.podCIDRs, else spec.podCIDR), masked. Either
 // may be zero; both zero is errNoPodCIDR.
-func podCIDRs(n *corev1.Node) (v4, v6 netip.Prefix, err error) {
+func podCIDRs(n *node) (v4, v6 netip.Prefix, err error) {
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
@@ -180,7 +178,7 @@ var errUnmanaged = errors.New("not managed by a kube subnet manager")
 // pod CIDR (inside the network), PublicIP the public-ip annotation (an IPv4 address when IPv4 is enabled),
 // and the backend type and data their annotations ("null" data is none). In a network without IPv6 the
 // IPv6 CIDR and annotations are ignored.
-func (a Annotations) nodeLease(n *corev1.Node, cfg *subnet.Config) (subnet.Lease, error) {
+func (a Annotations) nodeLease(n *node, cfg *subnet.Config) (subnet.Lease, error) {
 	ann := n.Annotations
 	if ann[a.KubeSubnetManager] != "true" {
 		return subnet.Lease{}, fmt.Errorf("node %s: %w", n.Name, errUnmanaged)
@@ -236,7 +234,7 @@ func dataString(d json.RawMessage) string {
 // published returns the PublicIP (and PublicIPv6) this node advertises: the public-ip-overwrite annotation
 // when an admin set it (and it parses), else the agent's own. It also returns what to log when an overwrite
 // is ignored.
-func (a Annotations) published(n *corev1.Node, attrs subnet.Attrs) (v4, v6 netip.Addr, problems []string) {
+func (a Annotations) published(n *node, attrs subnet.Attrs) (v4, v6 netip.Addr, problems []string) {
 	v4, v6 = attrs.PublicIP, attrs.PublicIPv6
 	if s := n.Annotations[a.PublicIPOverwrite]; s != "" {
 		if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
@@ -257,7 +255,7 @@ func (a Annotations) published(n *corev1.Node, attrs subnet.Attrs) (v4, v6 netip
 
 // wantAnnotations returns the annotations this node's lease needs, byte for byte as flanneld writes them,
 // and the subset that the Node does not carry yet (nil: nothing to patch). v6 ones only with a PublicIPv6.
-func (a Annotations) wantAnnotations(n *corev1.Node, attrs subnet.Attrs, pub4, pub6 netip.Addr) (want, patch map[string]string) {
+func (a Annotations) wantAnnotations(n *node, attrs subnet.Attrs, pub4, pub6 netip.Addr) (want, patch map[string]string) {
 	want = map[string]string{
 		a.KubeSubnetManager: "true",
 		a.BackendType:       attrs.BackendType,

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/weft-net/weft/subnet"
@@ -50,7 +49,7 @@ func mustConfig(t *testing.T, js string) *subnet.Config {
 }
 
 // flannelNode is a Node as kube-flannel (vxlan) leaves it.
-func flannelNode(name, podCIDR string, extra map[string]string) *corev1.Node {
+func flannelNode(name, podCIDR string, extra map[string]string) *node {
 	ann := map[string]string{
 		"flannel.alpha.coreos.com/kube-subnet-manager": "true",
 		"flannel.alpha.coreos.com/backend-type":        "vxlan",
@@ -64,7 +63,7 @@ func flannelNode(name, podCIDR string, extra map[string]string) *corev1.Node {
 			delete(ann, k)
 		}
 	}
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}}
+	n := &node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}}
 	if podCIDR != "" {
 		n.Spec.PodCIDR = podCIDR
 		n.Spec.PodCIDRs = strings.Split(podCIDR, ",")
@@ -79,7 +78,7 @@ func TestNodeLease(t *testing.T) {
 	dual := mustConfig(t, `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`)
 	for _, tc := range []struct {
 		name    string
-		node    *corev1.Node
+		node    *node
 		cfg     *subnet.Config
 		want    string // subnet, ipv6 subnet, public ip, type, data
 		wantErr string
@@ -87,7 +86,7 @@ func TestNodeLease(t *testing.T) {
 	}{
 		{"kube-flannel vxlan node", flannelNode("n2", "10.244.2.0/24", nil), v4,
 			`10.244.2.0/24 invalid Prefix 192.0.2.12 vxlan {"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}`, "", nil},
-		{"spec.podCIDR only", func() *corev1.Node { n := flannelNode("n2", "10.244.2.0/24", nil); n.Spec.PodCIDRs = nil; return n }(), v4,
+		{"spec.podCIDR only", func() *node { n := flannelNode("n2", "10.244.2.0/24", nil); n.Spec.PodCIDRs = nil; return n }(), v4,
 			`10.244.2.0/24 invalid Prefix 192.0.2.12 vxlan {"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}`, "", nil},
 		{"host-gw writes null data", flannelNode("n2", "10.244.2.0/24", map[string]string{a.BackendType: "host-gw", a.BackendData: "null"}), v4,
 			`10.244.2.0/24 invalid Prefix 192.0.2.12 host-gw `, "", nil},
@@ -125,7 +124,7 @@ func TestNodeLease(t *testing.T) {
 func TestWantAnnotations(t *testing.T) {
 	a, _ := NewAnnotations(DefaultAnnotationPrefix)
 	attrs := subnet.Attrs{PublicIP: netip.MustParseAddr("192.0.2.11"), BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"82:1f:5e:aa:01:02"}`)}
-	fresh := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{"other": "x"}}}
+	fresh := &node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{"other": "x"}}}
 	pub4, pub6, problems := a.published(fresh, attrs)
 	if len(problems) > 0 {
 		t.Fatal(problems)
@@ -141,13 +140,13 @@ func TestWantAnnotations(t *testing.T) {
 		t.Errorf("fresh node: want %v, patch %v; want both %v", want, patch, golden)
 	}
 
-	done := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: maps.Clone(golden)}}
+	done := &node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: maps.Clone(golden)}}
 	if _, patch := a.wantAnnotations(done, attrs, pub4, pub6); patch != nil {
 		t.Errorf("annotated node: patch %v, want none", patch)
 	}
 
 	// An admin's public-ip-overwrite is published instead; a bad one is ignored and reported.
-	over := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: maps.Clone(golden)}}
+	over := &node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: maps.Clone(golden)}}
 	over.Annotations[a.PublicIPOverwrite] = "203.0.113.7"
 	pub4, _, _ = a.published(over, attrs)
 	if _, patch := a.wantAnnotations(over, attrs, pub4, netip.Addr{}); !maps.Equal(patch, map[string]string{a.PublicIP: "203.0.113.7"}) {
@@ -174,16 +173,16 @@ func TestTrimIgnoresHeartbeats(t *testing.T) {
 	beat := base.DeepCopy()
 	beat.ResourceVersion = "101"
 	beat.Annotations["node.alpha.kubernetes.io/ttl"] = "15"
-	beat.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
+	beat.Status.Conditions = []nodeCondition{{Type: "Ready", Status: "True", LastHeartbeatTime: metav1.Now()}}
 	if !sameLeaseView(a.trim(base), a.trim(beat)) {
 		t.Error("a heartbeat changed the lease view")
 	}
-	for name, mod := range map[string]func(n *corev1.Node){
-		"backend-data": func(n *corev1.Node) { n.Annotations[a.BackendData] = `{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}` },
-		"public-ipv6":  func(n *corev1.Node) { n.Annotations[a.PublicIPv6] = "2001:db8::12" },
-		"marker gone":  func(n *corev1.Node) { delete(n.Annotations, a.KubeSubnetManager) },
-		"pod CIDRs":    func(n *corev1.Node) { n.Spec.PodCIDRs = append(n.Spec.PodCIDRs, "fd00::/64") },
-		"recreated":    func(n *corev1.Node) { n.UID = "other" },
+	for name, mod := range map[string]func(n *node){
+		"backend-data": func(n *node) { n.Annotations[a.BackendData] = `{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}` },
+		"public-ipv6":  func(n *node) { n.Annotations[a.PublicIPv6] = "2001:db8::12" },
+		"marker gone":  func(n *node) { delete(n.Annotations, a.KubeSubnetManager) },
+		"pod CIDRs":    func(n *node) { n.Spec.PodCIDRs = append(n.Spec.PodCIDRs, "fd00::/64") },
+		"recreated":    func(n *node) { n.UID = "other" },
 	} {
 		n := base.DeepCopy()
 		mod(n)

@@ -9,8 +9,6 @@ import (
 	"slices"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -162,7 +160,7 @@ func (s *Store) nodeLeaseByName(name string, cfg *subnet.Config) (subnet.Lease, 
 	inf := s.informer
 	s.mu.Unlock()
 	obj, exists, err := inf.GetStore().GetByKey(name)
-	n, ok := obj.(*corev1.Node)
+	n, ok := obj.(*node)
 	if err != nil || !exists || !ok {
 		s.mu.Lock()
 		delete(s.warned, "peer/"+name)
@@ -173,7 +171,7 @@ func (s *Store) nodeLeaseByName(name string, cfg *subnet.Config) (subnet.Lease, 
 }
 
 // nodeLease reads n's lease, warning once about a Node whose lease cannot be read.
-func (s *Store) nodeLease(n *corev1.Node, cfg *subnet.Config) (subnet.Lease, bool) {
+func (s *Store) nodeLease(n *node, cfg *subnet.Config) (subnet.Lease, bool) {
 	l, err := s.ann.nodeLease(n, cfg)
 	switch {
 	case err == nil:
