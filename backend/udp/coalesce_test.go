@@ -364,3 +364,68 @@ func TestCoalesceTUNGone(t *testing.T) {
 		t.Errorf("kicks %d, lost %v, write errors %d; want 1, true, 2", kicks, dp.lost.Load(), w.c.get(tunWriteErrors))
 	}
 }
+
+// FuzzCoalesce: any batch of packets is written whole and in order, each one plain and unchanged or as part
+// of a super-packet that carries the segments' payloads in order behind the first one's headers, with a
+// valid virtio header and pseudo-header sum. Run longer with
+//
+//	go test -run '^$' -fuzz FuzzCoalesce ./backend/udp
+func FuzzCoalesce(f *testing.F) {
+	batch := func(pkts ...[]byte) []byte { // each packet behind its 2-byte length
+		var b []byte
+		for _, p := range pkts {
+			b = append(binary.BigEndian.AppendUint16(b, uint16(len(p))), p...)
+		}
+		return b
+	}
+	for _, seg := range []segBuilder{tcpSeg, tcpSeg6} {
+		f.Add(batch(seg(0, tcpFlagACK, 100, nil), seg(100, tcpFlagACK, 100, nil), seg(200, tcpFlagACK|tcpFlagPSH, 50, nil)))
+		f.Add(batch(seg(0, tcpFlagACK, 100, nil), seg(100, tcpFlagACK, 100, func(p []byte) { p[len(p)-101]++ })))
+	}
+	f.Add(batch(tcpSeg(0, tcpFlagACK, 100, nil), tcpSeg6(100, tcpFlagACK, 100, nil), tcpSeg6(200, tcpFlagACK, 100, nil)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var in [][]byte
+		for len(b) >= 2 {
+			n := min(int(binary.BigEndian.Uint16(b)), len(b)-2)
+			in, b = append(in, b[2:2+n]), b[2+n:]
+		}
+		orig := make([][]byte, len(in))
+		tun := &fakeTUN{}
+		w, _ := testWriter(tun)
+		for i, p := range in {
+			orig[i] = slices.Clone(p)
+			w.add(p)
+		}
+		w.flush()
+		k := 0
+		for i, wr := range tun.writes {
+			h, p := wr[:vnetHdrLen], wr[vnetHdrLen:]
+			if h[1] == 0 {
+				if k >= len(orig) || !bytes.Equal(h, make([]byte, vnetHdrLen)) || !bytes.Equal(p, orig[k]) {
+					t.Fatalf("write %d: a plain write differs from input %d", i, k)
+				}
+				k++
+				continue
+			}
+			n := tun.pieces[i] - 1
+			hl, start := int(binary.NativeEndian.Uint16(h[2:])), int(binary.NativeEndian.Uint16(h[6:]))
+			if n < 2 || k+n > len(orig) || (h[1] != virtioNetHdrGSOTCPv4 || start != 20) && (h[1] != virtioNetHdrGSOTCPv6 || start != 40) {
+				t.Fatalf("write %d: super-packet of %d pieces, GSO type %d, csum_start %d, %d inputs left", i, n, h[1], start, len(orig)-k)
+			}
+			want := slices.Clone(orig[k][:hl])
+			for _, s := range orig[k : k+n] {
+				want = append(want, s[hl:]...)
+			}
+			if len(p) != len(want) || !bytes.Equal(p[hl:], want[hl:]) || int(binary.NativeEndian.Uint16(h[4:])) != len(orig[k])-hl {
+				t.Fatalf("write %d: super-packet of %d bytes does not carry inputs %d to %d (%d bytes) with gso_size %d", i, len(p), k, k+n-1, len(want), len(orig[k])-hl)
+			}
+			if got, want := binary.BigEndian.Uint16(p[start+16:]), pseudoSum(p, len(p)-start); got != want {
+				t.Fatalf("write %d: TCP checksum field %#x, want the pseudo-header sum %#x", i, got, want)
+			}
+			k += n
+		}
+		if k != len(orig) {
+			t.Fatalf("writes carry %d of %d packets", k, len(orig))
+		}
+	})
+}
