@@ -50,7 +50,7 @@ func parseSegment(pkt []byte) (tcpSegment, bool) {
 		}
 		ip = ipv4Header
 	case len(pkt) > ipv6Header && pkt[0]>>4 == 6:
-		if pkt[6] != 6 {
+		if pkt[6] != 6 { // next header: TCP, no extension header
 			return tcpSegment{}, false
 		}
 		ip = ipv6Header
