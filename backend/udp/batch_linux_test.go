@@ -46,17 +46,54 @@ func encap(tb testing.TB, t *table, pkts [][]byte, sd *sender) {
 	sd.reset()
 }
 
-// decapFixture is a GRO run of superPacket 1472-byte TCP packets from a peer, and a TUN writer.
-func decapFixture(tb testing.TB) (*table, []byte, netip.Addr, *tunWriter, *nullTUN) {
-	t := testTable(tb)
-	var run []byte
-	for i := range superPacket {
-		run = append(run, tcpSeg(uint32(i*1400), tcpFlagACK, 1400, nil)...) // 1452 bytes each
+// decapRun is one receive slot: a GRO run of datagrams of seg bytes each.
+type decapRun struct {
+	data []byte
+	seg  int
+	hdr  []byte // the first segment's headers, which coalescing rewrites in the receive buffer
+}
+
+// segBuilder builds a TCP segment: tcpSeg (IPv4) or tcpSeg6.
+type segBuilder func(seq uint32, flags byte, n int, mod func(p []byte)) []byte
+
+// decapFixture is, per builder, a GRO run of superPacket TCP segments of 1400 bytes of payload from a peer
+// (in one batch, as recvmmsg returns several slots), and a TUN writer.
+func decapFixture(tb testing.TB, seg ...segBuilder) (*table, []decapRun, netip.Addr, *tunWriter, *nullTUN) {
+	t := testTable6(tb)
+	var runs []decapRun
+	for _, b := range seg {
+		var r decapRun
+		for i := range superPacket {
+			p := b(uint32(i*1400), tcpFlagACK, 1400, nil)
+			r.data, r.seg = append(r.data, p...), len(p)
+		}
+		r.hdr = slices.Clone(r.data[:r.seg-1400])
+		runs = append(runs, r)
 	}
 	dev := &nullTUN{}
 	dp := &datapath{off: offTUN | offTUNGRO}
 	dp.tunGRO.Store(true)
-	return t, run, netip.MustParseAddr("192.0.2.12"), newTUNWriter(&Backend{}, dp, dev, &counters{}), dev
+	return t, runs, netip.MustParseAddr("192.0.2.12"), newTUNWriter(&Backend{}, dp, dev, &counters{}), dev
+}
+
+// decap delivers the runs as one batch and puts back the headers coalescing rewrote.
+func decap(t *table, c *counters, w *tunWriter, runs []decapRun, from netip.Addr) {
+	for _, r := range runs {
+		deliver(t, c, w, r.data, from, r.seg)
+	}
+	w.flush()
+	for _, r := range runs {
+		copy(r.data, r.hdr)
+	}
+}
+
+var decapFamilies = []struct {
+	name string
+	seg  []segBuilder
+}{
+	{"IPv4", []segBuilder{tcpSeg}},
+	{"IPv6", []segBuilder{tcpSeg6}},
+	{"IPv4+IPv6", []segBuilder{tcpSeg, tcpSeg6}},
 }
 
 func TestBatchAllocs(t *testing.T) {
@@ -64,18 +101,17 @@ func TestBatchAllocs(t *testing.T) {
 	if a := testing.AllocsPerRun(100, func() { encap(t, tb, pkts, sd) }); a != 0 {
 		t.Errorf("encapsulation: %v allocations per batch, want 0", a)
 	}
-	tr, run, from, w, dev := decapFixture(t)
-	hdr := slices.Clone(run[:52])
-	var c counters
-	if a := testing.AllocsPerRun(100, func() {
-		deliver(tr, &c, w, run, from, 1452)
-		w.flush()
-		copy(run, hdr) // coalescing rewrote the first segment's headers in the receive buffer
-	}); a != 0 {
-		t.Errorf("decapsulation: %v allocations per batch, want 0", a)
-	}
-	if got := c.get(rxPackets); got != 101*superPacket || dev.writes != 101 {
-		t.Errorf("delivered %d packets in %d writes, want %d in %d (one super-packet per run)", got, dev.writes, 101*superPacket, 101)
+	for _, fam := range decapFamilies {
+		tr, runs, from, w, dev := decapFixture(t, fam.seg...)
+		var c counters
+		if a := testing.AllocsPerRun(100, func() { decap(tr, &c, w, runs, from) }); a != 0 {
+			t.Errorf("decapsulation %s: %v allocations per batch, want 0", fam.name, a)
+		}
+		n := 101 * len(runs) // AllocsPerRun runs once more to warm up
+		if got := c.get(rxPackets); got != uint64(n*superPacket) || dev.writes != n || w.c.get(tunSuperPackets) != uint64(n) {
+			t.Errorf("decapsulation %s: delivered %d packets in %d writes (%d super-packets), want %d in %d (one super-packet per run)",
+				fam.name, got, dev.writes, w.c.get(tunSuperPackets), n*superPacket, n)
+		}
 	}
 }
 
@@ -89,16 +125,17 @@ func BenchmarkEncap(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*superPacket), "ns/pkt")
 }
 
-// BenchmarkDecap reports the user-space cost per packet of a received GRO run.
+// BenchmarkDecap reports the user-space cost per packet of a received GRO run, per inner family.
 func BenchmarkDecap(b *testing.B) {
-	tb, run, from, w, _ := decapFixture(b)
-	hdr := slices.Clone(run[:52])
-	var c counters
-	b.ReportAllocs()
-	for b.Loop() {
-		deliver(tb, &c, w, run, from, 1452)
-		w.flush()
-		copy(run, hdr) // coalescing rewrote the first segment's headers in the receive buffer
+	for _, fam := range decapFamilies[:2] {
+		b.Run(fam.name, func(b *testing.B) {
+			tb, runs, from, w, _ := decapFixture(b, fam.seg...)
+			var c counters
+			b.ReportAllocs()
+			for b.Loop() {
+				decap(tb, &c, w, runs, from)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*superPacket), "ns/pkt")
+		})
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*superPacket), "ns/pkt")
 }

@@ -371,7 +371,14 @@ func (w *tunWriter) flush() {
 		w.single(w.g.segs[0].pkt)
 	default:
 		err := w.write(w.g.finish(w.hdr[:], w.pieces[:0]), true)
-		if err != nil && !w.dp.tunGRO.Load() { // coalesced writes refused: write the segments one by one
+		switch {
+		case err == nil:
+			w.c.inc(tunSuperPackets)
+			w.c.add(tunSuperSegments, len(w.g.segs))
+			if w.g.segs[0].v6() {
+				w.c.inc(tunSuperPackets6)
+			}
+		case !w.dp.tunGRO.Load(): // coalesced writes refused: write the segments one by one
 			w.g.restore()
 			for _, s := range w.g.segs {
 				w.single(s.pkt)

@@ -76,6 +76,15 @@ func TestOffloads(t *testing.T) {
 		if calls, pkts := after1["recvmmsg_calls"]-before1["recvmmsg_calls"], after1["rx_packets"]-before1["rx_packets"]; pkts < 4*calls {
 			t.Errorf("node 1 received %d packets in %d recvmmsg calls: want batches (≥ 4 per call)", pkts, calls)
 		}
+		// Node 1 wrote the received segments into its TUN as IPv4 super-packets; node 3 (offloads off) none.
+		supers, supers6, segs := after1["tun_super_packets"]-before1["tun_super_packets"],
+			after1["tun_super_packets_ipv6"]-before1["tun_super_packets_ipv6"], after1["tun_super_segments"]-before1["tun_super_segments"]
+		if supers == 0 || supers6 != 0 || segs < 100<<20/1500/2 || segs < 4*supers {
+			t.Errorf("node 1: %d super-packets (%d IPv6) carrying %d segments: want IPv4 ones, most of the data, ≥ 4 segments each", supers, supers6, segs)
+		}
+		if got := n3.b.Stats()["tun_super_packets"]; got != 0 {
+			t.Errorf("node 3 (offloads off) wrote %d super-packets", got)
+		}
 	})
 
 	t.Run("MTU", func(t *testing.T) {
@@ -218,9 +227,15 @@ func TestRepairFails(t *testing.T) {
 // SHA-256 of what arrived.
 func tcpTransfer(t *testing.T, server, client *node, size int) {
 	t.Helper()
+	tcpTransferTo(t, server.Node, client.Node, server.CtrAddr, size)
+}
+
+// tcpTransferTo is tcpTransfer to dst, one of server's container addresses (IPv4 or IPv6).
+func tcpTransferTo(t *testing.T, server, client *kerneltest.Node, dst netip.Addr, size int) {
+	t.Helper()
 	var ln net.Listener
 	if err := server.Ctr.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", server.CtrAddr.String()+":0")
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(dst, 0).String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -245,7 +260,7 @@ func tcpTransfer(t *testing.T, server, client *node, size int) {
 	})
 	var c net.Conn
 	if err := client.Ctr.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		c, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
 		return err
 	}); err != nil {
 		t.Fatalf("dial %d→%d: %v", client.I, server.I, err)

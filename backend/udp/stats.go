@@ -36,6 +36,9 @@ const (
 	tunRecreated                       // TUN devices recreated after being lost
 	socketDrops                        // datagrams dropped by the kernel at our sockets (peer filter, full buffer)
 	rxTrailing                         // accepted datagrams with bytes past the inner packet (ignored)
+	tunSuperPackets                    // coalesced super-packets written into the TUN (two segments or more each)
+	tunSuperPackets6                   // those of them that are IPv6
+	tunSuperSegments                   // the received TCP segments they carried
 	numCounters
 )
 
@@ -66,6 +69,9 @@ var counterNames = [numCounters]string{
 	tunRecreated:        "tun_recreated",
 	socketDrops:         "socket_drops",
 	rxTrailing:          "rx_trailing",
+	tunSuperPackets:     "tun_super_packets",
+	tunSuperPackets6:    "tun_super_packets_ipv6",
+	tunSuperSegments:    "tun_super_segments",
 }
 
 // rxDrop maps a receive verdict to its counter.

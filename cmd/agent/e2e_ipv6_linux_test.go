@@ -99,6 +99,9 @@ func testIPv6(t *testing.T, backend string, v6only bool) {
 			checkDFPings(t, ctx, c, from, dst)
 		})
 	})
+	if backend == "udp" {
+		t.Run("udp-coalesces-ipv6", func(t *testing.T) { checkCoalesce6(t, ctx, c, nodes[0], nodes[1]) })
+	}
 	t.Run("restart-keeps-subnets", func(t *testing.T) {
 		// weftd stopped and started again (the env file says which subnets it had) keeps its subnets, and
 		// traffic flows again; without the env file it finds its lease by its public address.
@@ -157,6 +160,36 @@ func testIPv6(t *testing.T, backend string, v6only bool) {
 			checkTooBig(t, ctx, c, nodes[0], nodes[1].ContainerIP(), nodes[0].MTU())
 		}
 	})
+}
+
+// checkCoalesce6 echoes 16 MiB over IPv6 TCP between a's and b's containers (both directions verified) and
+// checks that each agent wrote what it received into its TUN as IPv6 super-packets (udp's receive
+// coalescing, weft_udp_tun_super_packets_ipv6).
+func checkCoalesce6(t *testing.T, ctx context.Context, c *netcluster.Cluster, a, b *netcluster.Node) {
+	const key = "weft_udp_tun_super_packets_ipv6"
+	count := func(n *netcluster.Node) float64 {
+		m, err := c.Metrics(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, ok := m[key]
+		if !ok {
+			t.Fatalf("node %s: no metric %s", n.Name, key)
+		}
+		return v
+	}
+	beforeA, beforeB := count(a), count(b)
+	if err := c.TCP6(ctx, a, b, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct {
+		n      *netcluster.Node
+		before float64
+	}{{a, beforeA}, {b, beforeB}} {
+		if got := count(r.n) - r.before; got < 10 {
+			t.Errorf("node %s: %s +%.0f after 16 MiB each way, want ≥ 10 (received IPv6 TCP coalesced)", r.n.Name, key, got)
+		}
+	}
 }
 
 // allPairs checks, from every node's container to every other's, that pings of the container's IPv6 address

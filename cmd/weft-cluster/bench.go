@@ -34,6 +34,8 @@ const (
 	benchRef = "veth"
 	// benchBaseline is the path --baseline-weftd adds: udp with another weftd binary.
 	benchBaseline = "udp-before"
+	// bench6Network is the clusters' IPv6 network with --ipv6.
+	bench6Network = "fd00:5::/48"
 )
 
 // benchPath says how a path is built: the veth reference, or a 2-node cluster on a backend.
@@ -65,6 +67,7 @@ type benchConfig struct {
 	weftd    string
 	baseline string // --baseline-weftd; empty: none
 	verbose  bool
+	ipv6     bool // --ipv6: the clusters dual stack, their traffic to the containers' IPv6 addresses
 	paths    []string
 }
 
@@ -81,6 +84,8 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&cfg.baseline, "baseline-weftd", "",
 		"another weftd binary (e.g. an older build) measured on udp as the path "+benchBaseline+", side by side")
 	fs.BoolVar(&cfg.verbose, "v", false, "log each setup step")
+	fs.BoolVar(&cfg.ipv6, "ipv6", false, "run the clusters dual stack (IPv6 network "+bench6Network+") and measure them with "+
+		"traffic to the containers' IPv6 addresses; the veth reference stays IPv4")
 	known := append(slices.Clone(benchPaths), benchBaseline)
 	only := fs.String("paths", strings.Join(benchPaths, ","), "paths to measure, comma-separated: "+strings.Join(known, ", "))
 	if err := parse(fs, args, stderr); err != nil {
@@ -146,6 +151,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	m := machine(iperfPath)
 	fmt.Fprintf(stdout, "Benchmarking %s (namespaces %s-*): %d rounds of %d s of iperf3 with 1 and %d streams, then %d pings, each ...\n",
 		strings.Join(cfg.paths, ", "), cfg.prefix, cfg.reps, cfg.seconds, benchStreams, benchPings)
+	if cfg.ipv6 {
+		fmt.Fprintf(stdout, "The clusters are dual stack; their traffic goes to the containers' IPv6 addresses (the veth reference's is IPv4).\n")
+	}
 	start := time.Now()
 	rows := b.run(ctx)
 	if ctx.Err() != nil {
@@ -409,16 +417,21 @@ func (b *bench) vethPair(spec benchPath) (endpoints, func() error, error) {
 }
 
 // cluster starts a 2-node netcluster as spec says, with the prefix <prefix>-<spec.ns>; traffic goes from
-// n1's container to n2's.
+// n1's container to n2's (to its IPv6 address with --ipv6).
 func (b *bench) cluster(ctx context.Context, spec benchPath) (endpoints, func() error, error) {
 	weftd := b.weftd
 	if spec.baseline {
 		weftd = b.cfg.baseline
 	}
 	prefix := b.cfg.prefix + "-" + spec.ns
+	var configArgs []string
+	if b.cfg.ipv6 {
+		configArgs = []string{"--ipv6-network", bench6Network}
+	}
 	c, err := netcluster.Start(ctx, netcluster.Options{
 		Prefix:          prefix,
 		Backend:         spec.backend,
+		ConfigArgs:      configArgs,
 		Nodes:           2,
 		Weftd:           weftd,
 		ExtraAgentFlags: spec.flags,
@@ -432,7 +445,11 @@ func (b *bench) cluster(ctx context.Context, spec benchPath) (endpoints, func() 
 		return endpoints{}, nil, err
 	}
 	n1, n2 := c.Node(1), c.Node(2)
-	return endpoints{src: n1.Container(), dst: n2.Container(), ip: n2.ContainerIP(), mtu: n1.MTU(), c: c}, c.Close, nil
+	ip := n2.ContainerIP()
+	if b.cfg.ipv6 {
+		ip = n2.ContainerIP6()
+	}
+	return endpoints{src: n1.Container(), dst: n2.Container(), ip: ip, mtu: n1.MTU(), c: c}, c.Close, nil
 }
 
 // waitReach pings until the first reply (the peers learn of each other through etcd watches), so neither
