@@ -89,6 +89,8 @@ func TestDropOverlappingDualStack(t *testing.T) {
 			[]string{a.Key()}, map[string]string{"10.5.9.0-24&fd00:5:0:2::-64": a.Key()}},
 		{"this node's IPv6 subnet, created before it", []subnet.Lease{l("10.5.9.0/24", "fd00:5:0:7::/64", 0), a},
 			[]string{a.Key()}, map[string]string{"10.5.9.0-24&fd00:5:0:7::-64": own.Key()}},
+		{"an earlier misfit (IPv4 outside the network) does not keep it", []subnet.Lease{l("10.6.9.0/24", "fd00:5:0:2::/64", 1), a},
+			[]string{a.Key()}, map[string]string{"10.6.9.0-24&fd00:5:0:2::-64": ""}},
 		{"three with one subnet", []subnet.Lease{l("10.5.9.0/24", "fd00:5:0:2::/64", 8), a, l("10.5.8.0/24", "fd00:5:0:2::/64", 7)},
 			[]string{a.Key()}, map[string]string{"10.5.9.0-24&fd00:5:0:2::-64": a.Key(), "10.5.8.0-24&fd00:5:0:2::-64": a.Key()}},
 	}
@@ -107,6 +109,12 @@ func TestDropOverlappingDualStack(t *testing.T) {
 			}
 			for _, s := range skips {
 				keeper, ok := tt.dropped[s.Key]
+				if keeper == "" { // a misfit: dropped for overlapping
+					if !ok || s.Kind != SkipOverlap || s.Quiet {
+						t.Errorf("skip %+v: want kind %s", s, SkipOverlap)
+					}
+					continue
+				}
 				if !ok || s.Kind != SkipDuplicateSubnet || s.Quiet || !strings.Contains(s.Reason, "is also lease "+keeper+"'s") {
 					t.Errorf("skip %+v: want one of %v, kind %s, a reason naming the keeper", s, tt.dropped, SkipDuplicateSubnet)
 				}
