@@ -18,9 +18,10 @@ import (
 // TestE2EIPv6Faults runs, on a dual-stack vxlan cluster and an IPv6-only host-gw cluster of 3 nodes (in
 // parallel), with continuous IPv6 pings between containers: hostile IPv6 leases written to etcd, weftd
 // SIGKILLed and SIGTERMed and restarted (no echo lost, same subnets), a running node's lease deleted (it
-// takes the same subnets again and traffic resumes), and etcd stopped for 20 s (no echo lost, every
-// node's IPv6 kernel entries for its peers still there at the end of the outage, a node joining afterwards
-// is reached).
+// takes the same subnets again and traffic resumes), a node joining (reached over IPv6 by ICMPv6 and TCP)
+// whose lease is deleted once it stopped (every other node drops its IPv6 entries), and etcd stopped for
+// 20 s (no echo lost, every node's IPv6 kernel entries for its peers still there at the end of the outage;
+// then the stopped node starts again and takes its previous IPv6 subnet).
 func TestE2EIPv6Faults(t *testing.T) {
 	requireE2E(t)
 	for _, tc := range []struct {
@@ -44,6 +45,7 @@ func TestE2EIPv6Faults(t *testing.T) {
 			t.Run("hostile-leases", func(t *testing.T) { hostileLeases6(t, e, tc.v6only) })
 			t.Run("agent-restart", e.restart)
 			t.Run("lease-deleted", e.leaseDeleted)
+			t.Run("join-and-delete", e.joinAndDelete)
 			t.Run("etcd-outage", e.etcdOutage)
 		})
 	}

@@ -136,6 +136,14 @@ func (e *e2e) pub(n *netcluster.Node) netip.Addr {
 	return n.Addr
 }
 
+// tcp checks TCP from from's container to to's over the scenarios' family (netcluster's TCP or TCP6).
+func (e *e2e) tcp(ctx context.Context, from, to *netcluster.Node, size int) error {
+	if e.v6 {
+		return e.TCP6(ctx, from, to, size)
+	}
+	return e.TCP(ctx, from, to, size)
+}
+
 // envSub returns the subnet of the scenarios' family in env.
 func (e *e2e) envSub(env subnet.Env) netip.Prefix {
 	if e.v6 {
@@ -672,21 +680,21 @@ func (e *e2e) joinAndDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn := n4.Subnet()
+	sn := e.sub(n4)
 	for _, n := range old {
 		for _, pair := range [][2]*netcluster.Node{{n, n4}, {n4, n}} {
 			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			if err := e.WaitPing(wctx, pair[0], pair[1].ContainerIP()); err != nil {
+			if err := e.WaitPing(wctx, pair[0], e.dst(pair[1])); err != nil {
 				t.Errorf("%s → %s: %v", pair[0].Name, pair[1].Name, err)
 			}
 			cancel()
 		}
-		if err := e.TCP(ctx, n, n4, 64<<10); err != nil {
+		if err := e.tcp(ctx, n, n4, 64<<10); err != nil {
 			t.Error(err)
 		}
 		if kernelBackend(e.backend) {
 			want := peerEntries[e.backend]
-			if got := e.kernelMentions(n, sn, n4.Addr); len(got) != want {
+			if got := e.kernelMentions(n, sn, e.pub(n4)); len(got) != want {
 				t.Errorf("node %s: state for joined %s: %q, want %d entries", n.Name, sn, got, want)
 			}
 		}
@@ -701,7 +709,7 @@ func (e *e2e) joinAndDelete(t *testing.T) {
 	}
 	for _, n := range old {
 		waitFor(t, 10*time.Second, fmt.Sprintf("node %s forgets %s", n.Name, sn), func() (bool, string) {
-			got := e.kernelMentions(n, sn, n4.Addr)
+			got := e.kernelMentions(n, sn, e.pub(n4))
 			peers, err := e.metric(ctx, n, "peers")
 			return len(got) == 0 && err == nil && peers == float64(len(old)-1),
 				fmt.Sprintf("kernel state %q, weft_peers %v (%v)", got, peers, err)
