@@ -105,9 +105,11 @@ func (e *e2e) leaseDeleted(t *testing.T) {
 // hostileLeases6 writes leases whose IPv6 side is hostile or broken, as a stranger with etcd access
 // could: one claiming node 2's IPv6 subnet again (in dual stack under a fresh IPv4 subnet, so under a key
 // of its own; IPv6 only, the upper half of it as a /65), one with an IPv6 subnet outside IPv6Network, one
-// whose PublicIPv6 is an IPv4 address. Every node warns about each ("not routing to peer", naming the key)
-// and counts it, routes none of their IPv6 subnets, and node 1 still reaches node 2's container over
-// IPv6 through node 2 itself. The keys are removed at the end.
+// whose PublicIPv6 is an IPv4 address. Every node warns about each, naming the key and the reason ("not
+// routing to peer", counted by reason; the last: "skipping unreadable lease key" from the store, which
+// refuses the whole value), except that node 2 leaves a lease with its own subnet out silently; no node
+// routes their IPv6 subnets or sends to the stranger's address, and node 1 still reaches node 2's
+// container over IPv6 through node 2 itself. The keys are removed at the end.
 func hostileLeases6(t *testing.T, e *e2e, v6only bool) {
 	ctx := e.ctx(t, 60*time.Second)
 	nodes := e.Nodes()
