@@ -162,7 +162,10 @@ func (l *SkipLog) Change(log *slog.Logger, keys []string, skipped []Skip) {
 // peer's) in either family and does not fit the network config n (another length, or outside
 // [SubnetMin, SubnetMax]): such a lease can only come from a garbage or hostile write, since the store never
 // hands out overlapping subnets, and routing it would take part of a live node's subnet. Leases that fit n
-// never overlap each other (equal length, distinct keys), so a legitimate peer is never dropped; two misfits
+// overlap each other only by naming the same subnet, which in dual stack two keys can do (the key names
+// both subnets: "10.5.9.0-24&fd00:5:0:2::-64" claims the IPv6 subnet of "10.5.2.0-24&fd00:5:0:2::-64"):
+// of those the lease created first keeps the subnet (own always; equal revisions: the smaller key) and the
+// others are dropped as duplicates, so an established peer is never dropped for a newcomer. Two misfits
 // that overlap are both dropped. It returns the peers kept, in their order, and a Skip for each one dropped.
 func DropOverlapping(n *subnet.Config, own subnet.Lease, peers []subnet.Lease) ([]subnet.Lease, []Skip) {
 	kept, skips := IPv4.dropOverlapping(n, own, peers)
@@ -199,6 +202,34 @@ func (f Family) dropOverlapping(n *subnet.Config, own subnet.Lease, peers []subn
 	if len(overlaps) == 0 {
 		return peers, nil
 	}
+	// Equal subnets are adjacent in idx: each run of them has one keeper, own, else a lease that fits n
+	// before one that does not (which is dropped below), else the one created first.
+	keeper := map[int]int{} // index → the index of the lease that keeps its subnet (itself if none other has it)
+	better := func(i, k int) bool {
+		if i == len(all)-1 || k == len(all)-1 {
+			return i == len(all)-1
+		}
+		if fi, fk := n.Fits(all[i]), n.Fits(all[k]); fi != fk {
+			return fi
+		}
+		return firstCreated(all[i], all[k])
+	}
+	for g := 0; g < len(idx); {
+		e := g + 1
+		for e < len(idx) && f.Subnet(all[idx[e]]).Masked() == f.Subnet(all[idx[g]]).Masked() {
+			e++
+		}
+		k := idx[g]
+		for _, i := range idx[g+1 : e] {
+			if better(i, k) {
+				k = i
+			}
+		}
+		for _, i := range idx[g:e] {
+			keeper[i] = k
+		}
+		g = e
+	}
 	bits, lo, hi := n.SubnetLen, n.SubnetMin, n.SubnetMax
 	if f.V6 {
 		bits, lo, hi = n.IPv6SubnetLen, n.IPv6SubnetMin, n.IPv6SubnetMax
@@ -212,7 +243,20 @@ func (f Family) dropOverlapping(n *subnet.Config, own subnet.Lease, peers []subn
 				f.Subnet(p), other, bits, lo, hi)})
 			continue
 		}
+		if k, ok := keeper[i]; ok && k != i {
+			skips = append(skips, Skip{Key: p.Key(), Kind: SkipDuplicateSubnet, Reason: fmt.Sprintf("subnet %s is also lease %s's, which was created first",
+				f.Subnet(p), all[k].Key())})
+			continue
+		}
 		kept = append(kept, p)
 	}
 	return kept, skips
+}
+
+// firstCreated reports whether lease a was created before b (the smaller key for equal revisions).
+func firstCreated(a, b subnet.Lease) bool {
+	if a.Created != b.Created {
+		return a.Created < b.Created
+	}
+	return a.Key() < b.Key()
 }

@@ -102,7 +102,7 @@ func testLeaseExpiry(t *testing.T, backend string) {
 	ctx := e.ctx(t, 60*time.Second)
 	n1, n2, n3 := e.Node(1), e.Node(2), e.Node(3)
 	sn := n3.Subnet()
-	want := map[string]int{"vxlan": 3, "host-gw": 1, "udp": 0}[backend]
+	want := peerEntries[backend]
 	for _, n := range []*netcluster.Node{n1, n2} {
 		if err := e.WaitPing(e.ctx(t, 20*time.Second), n, n3.ContainerIP()); err != nil {
 			t.Fatalf("before the kill: %v", err)

@@ -83,6 +83,10 @@ func requireE2E(t *testing.T) {
 // expectMTU is FLANNEL_MTU per backend on a 1500-byte underlay (compat.md §7).
 var expectMTU = map[string]int{"host-gw": 1500, "vxlan": 1450, "udp": 1472}
 
+// peerEntries is, per backend, how many kernel entries a node has for each peer (kernelMentions): the
+// route, and for vxlan also the neighbour and the FDB entry.
+var peerEntries = map[string]int{"vxlan": 3, "host-gw": 1, "udp": 0}
+
 // kernelBackend reports whether the data path lives in the kernel (it survives an agent restart).
 func kernelBackend(b string) bool { return b != "udp" }
 
@@ -102,6 +106,58 @@ type e2e struct {
 	backend string
 	prefix  string
 	dir     string
+	// v6 makes the scenarios that follow it (restart, etcdOutage, leaseDeleted) send their traffic to the
+	// containers' IPv6 addresses and check the nodes' IPv6 subnets, public addresses and kernel state
+	// (e2e_ipv6faults_linux_test.go). False: IPv4.
+	v6 bool
+}
+
+// dst returns n's container address of the scenarios' family (e.v6).
+func (e *e2e) dst(n *netcluster.Node) netip.Addr {
+	if e.v6 {
+		return n.ContainerIP6()
+	}
+	return n.ContainerIP()
+}
+
+// sub returns n's subnet of the scenarios' family, as attached.
+func (e *e2e) sub(n *netcluster.Node) netip.Prefix {
+	if e.v6 {
+		return n.Subnet6()
+	}
+	return n.Subnet()
+}
+
+// pub returns n's underlay address of the scenarios' family.
+func (e *e2e) pub(n *netcluster.Node) netip.Addr {
+	if e.v6 {
+		return n.Addr6
+	}
+	return n.Addr
+}
+
+// tcp checks TCP from from's container to to's over the scenarios' family (netcluster's TCP or TCP6).
+func (e *e2e) tcp(ctx context.Context, from, to *netcluster.Node, size int) error {
+	if e.v6 {
+		return e.TCP6(ctx, from, to, size)
+	}
+	return e.TCP(ctx, from, to, size)
+}
+
+// envSub returns the subnet of the scenarios' family in env.
+func (e *e2e) envSub(env subnet.Env) netip.Prefix {
+	if e.v6 {
+		return env.IPv6Subnet.Masked()
+	}
+	return env.Subnet.Masked()
+}
+
+// attrsPub returns the public address of the scenarios' family in a.
+func (e *e2e) attrsPub(a subnet.Attrs) netip.Addr {
+	if e.v6 {
+		return a.PublicIPv6
+	}
+	return a.PublicIP
 }
 
 func testBackend(t *testing.T, backend string) {
@@ -179,26 +235,32 @@ func (e *e2e) ctx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// leases returns the leases in etcd (weftd leases --json), keyed by subnet.
+// leases returns the leases in etcd (weftd leases --json), keyed by subnet, and a lease with an IPv6 subnet
+// also by that.
 func (e *e2e) leases(ctx context.Context) (map[netip.Prefix]subnet.Attrs, error) {
 	out, err := e.Weftd(ctx, e.Node(1).NS, "leases", "--json")
 	if err != nil {
 		return nil, err
 	}
 	var rows []struct {
-		Subnet string
-		Attrs  subnet.Attrs
+		Subnet, IPv6Subnet string
+		Attrs              subnet.Attrs
 	}
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		return nil, fmt.Errorf("weftd leases --json: %w: %s", err, out)
 	}
 	m := map[netip.Prefix]subnet.Attrs{}
 	for _, r := range rows {
-		p, err := netip.ParsePrefix(r.Subnet)
-		if err != nil {
-			return nil, fmt.Errorf("weftd leases --json: subnet %q: %w", r.Subnet, err)
+		for _, s := range []string{r.Subnet, r.IPv6Subnet} {
+			if s == "" {
+				continue // no subnet of that family
+			}
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("weftd leases --json: subnet %q: %w", s, err)
+			}
+			m[p] = r.Attrs
 		}
-		m[p] = r.Attrs
 	}
 	return m, nil
 }
@@ -362,7 +424,7 @@ func (e *e2e) restart(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			run, err := e.StartPing(src, n.ContainerIP(), 50*time.Millisecond)
+			run, err := e.StartPing(src, e.dst(n), 50*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -387,21 +449,21 @@ func (e *e2e) restart(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if after.Subnet != before.Subnet {
-				t.Errorf("env file subnet after restart = %s, want %s", after.Subnet, before.Subnet)
+			if after.Subnet != before.Subnet || after.IPv6Subnet != before.IPv6Subnet {
+				t.Errorf("env file subnets after restart = %s %s, want %s %s", after.Subnet, after.IPv6Subnet, before.Subnet, before.IPv6Subnet)
 			}
 			leases, err := e.leases(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if a, ok := leases[before.Subnet.Masked()]; !ok || a.PublicIP != n.Addr {
-				t.Errorf("lease %s after restart: %+v (present %t), want PublicIP %s", before.Subnet.Masked(), a, ok, n.Addr)
+			if a, ok := leases[e.envSub(before)]; !ok || e.attrsPub(a) != e.pub(n) {
+				t.Errorf("lease %s after restart: %+v (present %t), want public address %s", e.envSub(before), a, ok, e.pub(n))
 			}
 			if kernelBackend(e.backend) {
 				if r.Transmitted < 20 || r.Lost() != 0 {
 					t.Errorf("continuous ping across the restart: %s, want no loss", r)
 				}
-			} else if err := e.WaitPing(e.ctx(t, 10*time.Second), src, n.ContainerIP()); err != nil {
+			} else if err := e.WaitPing(e.ctx(t, 10*time.Second), src, e.dst(n)); err != nil {
 				t.Errorf("no traffic after the restart: %v", err)
 			}
 		})
@@ -566,13 +628,18 @@ func checksum(b []byte) uint16 {
 }
 
 // kernelMentions returns what in n's kernel state still refers to the peer with subnet sn and underlay
-// address pub: the route (all kernel backends), and for vxlan the neighbour and FDB entries.
+// address pub: the route (all kernel backends), and for vxlan the neighbour and FDB entries (on flannel.1,
+// or flannel-v6.1 for an IPv6 subnet).
 func (e *e2e) kernelMentions(n *netcluster.Node, sn netip.Prefix, pub netip.Addr) []string {
 	var found []string
 	if !kernelBackend(e.backend) {
 		return nil
 	}
-	out, err := n.NS.IP("route", "show")
+	fam, dev := "-4", "flannel.1"
+	if sn.Addr().Is6() {
+		fam, dev = "-6", "flannel-v6.1"
+	}
+	out, err := n.NS.IP(fam, "route", "show")
 	if err != nil {
 		return []string{err.Error()}
 	}
@@ -582,7 +649,7 @@ func (e *e2e) kernelMentions(n *netcluster.Node, sn netip.Prefix, pub netip.Addr
 		}
 	}
 	if e.backend == "vxlan" {
-		out, err := n.NS.IP("neigh", "show", "dev", "flannel.1")
+		out, err := n.NS.IP(fam, "neigh", "show", "dev", dev)
 		if err != nil {
 			return []string{err.Error()}
 		}
@@ -591,7 +658,7 @@ func (e *e2e) kernelMentions(n *netcluster.Node, sn netip.Prefix, pub netip.Addr
 				found = append(found, "neigh: "+l)
 			}
 		}
-		b, err := exec.Command("bridge", "-n", n.NS.Name, "fdb", "show", "dev", "flannel.1").CombinedOutput()
+		b, err := exec.Command("bridge", "-n", n.NS.Name, "fdb", "show", "dev", dev).CombinedOutput()
 		if err != nil {
 			return []string{fmt.Sprintf("bridge fdb: %v: %s", err, b)}
 		}
@@ -613,24 +680,21 @@ func (e *e2e) joinAndDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn := n4.Subnet()
+	sn := e.sub(n4)
 	for _, n := range old {
 		for _, pair := range [][2]*netcluster.Node{{n, n4}, {n4, n}} {
 			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			if err := e.WaitPing(wctx, pair[0], pair[1].ContainerIP()); err != nil {
+			if err := e.WaitPing(wctx, pair[0], e.dst(pair[1])); err != nil {
 				t.Errorf("%s → %s: %v", pair[0].Name, pair[1].Name, err)
 			}
 			cancel()
 		}
-		if err := e.TCP(ctx, n, n4, 64<<10); err != nil {
+		if err := e.tcp(ctx, n, n4, 64<<10); err != nil {
 			t.Error(err)
 		}
 		if kernelBackend(e.backend) {
-			want := 1
-			if e.backend == "vxlan" {
-				want = 3
-			}
-			if got := e.kernelMentions(n, sn, n4.Addr); len(got) != want {
+			want := peerEntries[e.backend]
+			if got := e.kernelMentions(n, sn, e.pub(n4)); len(got) != want {
 				t.Errorf("node %s: state for joined %s: %q, want %d entries", n.Name, sn, got, want)
 			}
 		}
@@ -645,7 +709,7 @@ func (e *e2e) joinAndDelete(t *testing.T) {
 	}
 	for _, n := range old {
 		waitFor(t, 10*time.Second, fmt.Sprintf("node %s forgets %s", n.Name, sn), func() (bool, string) {
-			got := e.kernelMentions(n, sn, n4.Addr)
+			got := e.kernelMentions(n, sn, e.pub(n4))
 			peers, err := e.metric(ctx, n, "peers")
 			return len(got) == 0 && err == nil && peers == float64(len(old)-1),
 				fmt.Sprintf("kernel state %q, weft_peers %v (%v)", got, peers, err)
@@ -658,14 +722,15 @@ func (e *e2e) joinAndDelete(t *testing.T) {
 	}
 }
 
-// Scenario 6: etcd stops for 20 s and restarts; a continuous ping keeps flowing; the agents (not
-// restarted) recover by themselves and see a lease change made afterwards.
+// Scenario 6: etcd stops for 20 s and restarts; a continuous ping keeps flowing; at the end of the outage
+// every node still has its kernel entries for each peer; the agents (not restarted) recover by themselves
+// and see a lease change made afterwards.
 func (e *e2e) etcdOutage(t *testing.T) {
 	ctx := e.ctx(t, 120*time.Second)
 	nodes := e.Nodes()[:3]
 	n1, n2 := nodes[0], nodes[1]
 	pids := agentPIDs(nodes)
-	run, err := e.StartPing(n1, n2.ContainerIP(), 50*time.Millisecond)
+	run, err := e.StartPing(n1, e.dst(n2), 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -673,6 +738,14 @@ func (e *e2e) etcdOutage(t *testing.T) {
 		t.Error(err)
 	}
 	time.Sleep(20 * time.Second)
+	for _, n := range nodes {
+		for _, p := range nodes {
+			if got := e.kernelMentions(n, e.sub(p), e.pub(p)); p != n && len(got) != peerEntries[e.backend] {
+				t.Errorf("node %s after 20 s without etcd: state for peer %s (%s): %q, want %d entries",
+					n.Name, p.Name, e.sub(p), got, peerEntries[e.backend])
+			}
+		}
+	}
 	if err := e.StartEtcd(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -704,16 +777,16 @@ func (e *e2e) etcdOutage(t *testing.T) {
 		if err := n4.WaitReady(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if env.Subnet.Masked() != n4.Subnet() {
-			t.Fatalf("node 4 came back with subnet %s, not its previous (free) %s", env.Subnet.Masked(), n4.Subnet())
+		if e.envSub(env) != e.sub(n4) {
+			t.Fatalf("node 4 came back with subnet %s, not its previous (free) %s", e.envSub(env), e.sub(n4))
 		}
 	} else if n4, err = e.AddNode(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range nodes {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if err := e.WaitPing(wctx, n, n4.ContainerIP()); err != nil {
-			t.Errorf("after the etcd restart, %s → %s (new lease %s): %v", n.Name, n4.Name, n4.Subnet(), err)
+		if err := e.WaitPing(wctx, n, e.dst(n4)); err != nil {
+			t.Errorf("after the etcd restart, %s → %s (new lease %s): %v", n.Name, n4.Name, e.sub(n4), err)
 		}
 		cancel()
 		waitFor(t, 30*time.Second, fmt.Sprintf("node %s ready and sees %d peers", n.Name, len(nodes)), func() (bool, string) {

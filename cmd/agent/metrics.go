@@ -109,7 +109,7 @@ func newMetrics(h *health) *metrics {
 			"to the backend having programmed it (Set or Update returned without error); one observation per changed lease, one per full listing.",
 		Buckets: leaseBuckets})
 	m.peersSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_peers_skipped_total",
-		Help: "Peer leases left out of the data path by the agent, counted when first skipped, by reason (overlap: overlaps another lease and does not fit the network config)."}, []string{"reason"})
+		Help: "Peer leases left out of the data path by the agent, counted when first skipped, by reason (overlap: overlaps another lease and does not fit the network config; duplicate_subnet: names a subnet of a lease created before it, in dual stack)."}, []string{"reason"})
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -127,7 +127,9 @@ func newMetrics(h *health) *metrics {
 		m.reconciles.WithLabelValues(op)
 		m.reconcileErrors.WithLabelValues(op)
 	}
-	m.peersSkipped.WithLabelValues("overlap")
+	for _, k := range agentSkipKinds {
+		m.peersSkipped.WithLabelValues(string(k))
+	}
 	return m
 }
 

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -349,6 +351,8 @@ type agent struct {
 	needGen      uint64                  // counts the times needSet was set, so a Set clears only what it took in
 	takenGen     uint64                  // needGen when desired last ran
 	misfits      map[string]bool         // keys of leases that do not fit the network config (see desired)
+	holders      map[netip.Prefix]int    // how many leases name each subnet, of either family (see hold)
+	dupSubnets   int                     // how many subnets in holders more than one lease names
 	wantEnv      *subnet.Env             // what the env file must hold for the current lease; nil before the first
 	env          []byte                  // content of the env file last written; nil until wantEnv is written
 	lost         bool                    // the own lease was lost and is being re-acquired
@@ -475,11 +479,16 @@ func (a *agent) onChanges(c subnet.Changes) {
 	a.mu.Lock()
 	if c.Full || a.leases == nil {
 		a.leases, a.misfits, a.changed = map[string]subnet.Lease{}, map[string]bool{}, map[string]bool{}
+		a.holders, a.dupSubnets = map[netip.Prefix]int{}, 0
 		a.needSet = true
 		a.needGen++
 	}
 	for _, l := range c.Put {
 		k := l.Key()
+		if old, ok := a.leases[k]; ok {
+			a.holdLocked(old, -1)
+		}
+		a.holdLocked(l, 1)
 		a.leases[k], a.changed[k] = l, true
 		if a.net.Fits(l) {
 			delete(a.misfits, k)
@@ -489,6 +498,9 @@ func (a *agent) onChanges(c subnet.Changes) {
 	}
 	for _, l := range c.Deleted {
 		k := l.Key()
+		if old, ok := a.leases[k]; ok {
+			a.holdLocked(old, -1)
+		}
 		delete(a.leases, k)
 		delete(a.misfits, k)
 		a.changed[k] = true
@@ -497,6 +509,29 @@ func (a *agent) onChanges(c subnet.Changes) {
 	a.health.metrics.lat.received(time.Now(), latencyEvents(c))
 	a.mu.Unlock()
 	a.poke()
+}
+
+// holdLocked counts lease l as naming its subnets (d 1) or no longer (d −1) in holders and dupSubnets. In
+// dual stack a key names both subnets, so two keys can name the same subnet of one family (a hostile or
+// broken write); while any does, the data path takes the complete state (see change).
+func (a *agent) holdLocked(l subnet.Lease, d int) {
+	for _, p := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+		if !p.IsValid() {
+			continue
+		}
+		n := a.holders[p] + d
+		switch {
+		case n == 2 && d > 0:
+			a.dupSubnets++
+		case n == 1 && d < 0:
+			a.dupSubnets--
+		}
+		if n <= 0 {
+			delete(a.holders, p)
+		} else {
+			a.holders[p] = n
+		}
+	}
 }
 
 // desired returns the complete desired state, or nil while the own lease or the first watch listing is
@@ -530,12 +565,13 @@ func sameSubnet(l, own subnet.Lease) bool {
 // change returns the lease changes since the data path last took them in, for backend.Updater, and clears
 // them; ok is false when only the complete state will do: before a first Set, after the own lease changed or
 // the watch listed again, or while a lease that does not fit the config exists (it may overlap others,
-// which DropOverlapping weighs across all leases; leases that fit never overlap each other). A change of
-// a lease with the own lease's key or subnet also takes the complete state.
+// which DropOverlapping weighs across all leases; leases that fit overlap each other only by naming the
+// same subnet) or two leases name the same subnet. A change of a lease with the own lease's key or subnet
+// also takes the complete state.
 func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.own == nil || !a.haveWatch || a.needSet || len(a.misfits) > 0 {
+	if a.own == nil || !a.haveWatch || a.needSet || len(a.misfits) > 0 || a.dupSubnets > 0 {
 		return nil, 0, false
 	}
 	ownKey := a.own.Key()
@@ -559,6 +595,10 @@ func (a *agent) change() (ch *backend.Change, peers int, ok bool) {
 	}
 	return ch, peers, true
 }
+
+// agentSkipKinds are the reasons for which the agent leaves a peer lease out (DropOverlapping), each a
+// weft_peers_skipped_total reason.
+var agentSkipKinds = []backend.SkipKind{backend.SkipOverlap, backend.SkipDuplicateSubnet}
 
 // followedResyncs is how many reconcile intervals pass between comparisons with the kernel's tables for a
 // backend that repairs drift from kernel events (backend.Follower): 10 (5 minutes by default).
@@ -631,7 +671,9 @@ func (a *agent) reconcileLoop(ctx context.Context) {
 		want.Resync = resync
 		want.Peers, dropped = backend.DropOverlapping(&want.Network, want.Own, want.Peers)
 		overlapLog.Log(a.log, dropped)
-		a.health.metrics.skippedPeers("overlap", dropped)
+		for _, k := range agentSkipKinds {
+			a.health.metrics.skippedPeers(string(k), slices.DeleteFunc(slices.Clone(dropped), func(s backend.Skip) bool { return s.Kind != k }))
+		}
 		op, start := opSet, time.Now()
 		if resync {
 			op = opResync
