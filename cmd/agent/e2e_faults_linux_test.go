@@ -677,6 +677,9 @@ func testEtcdGarbage(t *testing.T) {
 		status, _, err := e.HTTPGet(ctx, n, "/readyz")
 		peers, perr := e.metric(ctx, n, "peers")
 		errs, eerr := e.metricSum(ctx, n, "weft_reconcile_errors_total")
+		if u, err := e.metric(ctx, n, "weft_leases_unreadable"); err != nil || u != float64(len(garbage)) {
+			t.Errorf("node %s: weft_leases_unreadable %v (%v), want %d", n.Name, u, err, len(garbage))
+		}
 		if err != nil || status != 200 || perr != nil || peers != 2 || eerr != nil || errs != 0 {
 			t.Errorf("node %s: /readyz %d (%v), weft_peers %v (%v), reconcile errors %v (%v); want 200, 2, 0",
 				n.Name, status, err, peers, perr, errs, eerr)

@@ -51,6 +51,7 @@ type metrics struct {
 	backend atomic.Pointer[backendSource] // nil until the backend is up
 	lease   atomic.Pointer[leaseInfo]     // nil until a lease is held
 	prober  atomic.Pointer[proberSource]  // nil: probing off
+	store   atomic.Pointer[storeSource]   // nil until the store is open
 	last    atomic.Pointer[reconcileResult]
 	lat     leaseLatency
 
@@ -62,6 +63,9 @@ type backendSource struct {
 	typ   string
 	stats backend.Stats // nil: the backend has none
 }
+
+// storeSource is what the lease store tells the metrics: the lease keys it cannot read (etcdstore).
+type storeSource struct{ unreadable func() int }
 
 type proberSource struct {
 	p         *probe.Prober // nil: it could not start (err)
@@ -303,6 +307,8 @@ var (
 	probePeersDesc = prometheus.NewDesc("weft_probe_peers",
 		"Peers being probed, by state (reachable, unreachable, unknown: no result yet), all peers counted.",
 		[]string{"state"}, nil)
+	unreadableDesc = prometheus.NewDesc("weft_leases_unreadable",
+		"Lease keys in the store that weftd cannot read (a bad key name or value): skipped, left as they are, and named in a warning.", nil, nil)
 	probesSentDesc = prometheus.NewDesc("weft_probes_sent_total", "Reachability probes sent (ICMP echo requests).", nil, nil)
 	probesLostDesc = prometheus.NewDesc("weft_probes_lost_total",
 		"Reachability probes without a reply within --probe-timeout (or not sendable), for the peers probed now.", nil, nil)
@@ -335,6 +341,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if ps := m.prober.Load(); ps != nil && ps.p != nil {
 		collectProbes(ch, ps.p, ps.maxSeries)
+	}
+	if ss := m.store.Load(); ss != nil {
+		ch <- prometheus.MustNewConstMetric(unreadableDesc, prometheus.GaugeValue, float64(ss.unreadable()))
+	}
+}
+
+// setStore exports what the lease store can tell (a store without it, kube, exports nothing).
+func (m *metrics) setStore(st any) {
+	if u, ok := st.(interface{ Unreadable() int }); ok {
+		m.store.Store(&storeSource{unreadable: u.Unreadable})
 	}
 }
 

@@ -54,6 +54,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nilIfDone(ctx, err)
 	}
 	defer store.Close()
+	a.health.metrics.setStore(store)
 
 	netCfg, err := waitConfig(ctx, store, cfg.configWhere(), log)
 	if err != nil {

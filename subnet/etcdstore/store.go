@@ -248,6 +248,14 @@ func (s *Store) warnUnreadable(e entry) {
 	}
 }
 
+// Unreadable returns how many lease keys in etcd cannot be read now (a bad key name or value), as the last
+// listing and the watch since saw them: the keys warned about, skipped and left as they are.
+func (s *Store) Unreadable() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.warned)
+}
+
 // forgetUnreadable drops key from the warned set (it was deleted or became readable), so the set holds only
 // keys that are unreadable now and does not grow with every garbage key ever seen.
 func (s *Store) forgetUnreadable(key string) {

@@ -270,11 +270,7 @@ func TestWarnedSetIsBounded(t *testing.T) {
 	cli := srv.Client(t)
 	st := newStore(t, srv)
 	setConfig(t, st, net4)
-	warned := func() int {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		return len(st.warned)
-	}
+	warned := st.Unreadable
 	deleted, fixed := subnetsPrefix+"10.6.0.0-24", subnetsPrefix+"10.6.1.0-24"
 	rawPut(t, cli, deleted, `{"PublicIP":`)
 	rawPut(t, cli, fixed, `{"PublicIP":`)
@@ -298,11 +294,7 @@ func TestWarnedSetIsBounded(t *testing.T) {
 
 	// Seen by a list, in a store with no watch (whose delete event would forget the key by itself).
 	lister := newStore(t, srv)
-	listerWarned := func() int {
-		lister.mu.Lock()
-		defer lister.mu.Unlock()
-		return len(lister.warned)
-	}
+	listerWarned := lister.Unreadable
 	rawPut(t, cli, deleted, `{"PublicIP":`)
 	if _, err := lister.Leases(testCtx(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
