@@ -2,14 +2,15 @@
 // (docs compat.md §1-4): the network config at "<prefix>/config" and one key per lease at
 // "<prefix>/subnets/<A.B.C.D>-<LEN>[&<v6>-<LEN6>]" whose value is the lease's Attrs as JSON.
 //
-// A lease key carries an etcd lease (TTL Config.LeaseTTL) that its holder keeps alive with etcd keepalives;
+// A lease key carries an etcd lease (TTL Config.LeaseTTL) that its holder renews (renewal: one etcd
+// keepalive request every third of the TTL);
 // a key without an etcd lease is a reservation and never expires. Keys that cannot be parsed, by name or
 // value, are skipped with a warning and never overwritten.
 //
 // Store implements subnet.Store (Config, Hold, Watch) for the agent, and offers the operations the ops
 // subcommands need (SetConfig, RawConfig, Leases, Reserve, Unreserve). Its methods are safe for concurrent
 // use. Hold and Watch run on the caller's goroutine; the only goroutines the store starts are the etcd
-// client's and the keepalive session's of a held lease, which end with Hold's context or Close.
+// client's and the renewal of a held lease's etcd lease, which end with Hold's context or Close.
 package etcdstore
 
 import (
