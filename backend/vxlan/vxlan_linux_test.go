@@ -525,14 +525,6 @@ func TestVXLANRepairsDriftFromEvents(t *testing.T) {
 		%[1]s dst 192.0.2.12 self permanent
 		%[2]s dst 192.0.2.13 self permanent`, m2, m3)
 	kerneltest.ExpectSorted(t, "n1 after Set", state(), full)
-	waitState := func(what, want string) {
-		t.Helper()
-		deadline := time.Now().Add(time.Second)
-		for kerneltest.Norm(sortLines(state())) != kerneltest.Norm(sortLines(want)) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		kerneltest.ExpectSorted(t, what, state(), want)
-	}
 	r0 := repairs()
 	for _, tc := range []struct {
 		name    string
@@ -545,7 +537,7 @@ func TestVXLANRepairsDriftFromEvents(t *testing.T) {
 		{"device deleted", []string{"ip", "link", "del", "flannel.1"}},
 	} {
 		n1.NS.MustExec(t, tc.breakIt...)
-		waitState("n1 after "+tc.name+", without a Set", full)
+		waitSorted(t, "n1 after "+tc.name+", without a Set", state, full)
 	}
 	if mac, _ := devMAC(t, n1); mac != vtepMAC(t, n1) {
 		t.Errorf("recreated device has MAC %s, published %s", mac, vtepMAC(t, n1))
@@ -571,6 +563,17 @@ func TestVXLANRepairsDriftFromEvents(t *testing.T) {
 		t.Errorf("%d repairs after the backend's own changes, want 0", got)
 	}
 	kerneltest.ExpectSorted(t, "n1 at the end", state(), full)
+}
+
+// waitSorted waits up to a second for get's lines to equal want's in any order (a repair from kernel events),
+// then checks them.
+func waitSorted(t *testing.T, what string, get func() string, want string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for kerneltest.Norm(sortLines(get())) != kerneltest.Norm(sortLines(want)) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	kerneltest.ExpectSorted(t, what, get(), want)
 }
 
 func sortLines(s string) string {
