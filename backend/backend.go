@@ -129,6 +129,10 @@ type Deps struct {
 	// Kick, if set, asks the agent for a reconcile (a call of Set) soon: a backend calls it when it finds
 	// its own kernel state broken outside Set, such as its device deleted. It must not block.
 	Kick func()
+	// PlainRoutes makes vxlan install its IPv4 peer routes as plain gateway routes, as flanneld does, instead
+	// of through nexthop objects of their own where the kernel has them (weftd's --route-nexthops=false):
+	// those keep adding a route cheap among thousands. Other backends always install plain routes.
+	PlainRoutes bool
 	// PrevData is the BackendData this node published before, when known (kube mode reads it back from the
 	// Node's backend-data annotation), so a backend can keep its identity across a reboot (vxlan: the
 	// VtepMAC). Nil: unknown.

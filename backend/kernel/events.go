@@ -17,6 +17,9 @@ const (
 	FDBGone
 	// LinkDown: a link was deleted or set administratively down (Event.Link).
 	LinkDown
+	// NexthopGone: a nexthop object with RouteProtocol was deleted (Event.ID); the kernel deletes the IPv4
+	// routes that used it without a route event of their own.
+	NexthopGone
 	// Missed: events were dropped (the socket's buffer overflowed); any state may have changed.
 	Missed
 )
@@ -30,6 +33,7 @@ type Event struct {
 	Link  int        // NeighGone, FDBGone, LinkDown: the link's index
 	IP    netip.Addr // NeighGone
 	MAC   string     // FDBGone, in net.HardwareAddr's String form
+	ID    uint32     // NexthopGone
 }
 
 func (e Event) String() string {
@@ -42,6 +46,8 @@ func (e Event) String() string {
 		return fmt.Sprintf("fdb entry %s on link #%d deleted", e.MAC, e.Link)
 	case LinkDown:
 		return fmt.Sprintf("link #%d deleted or down", e.Link)
+	case NexthopGone:
+		return fmt.Sprintf("nexthop object %d deleted", e.ID)
 	case Missed:
 		return "kernel events missed"
 	}
@@ -55,6 +61,7 @@ type eventKey struct {
 	link int
 	ip   netip.Addr
 	mac  string
+	id   uint32
 }
 
 func (e Event) key() eventKey {
@@ -65,6 +72,8 @@ func (e Event) key() eventKey {
 		return eventKey{kind: e.Kind, link: e.Link, ip: e.IP}
 	case FDBGone:
 		return eventKey{kind: e.Kind, link: e.Link, mac: e.MAC}
+	case NexthopGone:
+		return eventKey{kind: e.Kind, id: e.ID}
 	}
 	return eventKey{kind: e.Kind, link: e.Link}
 }

@@ -170,6 +170,10 @@ func (k *Keeper) onEvent(e Event) {
 		if k.owns == nil || !k.owns(e.Route) {
 			return
 		}
+	case NexthopGone:
+		if k.h == nil || !k.h.ownsNexthop(e.ID) {
+			return
+		}
 	default:
 		if !slices.Contains(k.links, e.Link) {
 			return

@@ -28,6 +28,15 @@ type Route struct {
 	Gw        netip.Addr // zero for a device route
 	LinkIndex int
 	OnLink    bool
+	// Nexthop: the gateway and device are a nexthop object of the route's own (IPv4 routes with a gateway,
+	// where Handle.Nexthops is true), which makes adding one among thousands cheap; see nexthop_linux.go.
+	Nexthop bool
+}
+
+// plain returns r without Nexthop: the route as a table dump of another program's shows it.
+func (r Route) plain() Route {
+	r.Nexthop = false
+	return r
 }
 
 func (r Route) String() string {
@@ -39,6 +48,9 @@ func (r Route) String() string {
 	fmt.Fprintf(&b, " dev #%d", r.LinkIndex)
 	if r.OnLink {
 		b.WriteString(" onlink")
+	}
+	if r.Nexthop {
+		b.WriteString(" (nexthop object)")
 	}
 	return b.String()
 }

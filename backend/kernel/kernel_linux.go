@@ -18,6 +18,7 @@ import (
 // time.
 type Handle struct {
 	nl *netlink.Handle
+	nh *nexthops // nil: no nexthop objects (see nexthop_linux.go)
 	// gone, if set, is told of every deletion the handle makes, before it makes it (expect true), and again
 	// (expect false) when the entry turned out to be gone already, so no event will come (Keeper).
 	gone func(e Event, expect bool)
@@ -29,11 +30,14 @@ func NewHandle() (*Handle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
-	return &Handle{nl: h}, nil
+	return &Handle{nl: h, nh: openNexthops()}, nil
 }
 
 // Close releases the handle.
-func (h *Handle) Close() { h.nl.Close() }
+func (h *Handle) Close() {
+	h.nl.Close()
+	h.nh.close()
+}
 
 // NewForwardingHandle opens a handle for a backend that forwards overlay traffic over the link with index
 // link, in the calling thread's network namespace: it checks the link is there (an error wrapping ErrNoLink
@@ -77,6 +81,10 @@ func retry[T any](f func() (T, error)) (T, error) {
 
 // OurRoutes lists the main-table unicast routes of the family of fam that carry RouteProtocol.
 func (h *Handle) OurRoutes(v6 bool) ([]Route, error) {
+	if !v6 && h.nh != nil {
+		d, err := h.dumpRoutes4()
+		return d.ours, err
+	}
 	family := netlink.FAMILY_V4
 	if v6 {
 		family = netlink.FAMILY_V6
@@ -150,37 +158,66 @@ func ipNet(p netip.Prefix) *net.IPNet {
 
 // ReplaceRoute adds r or replaces the route to the same destination, tagged with RouteProtocol.
 func (h *Handle) ReplaceRoute(r Route) error {
+	if r.Nexthop {
+		if err := h.replaceNexthopRoute(r, false); err != nil {
+			return fmt.Errorf("replace route %s: %w", r, err)
+		}
+		return nil
+	}
 	if err := h.nl.RouteReplace(toNetlink(r)); err != nil {
 		return fmt.Errorf("replace route %s: %w", r, err)
 	}
-	return nil
+	return h.dropNexthop(r.Dst) // a plain route replaced one through an object: the object is unused now
 }
 
-// DeleteRoute deletes our route r; a route already gone is not an error.
+// DeleteRoute deletes our route to r's destination (whatever its gateway, and whether or not through a
+// nexthop object), and its nexthop object; a route already gone is not an error.
 func (h *Handle) DeleteRoute(r Route) error {
 	ev := Event{Kind: RouteGone, Route: r}
 	h.expectGone(ev)
-	err := h.nl.RouteDel(toNetlink(r))
+	del := toNetlink(r)
+	del.Gw, del.LinkIndex, del.Flags = nil, 0, 0 // a gateway never matches a route through a nexthop object
+	err := h.nl.RouteDel(del)
 	if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
 		h.notGone(ev)
-		return nil
+		err = nil
 	}
 	if err != nil {
 		return fmt.Errorf("delete route %s: %w", r, err)
 	}
-	return nil
+	return h.dropNexthop(r.Dst)
 }
 
 // SyncRoutes makes the set of our routes of the family of the wanted routes' (v6) equal want, within scope:
 // routes of ours outside scope (scope returns false) are left alone; nil scope means all of ours. It adds
 // before it deletes and keeps going after an error, returning the first one.
 func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error {
-	have, err := h.OurRoutes(v6)
-	if err != nil {
-		return err
+	var dump *routeDump
+	var have []Route
+	if !v6 && h.nh != nil {
+		d, err := h.dumpRoutes4()
+		if err != nil {
+			return err
+		}
+		dump, have = &d, d.ours
+	} else {
+		var err error
+		if have, err = h.OurRoutes(v6); err != nil {
+			return err
+		}
 	}
 	if scope != nil {
 		have = slicesFilter(have, scope)
+	}
+	if dump != nil {
+		// What the kernel holds is the truth about which of our routes use which objects.
+		clear(h.nh.byDst)
+		clear(h.nh.dstOf)
+		for _, r := range have {
+			if id := dump.nhid[r.Dst]; id != 0 {
+				h.nh.byDst[r.Dst], h.nh.dstOf[id] = id, r.Dst
+			}
+		}
 	}
 	put, del := DiffRoutes(have, want)
 	var first error
@@ -190,7 +227,7 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 			return err
 		}
 		for _, r := range put {
-			if f, ok := foreign[r.Dst]; ok && !(f.unicast && f.route == r) {
+			if f, ok := foreign[r.Dst]; ok && !(f.unicast && f.route == r.plain()) {
 				// Replacing would take over a route somebody else made: leave it and say so.
 				if first == nil {
 					first = &ForeignRouteError{Dst: r.Dst, Protocol: f.protocol}
@@ -206,6 +243,14 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 	}
 	for _, r := range del {
 		if err := h.DeleteRoute(r); err != nil && first == nil {
+			first = err
+		}
+	}
+	if dump != nil {
+		for id := range h.nh.dstOf {
+			dump.used[id] = true
+		}
+		if err := h.sweepNexthops(dump.used); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -245,7 +290,12 @@ func (h *Handle) UpdateRoutes(had, want []Route) error {
 
 // addRoute adds r if no route to its destination exists; if one does, it replaces it only if it is ours.
 func (h *Handle) addRoute(r Route) error {
-	err := h.nl.RouteAdd(toNetlink(r))
+	var err error
+	if r.Nexthop {
+		err = h.replaceNexthopRoute(r, true)
+	} else {
+		err = h.nl.RouteAdd(toNetlink(r))
+	}
 	if err == nil || !errors.Is(err, unix.EEXIST) {
 		if err != nil {
 			return fmt.Errorf("add route %s: %w", r, err)
@@ -256,7 +306,7 @@ func (h *Handle) addRoute(r Route) error {
 	if err != nil {
 		return err
 	}
-	if f, ok := foreign[r.Dst]; ok && !(f.unicast && f.route == r) {
+	if f, ok := foreign[r.Dst]; ok && !(f.unicast && f.route == r.plain()) {
 		return &ForeignRouteError{Dst: r.Dst, Protocol: f.protocol}
 	}
 	return h.ReplaceRoute(r) // ours, or a foreign route identical to r (adopted, as SyncRoutes does)

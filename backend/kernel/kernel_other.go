@@ -22,6 +22,8 @@ var errUnsupported = errors.ErrUnsupported
 func NewHandle() (*Handle, error)                                    { return nil, errUnsupported }
 func NewForwardingHandle(link int) (*Handle, error)                  { return nil, errUnsupported }
 func (h *Handle) Close()                                             {}
+func (h *Handle) Nexthops() bool                                     { return false }
+func (h *Handle) ownsNexthop(id uint32) bool                         { return false }
 func (h *Handle) OurRoutes(v6 bool) ([]Route, error)                 { return nil, errUnsupported }
 func (h *Handle) ReplaceRoute(r Route) error                         { return errUnsupported }
 func (h *Handle) DeleteRoute(r Route) error                          { return errUnsupported }

@@ -20,6 +20,8 @@ type planInput struct {
 	dev    int                 // the VXLAN device's index
 	direct map[netip.Addr]bool // PublicIPs reachable directly on the external link (DirectRouting); nil: none
 	ownMAC net.HardwareAddr    // this node's VTEP MAC; a peer publishing it is refused
+	// nexthops: peer routes through the device go through nexthop objects (IPv4 only; Route.Nexthop).
+	nexthops bool
 	// macOwners maps a VTEP MAC to the key of the lease it was routed to at the last plan (desired.owners);
 	// nil before the first.
 	macOwners map[string]string
@@ -173,7 +175,7 @@ func plan(cfg *backend.Config, in planInput) (desired, []backend.Skip) {
 		d.byKey[p.Key()] = peerEntries{
 			neigh: &kernel.Neigh{LinkIndex: in.dev, IP: sub.Addr(), MAC: c.mac, Permanent: true},
 			fdb:   &kernel.FDB{LinkIndex: in.dev, MAC: c.mac, Dst: pub, Permanent: true},
-			route: kernel.Route{Dst: sub, Gw: sub.Addr(), LinkIndex: in.dev, OnLink: true},
+			route: kernel.Route{Dst: sub, Gw: sub.Addr(), LinkIndex: in.dev, OnLink: true, Nexthop: in.nexthops && !fam.V6},
 		}
 	}
 	d.flatten()

@@ -200,6 +200,7 @@ func newFamily(d backend.Deps, cfg Config, fam backend.Family) (*vxlan, error) {
 		ext:     ext,
 		cfg:     cfg,
 		prevMAC: prevMAC,
+		plain:   d.PlainRoutes,
 		network: fam.Network(d.Network),
 		want: kernel.VXLAN{
 			Name:      name,
@@ -225,6 +226,9 @@ type vxlan struct {
 	// prevMAC is the VtepMAC this node published before (Deps.PrevData); nil: unknown.
 	prevMAC net.HardwareAddr
 	network netip.Prefix // the network's prefix of fam, for the ownership of routes (kernel.Owned)
+	plain   bool         // Deps.PlainRoutes
+	// nexthops: peer routes go through nexthop objects (not plain, and the kernel has them); set by Up.
+	nexthops bool
 
 	k *kernel.Keeper // the handle and the lock over the fields below
 
@@ -260,6 +264,7 @@ func (b *vxlan) Up(ctx context.Context) (backend.Local, error) {
 				return err
 			}
 		}
+		b.nexthops = !b.plain && !b.fam.V6 && h.Nexthops()
 		var err error
 		dev, err = b.ensure(h, true)
 		return err
@@ -352,7 +357,7 @@ func (b *vxlan) setLocked(h *kernel.Handle, cfg *backend.Config) error {
 		}
 		direct = directPeers(h, b.fam, b.ext, cfg.Peers, b.direct, b.log)
 	}
-	want, skipped := plan(cfg, planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, macOwners: b.owners})
+	want, skipped := plan(cfg, planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, nexthops: b.nexthops, macOwners: b.owners})
 	b.skips.Log(b.log, skipped)
 	b.owners = want.owners
 	copied := map[string]bool{}
@@ -411,7 +416,7 @@ func (b *vxlan) updateLocked(h *kernel.Handle, ch *backend.Change) error {
 		}
 		direct = directPeers(h, b.fam, b.ext, ch.Put, b.direct, b.log)
 	}
-	in := planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC}
+	in := planInput{fam: b.fam, ext: b.ext, dev: b.dev, direct: direct, ownMAC: b.want.MAC, nexthops: b.nexthops}
 	deleted := map[string]bool{}
 	for _, k := range ch.Deleted {
 		deleted[k] = true

@@ -131,7 +131,7 @@ func TestVXLANDualStack(t *testing.T) {
 	wantNeigh = fmt.Sprintf("fd00:5:0:2:: lladdr %s PERMANENT", m2)
 	wantFDB = fmt.Sprintf("%s dst 2001:db8::12 self permanent", m2)
 	check("after n3 left")
-	kerneltest.Expect(t, "n1 IPv4 routes after n3 left", n1.NS.MustIP(t, "route", "show", "proto", "87"), "10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink")
+	kerneltest.Expect(t, "n1 IPv4 routes after n3 left", n1.NS.MustIP(t, "route", "show", "proto", "87"), "10.5.2.0/24 nhid N via 10.5.2.0 dev flannel.1 onlink")
 }
 
 // TestVXLANIPv6Only runs three vxlan nodes in an IPv6-only network: flannel-v6.1 alone (no flannel.1), its

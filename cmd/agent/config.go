@@ -93,6 +93,7 @@ type Config struct {
 	Reconcile    time.Duration // --reconcile-interval
 	UDPOffload   string        // --udp-offload
 	UDPQueues    int           // --udp-queues
+	Nexthops     bool          // --route-nexthops
 	Version      bool          // --version
 	Probe        probeFlags
 }
@@ -133,6 +134,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("reconcile-interval", c.Reconcile),
 		slog.String("udp-offload", c.UDPOffload),
 		slog.Int("udp-queues", c.UDPQueues),
+		slog.Bool("route-nexthops", c.Nexthops),
 		slog.Float64("probe-rate", c.Probe.Rate),
 	)
 }
@@ -165,6 +167,7 @@ func newAgentFlags(c *Config) *pflag.FlagSet {
 	fs.DurationVar(&c.Reconcile, "reconcile-interval", 30*time.Second, "how often the kernel state is checked and repaired")
 	fs.StringVar(&c.UDPOffload, "udp-offload", "auto", "udp backend offloads: auto (all the kernel has), off, or a comma list of tun, gso, gro")
 	fs.IntVar(&c.UDPQueues, "udp-queues", 0, "udp backend: TUN queues and packet loops; 0: one per CPU (at most 4), one on nodes with 2 CPUs or fewer")
+	fs.BoolVar(&c.Nexthops, "route-nexthops", true, "vxlan: install IPv4 peer routes through kernel nexthop objects (cheap to add among thousands; the routes show \"nhid N\"); false: plain gateway routes, as flanneld")
 	fs.BoolVarP(&c.Version, "version", "", false, "print the version and exit")
 	c.Probe.register(fs)
 	return fs

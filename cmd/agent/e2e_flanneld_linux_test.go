@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -34,7 +35,7 @@ func TestE2EFlanneld(t *testing.T) {
 }
 
 func testFlanneld(t *testing.T, backend string) {
-	c, switchToWeftd := startMixed(t, backend)
+	c, switchAgent := startMixed(t, backend)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	e := &e2e{Cluster: c, backend: backend}
@@ -72,11 +73,40 @@ func testFlanneld(t *testing.T, backend string) {
 
 	// Migration: flanneld stops, weftd takes its place with the same subnet file and keeps the subnet.
 	subnetBefore := f.Subnet()
-	switchToWeftd(ctx)
+	switchAgent(ctx, false)
 	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != subnetBefore {
 		t.Errorf("env file after the switch to weftd: %+v, %v; want flanneld's subnet %s", env, err, subnetBefore)
 	}
 	flanneldPairs(t, ctx, e)
+	if backend == "vxlan" { // weftd's peer routes go through nexthop objects (--route-nexthops)
+		if r, _ := f.NS.IP("route", "show", "dev", "flannel.1", "proto", "87"); strings.Count(r, "nhid") != 2 {
+			t.Errorf("n3 under weftd: want 2 peer routes through nexthop objects:\n%s", r)
+		}
+	}
+
+	// And back, as an operator rolling back would: weftd stops, flanneld starts with the same subnet file and
+	// takes over weftd's kernel state (routes through nexthop objects on vxlan), and traffic flows again;
+	// then a peer leaving must take its route with it, which flanneld deletes by gateway.
+	switchAgent(ctx, true)
+	if env, err := f.Lease(); err != nil || env.Subnet.Masked() != subnetBefore {
+		t.Errorf("env file after the switch back to flanneld: %+v, %v; want subnet %s", env, err, subnetBefore)
+	}
+	flanneldPairs(t, ctx, e)
+	if r, _ := f.NS.IP("route", "show", "proto", "87"); strings.Contains(r, "nhid") {
+		t.Errorf("n3 under flanneld still has routes through weftd's nexthop objects:\n%s", r)
+	}
+	gone := c.Node(2)
+	sn := e.sub(gone)
+	if err := gone.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Weftd(ctx, c.Node(1).NS, "leases", "delete", sn.String()); err != nil {
+		t.Fatalf("weftd leases delete %s: %v", sn, err)
+	}
+	waitFor(t, 30*time.Second, "n3 under flanneld forgets "+sn.String(), func() (bool, string) {
+		r, _ := f.NS.IP("route", "show", sn.String())
+		return strings.TrimSpace(r) == "", "route: " + r
+	})
 }
 
 // requireFlanneld skips (fails with WEFT_E2E=1) without flannel's flanneld, built by make kube-bin.
@@ -91,9 +121,9 @@ func requireFlanneld(t *testing.T) {
 }
 
 // startMixed starts a 3-node etcd-mode cluster of backend whose node n3 runs flanneld and the others weftd
-// (configArgs go to `weftd config set`). switchToWeftd is the migration step: n3's flanneld stops and
-// weftd starts in its place with the same subnet file, and is ready.
-func startMixed(t *testing.T, backend string, configArgs ...string) (c *netcluster.Cluster, switchToWeftd func(ctx context.Context)) {
+// (configArgs go to `weftd config set`). switchAgent is the migration step: n3's agent stops and weftd
+// (or, toFlanneld, flanneld) starts in its place with the same subnet file, and is ready.
+func startMixed(t *testing.T, backend string, configArgs ...string) (c *netcluster.Cluster, switchAgent func(ctx context.Context, toFlanneld bool)) {
 	t.Helper()
 	dir := t.TempDir()
 	t.Cleanup(func() {
@@ -135,13 +165,13 @@ func startMixed(t *testing.T, backend string, configArgs ...string) (c *netclust
 			t.Errorf("close cluster: %v", err)
 		}
 	})
-	return c, func(ctx context.Context) {
+	return c, func(ctx context.Context, toFlanneld bool) {
 		t.Helper()
 		f := c.Node(3)
 		if err := f.StopAgent(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		flanneld.Store(false)
+		flanneld.Store(toFlanneld)
 		if err := f.StartAgent(ctx); err != nil {
 			t.Fatal(err)
 		}

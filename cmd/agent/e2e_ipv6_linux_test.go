@@ -413,7 +413,7 @@ func TestE2EFlanneldIPv6(t *testing.T) {
 	for _, backend := range []string{"vxlan", "host-gw"} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
-			c, switchToWeftd := startMixed(t, backend, "--ipv6-network", network6.String())
+			c, switchAgent := startMixed(t, backend, "--ipv6-network", network6.String())
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 			defer cancel()
 			checkLeases6(t, ctx, c, backend, false)
@@ -424,7 +424,7 @@ func TestE2EFlanneldIPv6(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			switchToWeftd(ctx)
+			switchAgent(ctx, false)
 			if after, err := f.Lease(); err != nil || after.Subnet != before.Subnet || after.IPv6Subnet != before.IPv6Subnet {
 				t.Errorf("env file after the switch to weftd: %+v, %v; want flanneld's subnets %s and %s", after, err, before.Subnet, before.IPv6Subnet)
 			}

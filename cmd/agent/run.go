@@ -316,7 +316,7 @@ func startBackend(ctx context.Context, n *subnet.Config, ext backend.External, c
 		return nil, backend.Local{}, fmt.Errorf("backend type %q is not supported by this weftd", n.BackendType)
 	}
 	blog := log.With("backend", n.BackendType)
-	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, Offload: cfg.UDPOffload, Queues: cfg.UDPQueues, Kick: kick, PrevData: prev})
+	be, err := factory(backend.Deps{Log: blog, External: ext, Network: n, Offload: cfg.UDPOffload, Queues: cfg.UDPQueues, PlainRoutes: !cfg.Nexthops, Kick: kick, PrevData: prev})
 	if err != nil {
 		return nil, backend.Local{}, fmt.Errorf("backend %s: %w", n.BackendType, err)
 	}

@@ -3,6 +3,7 @@ package kerneltest
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -120,16 +121,20 @@ func (tp *Topology) pingAll(t testing.TB, addr func(*Node) netip.Addr) {
 }
 
 // Norm trims each line's surrounding blanks, folds runs of blanks and drops empty lines, so iproute2 output
-// (which has trailing spaces) compares with golden text indented to fit the test.
+// (which has trailing spaces) compares with golden text indented to fit the test; nexthop object IDs read
+// "nhid N".
 func Norm(s string) string {
 	var lines []string
 	for l := range strings.Lines(s) {
-		if l = strings.Join(strings.Fields(l), " "); l != "" {
+		if l = nhidRE.ReplaceAllString(strings.Join(strings.Fields(l), " "), "nhid N"); l != "" {
 			lines = append(lines, l)
 		}
 	}
 	return strings.Join(lines, "\n")
 }
+
+// nhidRE matches a route's nexthop object ID, which Norm writes as "nhid N" (the IDs are not fixed).
+var nhidRE = regexp.MustCompile(`\bnhid \d+`)
 
 // Expect compares command output with the golden text want, both normalised by Norm, and reports a
 // difference with t.Errorf naming what.
