@@ -294,7 +294,7 @@ func (h *Handle) replaceNexthopRoute(r Route, excl bool) error {
 		return fmt.Errorf("nexthop object for route %s: %w", r, err)
 	}
 	err = n.route(r.Dst, id, excl)
-	if errors.Is(err, unix.EINVAL) && !excl {
+	if errors.Is(err, unix.EINVAL) {
 		// The object went between the two requests (a sweep by another weftd): once more.
 		if err = n.set(id, r, false); err == nil {
 			err = n.route(r.Dst, id, excl)
