@@ -15,19 +15,20 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// TestE2EIPv6Faults runs, on a dual-stack vxlan cluster and an IPv6-only host-gw cluster of 3 nodes (in
-// parallel), with continuous IPv6 pings between containers: hostile IPv6 leases written to etcd, weftd
-// SIGKILLed and SIGTERMed and restarted (no echo lost, same subnets), a running node's lease deleted (it
-// takes the same subnets again and traffic resumes), a node joining (reached over IPv6 by ICMPv6 and TCP)
-// whose lease is deleted once it stopped (every other node drops its IPv6 entries), and etcd stopped for
-// 20 s (no echo lost, every node's IPv6 kernel entries for its peers still there at the end of the outage;
-// then the stopped node starts again and takes its previous IPv6 subnet).
+// TestE2EIPv6Faults runs, on a dual-stack vxlan cluster, an IPv6-only host-gw cluster and a dual-stack udp
+// cluster of 3 nodes (in parallel), with continuous IPv6 pings between containers: hostile IPv6 leases
+// written to etcd, weftd SIGKILLed and SIGTERMed and restarted (no echo lost on the kernel backends, traffic
+// again on udp, whose data path is the process; same subnets), a running node's lease deleted (it takes the
+// same subnets again and traffic resumes), a node joining (reached over IPv6 by ICMPv6 and TCP) whose lease
+// is deleted once it stopped (every other node drops its IPv6 entries), and etcd stopped for 20 s (no echo
+// lost, every node's IPv6 kernel entries for its peers still there at the end of the outage; then the
+// stopped node starts again and takes its previous IPv6 subnet).
 func TestE2EIPv6Faults(t *testing.T) {
 	requireE2E(t)
 	for _, tc := range []struct {
 		backend string
 		v6only  bool
-	}{{"vxlan", false}, {"host-gw", true}} {
+	}{{"vxlan", false}, {"host-gw", true}, {"udp", false}} {
 		name := tc.backend + "/" + map[bool]string{false: "dual-stack", true: "ipv6-only"}[tc.v6only]
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
