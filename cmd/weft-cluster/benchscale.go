@@ -53,7 +53,7 @@ type scaleResult struct {
 func cmdBenchScale(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("weft-cluster bench-scale", flag.ContinueOnError)
 	peers := fs.String("peers", "100,1000,4000", "peer counts to measure, comma-separated")
-	samples := fs.Int("samples", 100, "new leases written per peer count (p50 and p99 over them)")
+	samples := fs.Int("samples", 300, "new leases written per peer count (p50 and p99 over them; p99 is the 3rd slowest of 300)")
 	rest := fs.Duration("rest", 330*time.Second, "how long CPU at rest is measured (the default spans one periodic comparison with the kernel, every 10th 30 s reconcile; 10s for a quick look)")
 	weftd := fs.String("weftd", "", "weftd binary (default: weftd next to weft-cluster, else on PATH)")
 	extra := fs.String("weftd-flags", "", "more weftd flags, space-separated (to compare settings: --iptables-resync=1h)")
@@ -166,7 +166,7 @@ func cmdBenchScaleNode(ctx context.Context, args []string, stdout, stderr io.Wri
 	fs := flag.NewFlagSet("weft-cluster bench-scale-node", flag.ContinueOnError)
 	weftd := fs.String("weftd", "", "weftd binary")
 	peers := fs.Int("peers", 100, "simulated peers")
-	samples := fs.Int("samples", 100, "new leases to time")
+	samples := fs.Int("samples", 300, "new leases to time")
 	rest := fs.Duration("rest", 10*time.Second, "CPU at rest interval")
 	dir := fs.String("dir", "", "working directory")
 	extra := fs.String("weftd-flags", "", "more weftd flags, space-separated")
