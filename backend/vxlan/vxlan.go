@@ -301,6 +301,9 @@ func (b *vxlan) ensure(h *kernel.Handle, inUp bool) (*kernel.VXLAN, error) {
 	b.dev = dev.Index
 	b.k.Scope(kernel.Owned(b.network, b.dev), b.dev)
 	attrs := []any{"dev", dev.Name, "vni", dev.VNI, "local", dev.Local, "port", dev.Port, "mac", dev.MAC.String(), "mtu", dev.MTU}
+	if inUp && !b.fam.V6 {
+		attrs = append(attrs, "route_nexthops", b.nexthops) // why `ip route` shows "nhid N" (or not)
+	}
 	switch {
 	case act.kind == replaced:
 		b.log.Warn("replaced an incompatible link with the vxlan device", append(attrs, "reason", act.reason)...)
