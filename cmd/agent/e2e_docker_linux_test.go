@@ -9,7 +9,6 @@ package main_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -101,41 +100,25 @@ type dockerE2E struct {
 
 func testDocker(t *testing.T, backend string) {
 	e := &dockerE2E{backend: backend, prefix: kerneltest.Prefix(), dir: t.TempDir()}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, e.dir)
-			logs, _ := filepath.Glob(filepath.Join(e.dir, "*", "docker", "dockerd.log"))
-			for _, f := range logs {
-				t.Logf("===== %s (last lines) =====\n%s", strings.TrimPrefix(f, e.dir+"/"), lastLines(f, 40))
-			}
-		}
-	})
 	if out, err := exec.Command("ip", "-o", "link", "show").CombinedOutput(); err == nil {
 		e.hostDocker0 = strings.Contains(string(out), "docker0")
 	}
 	start := time.Now()
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
+	e.Cluster = startCluster(t, netcluster.Options{
 		Prefix:          e.prefix,
 		Backend:         backend,
 		Nodes:           3,
-		Weftd:           weftdBin,
-		ClusterBin:      cluBin,
 		Dir:             e.dir,
 		ExtraAgentFlags: []string{"--ip-masq", "--iptables-resync=1s"},
 		Docker:          &netcluster.DockerOptions{DockerOpts: dockerOptsBin},
 		Timeout:         60 * time.Second,
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start %s cluster with dockerd: %v", backend, err)
-	}
-	t.Logf("%s cluster with dockerd on 3 nodes up in %s", backend, time.Since(start).Round(100*time.Millisecond))
-	e.Cluster = c
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
+	}, func() {
+		logs, _ := filepath.Glob(filepath.Join(e.dir, "*", "docker", "dockerd.log"))
+		for _, f := range logs {
+			t.Logf("===== %s (last lines) =====\n%s", strings.TrimPrefix(f, e.dir+"/"), lastLines(f, 40))
 		}
 	})
+	t.Logf("%s cluster with dockerd on 3 nodes up in %s", backend, time.Since(start).Round(100*time.Millisecond))
 	t.Run("1-options-and-mtu", e.options)
 	t.Run("1-traffic", e.traffic)
 	t.Run("1-masquerade", e.masquerade)

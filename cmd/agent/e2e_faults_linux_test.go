@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -69,23 +68,8 @@ func startFaultCluster(t *testing.T, o netcluster.Options) *e2e {
 		o.Backend = "vxlan"
 	}
 	e := &e2e{backend: o.Backend, prefix: kerneltest.Prefix(), dir: t.TempDir()}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, e.dir)
-		}
-	})
-	o.Prefix, o.Weftd, o.ClusterBin, o.Dir = e.prefix, weftdBin, cluBin, e.dir
-	o.Log = slog.New(slog.NewTextHandler(t.Output(), nil))
-	c, err := netcluster.Start(t.Context(), o)
-	if err != nil {
-		t.Fatalf("start %s cluster: %v", o.Backend, err)
-	}
-	e.Cluster = c
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
+	o.Prefix, o.Dir = e.prefix, e.dir
+	e.Cluster = startCluster(t, o)
 	return e
 }
 

@@ -3,7 +3,6 @@ package main_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -125,24 +124,14 @@ func requireFlanneld(t *testing.T) {
 // (or, toFlanneld, flanneld) starts in its place with the same subnet file, and is ready.
 func startMixed(t *testing.T, backend string, configArgs ...string) (c *netcluster.Cluster, switchAgent func(ctx context.Context, toFlanneld bool)) {
 	t.Helper()
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-		}
-	})
 	const flannelNode = "n3"
 	var flanneld atomic.Bool // n3 runs flanneld (until the migration)
 	flanneld.Store(true)
 	etcdURL := fmt.Sprintf("http://%s:%d", netcluster.EtcdAddr, netcluster.EtcdPort)
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:     kerneltest.Prefix(),
+	c = startCluster(t, netcluster.Options{
 		Backend:    backend,
 		Nodes:      3,
 		ConfigArgs: configArgs,
-		Weftd:      weftdBin,
-		ClusterBin: cluBin,
-		Dir:        dir,
 		AgentStore: func(n *netcluster.Node) []string {
 			if n.Name == flannelNode && flanneld.Load() {
 				return []string{kubetest.FlanneldBin(), "--etcd-endpoints", etcdURL}
@@ -155,15 +144,6 @@ func startMixed(t *testing.T, backend string, configArgs ...string) (c *netclust
 			}
 			return "/readyz"
 		},
-		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start the mixed %s cluster: %v", backend, err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
 	})
 	return c, func(ctx context.Context, toFlanneld bool) {
 		t.Helper()

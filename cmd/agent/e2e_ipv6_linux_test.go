@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"github.com/weft-net/weft/dist/kubetest"
 	"github.com/weft-net/weft/subnet"
@@ -54,28 +52,12 @@ func TestE2EIPv6(t *testing.T) {
 }
 
 func testIPv6(t *testing.T, backend string, v6only bool) {
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-		}
-	})
 	args := []string{"--ipv6-network", network6.String()}
 	if v6only {
 		args = append(args, "--disable-ipv4")
 	}
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix: kerneltest.Prefix(), Backend: backend, Nodes: 3, ConfigArgs: args,
-		Weftd: weftdBin, ClusterBin: cluBin, Dir: dir, ExtraAgentFlags: []string{"--reconcile-interval=2s"},
-		Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start %s cluster: %v", backend, err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
+	c := startCluster(t, netcluster.Options{
+		Backend: backend, Nodes: 3, ConfigArgs: args, ExtraAgentFlags: []string{"--reconcile-interval=2s"},
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -375,26 +357,11 @@ func TestE2EKubeIPv6(t *testing.T) {
 				k.conf = `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`
 				k.podCIDRs = func(i int) []string { return []string{fmt.Sprintf("fd00:10:244:%x::/64", i)} }
 			}
-			t.Cleanup(func() {
-				if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-					dumpLogs(t, dir)
-				}
-			})
-			c, err := netcluster.Start(t.Context(), netcluster.Options{
-				Prefix: kerneltest.Prefix(), Backend: "vxlan", Network: "10.244.0.0/16", Nodes: 3,
-				Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
+			c := startCluster(t, netcluster.Options{
+				Backend: "vxlan", Network: "10.244.0.0/16", Nodes: 3, Dir: dir,
 				AgentStore: k.agentStore, ReadyPath: k.readyPath, Setup: k.setup, Timeout: 90 * time.Second,
-				Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
 			})
-			if err != nil {
-				t.Fatalf("start kube-mode cluster: %v", err)
-			}
 			k.Cluster = c
-			t.Cleanup(func() {
-				if err := c.Close(); err != nil {
-					t.Errorf("close cluster: %v", err)
-				}
-			})
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			allPairs(t, ctx, c, v6only, nil)

@@ -8,7 +8,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"os"
@@ -52,36 +51,19 @@ func TestE2EKube(t *testing.T) {
 	kubetest.Require(t)
 	dir := t.TempDir()
 	k := &kubeE2E{dir: dir, kubeconfig: filepath.Join(dir, "kubeconfig"), netConf: filepath.Join(dir, "net-conf.json"), flanneld: map[string]bool{}, image: map[string]bool{}, netConfs: map[string]string{}}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-			b, _ := os.ReadFile(filepath.Join(dir, "kube-apiserver.log"))
-			lines := strings.Split(string(b), "\n")
-			t.Logf("===== kube-apiserver.log (last 40 lines) =====\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
-		}
-	})
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:     kerneltest.Prefix(),
+	k.Cluster = startCluster(t, netcluster.Options{
 		Backend:    "vxlan",
 		Network:    "10.244.0.0/16",
 		Nodes:      3,
-		Weftd:      weftdBin,
-		ClusterBin: cluBin,
 		Dir:        dir,
 		AgentStore: k.agentStore,
 		ReadyPath:  k.readyPath,
 		Setup:      k.setup,
 		Timeout:    90 * time.Second,
-		Log:        slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start kube-mode cluster: %v", err)
-	}
-	k.Cluster = c
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
+	}, func() {
+		b, _ := os.ReadFile(filepath.Join(dir, "kube-apiserver.log"))
+		lines := strings.Split(string(b), "\n")
+		t.Logf("===== kube-apiserver.log (last 40 lines) =====\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
 	})
 	t.Run("1-traffic", k.traffic)
 	t.Run("2-annotations", k.annotations)

@@ -162,31 +162,14 @@ func (e *e2e) attrsPub(a subnet.Attrs) netip.Addr {
 
 func testBackend(t *testing.T, backend string) {
 	e := &e2e{backend: backend, prefix: kerneltest.Prefix(), dir: t.TempDir()}
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, e.dir)
-		}
-	})
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:     e.prefix,
-		Backend:    backend,
-		Nodes:      3,
-		Weftd:      weftdBin,
-		ClusterBin: cluBin,
-		Dir:        e.dir,
+	e.Cluster = startCluster(t, netcluster.Options{
+		Prefix:  e.prefix,
+		Backend: backend,
+		Nodes:   3,
+		Dir:     e.dir,
 		// Reconcile often (scenario 4). The lease TTL is shorter than the etcd outage of scenario 6, so
 		// the agents' etcd sessions expire meanwhile and they must re-acquire their subnets afterwards.
 		ExtraAgentFlags: []string{"--reconcile-interval=2s", "--subnet-lease-ttl=15s"},
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start %s cluster: %v", backend, err)
-	}
-	e.Cluster = c
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
 	})
 	t.Run("1-traffic-and-mtu", e.traffic)
 	t.Run("1b-node-sends-frag-needed", e.fragNeeded)
@@ -849,4 +832,46 @@ func (e *e2e) teardown(t *testing.T) {
 	} else if strings.Contains(string(out), e.prefix) {
 		t.Errorf("host namespace has a device named after %s:\n%s", e.prefix, out)
 	}
+}
+
+// startCluster starts a netns cluster of real weftd processes for an end-to-end test, from o completed with
+// the test's binaries, a fresh namespace prefix, a log to the test's output and a temporary directory where
+// unset. It fails the test if the cluster does not come up. When the test ends the cluster is closed, and
+// then, if the test failed (or with WEFT_E2E_LOGS=1), every agent's and etcd's log is printed, followed by
+// what moreLogs prints.
+func startCluster(t *testing.T, o netcluster.Options, moreLogs ...func()) *netcluster.Cluster {
+	t.Helper()
+	if o.Prefix == "" {
+		o.Prefix = kerneltest.Prefix()
+	}
+	if o.Weftd == "" {
+		o.Weftd = weftdBin
+	}
+	if o.ClusterBin == "" {
+		o.ClusterBin = cluBin
+	}
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(t.Output(), nil))
+	}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
+			dumpLogs(t, o.Dir)
+			for _, f := range moreLogs {
+				f()
+			}
+		}
+	})
+	c, err := netcluster.Start(t.Context(), o)
+	if err != nil {
+		t.Fatalf("start %s cluster: %v", o.Backend, err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+	})
+	return c
 }

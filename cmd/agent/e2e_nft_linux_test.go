@@ -6,7 +6,6 @@ package main_test
 
 import (
 	"context"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -23,32 +22,12 @@ import (
 // extended by configArgs.
 func startMasqCluster(t *testing.T, nodes int, configArgs ...string) *netcluster.Cluster {
 	t.Helper()
-	prefix, dir := kerneltest.Prefix(), t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-		}
-	})
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix:          prefix,
+	return startCluster(t, netcluster.Options{
 		Backend:         "vxlan",
 		Nodes:           nodes,
-		Weftd:           weftdBin,
-		ClusterBin:      cluBin,
-		Dir:             dir,
 		ConfigArgs:      configArgs,
 		ExtraAgentFlags: []string{"--ip-masq", "--iptables-resync=1s"},
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
-	if err != nil {
-		t.Fatalf("start vxlan cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
-	return c
 }
 
 // nftChain returns `nft list chain` of c in n's namespace, or the error text.

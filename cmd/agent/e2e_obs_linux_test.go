@@ -3,17 +3,14 @@ package main_test
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"math"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/cmd/internal/netcluster"
 )
 
@@ -33,26 +30,10 @@ func TestE2EMetrics(t *testing.T) {
 }
 
 func testMetrics(t *testing.T, backend string) {
-	dir := t.TempDir()
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix: kerneltest.Prefix(), Backend: backend, Nodes: 2,
-		Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
+	c := startCluster(t, netcluster.Options{
+		Backend: backend, Nodes: 2,
 		// 2 peers at most at 20 probes/s: each peer is probed every 100 ms; a lost probe counts after 500 ms.
 		ExtraAgentFlags: []string{"--reconcile-interval=1h", "--probe-rate=20", "--probe-timeout=500ms"},
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
-	})
-	if err != nil {
-		t.Fatalf("start cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("WEFT_E2E_LOGS") == "1" {
-			dumpLogs(t, dir)
-		}
 	})
 	ctx := t.Context()
 	n1, n2 := c.Node(1), c.Node(2)

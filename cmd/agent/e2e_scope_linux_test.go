@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/backend/kernel/kerneltest"
 	"github.com/weft-net/weft/cmd/internal/netcluster"
 	"github.com/weft-net/weft/subnet"
 )
@@ -113,25 +111,7 @@ func startExtraAgent(t *testing.T, n *netcluster.Node, logPath, etcdURL string, 
 // printed if the test failed) when the test ends.
 func startHostGW2(t *testing.T) *netcluster.Cluster {
 	t.Helper()
-	dir := t.TempDir()
-	c, err := netcluster.Start(t.Context(), netcluster.Options{
-		Prefix: kerneltest.Prefix(), Backend: "host-gw", Nodes: 2,
-		Weftd: weftdBin, ClusterBin: cluBin, Dir: dir,
-		ExtraAgentFlags: []string{"--reconcile-interval=1s"},
-		Log:             slog.New(slog.NewTextHandler(t.Output(), nil)),
+	return startCluster(t, netcluster.Options{
+		Backend: "host-gw", Nodes: 2, ExtraAgentFlags: []string{"--reconcile-interval=1s"},
 	})
-	if err != nil {
-		t.Fatalf("start cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close cluster: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, dir)
-		}
-	})
-	return c
 }
