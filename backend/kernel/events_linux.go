@@ -24,7 +24,8 @@ type eventSocket struct {
 	rc syscall.RawConn
 }
 
-// openEvents subscribes to route, nexthop object, neighbour (and FDB) and link events in the calling thread's namespace.
+// openEvents subscribes to route, nexthop object, neighbour (and FDB) and link events in the calling
+// thread's namespace.
 func openEvents() (*eventSocket, error) {
 	f, rc, err := subscribe("netlink-events", []uint32{unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE, unix.RTNLGRP_NEXTHOP},
 		eventBuffer, dropAdditions)
