@@ -212,7 +212,7 @@ func (f Family) dropOverlapping(n *subnet.Config, own subnet.Lease, peers []subn
 		if fi, fk := n.Fits(all[i]), n.Fits(all[k]); fi != fk {
 			return fi
 		}
-		return firstCreated(all[i], all[k])
+		return CreatedBefore(all[i], all[k])
 	}
 	for g := 0; g < len(idx); {
 		e := g + 1
@@ -253,8 +253,9 @@ func (f Family) dropOverlapping(n *subnet.Config, own subnet.Lease, peers []subn
 	return kept, skips
 }
 
-// firstCreated reports whether lease a was created before b (the smaller key for equal revisions).
-func firstCreated(a, b subnet.Lease) bool {
+// CreatedBefore reports whether lease a was created before b (the smaller key for equal revisions): the
+// order in which conflicting leases keep what they claim.
+func CreatedBefore(a, b subnet.Lease) bool {
 	if a.Created != b.Created {
 		return a.Created < b.Created
 	}

@@ -247,9 +247,6 @@ func (h *Handle) SyncRoutes(v6 bool, want []Route, scope func(Route) bool) error
 		}
 	}
 	if dump != nil {
-		for id := range h.nh.dstOf {
-			dump.used[id] = true
-		}
 		if err := h.sweepNexthops(dump.used); err != nil && first == nil {
 			first = err
 		}

@@ -23,7 +23,7 @@ func routeMsg(protocol uint8, dst netip.Prefix, attrs ...*nl.RtAttr) []byte {
 func TestDecodeOurRouteNexthop(t *testing.T) {
 	dst := netip.MustParsePrefix("10.5.2.0/24")
 	gw := nl.NewRtAttr(unix.RTA_GATEWAY, netip.MustParseAddr("10.5.2.0").AsSlice())
-	oif := u32Attr(unix.RTA_OIF, 7)
+	oif := nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(7))
 	tests := []struct {
 		name   string
 		msg    []byte
@@ -33,9 +33,9 @@ func TestDecodeOurRouteNexthop(t *testing.T) {
 	}{
 		{"plain", routeMsg(RouteProtocol, dst, gw, oif),
 			Route{Dst: dst, Gw: netip.MustParseAddr("10.5.2.0"), LinkIndex: 7}, 0, true},
-		{"through an object, dumped with its gateway (nexthop_compat_mode 1)", routeMsg(RouteProtocol, dst, u32Attr(rtaNHID, 1<<24+5), gw, oif),
+		{"through an object, dumped with its gateway (nexthop_compat_mode 1)", routeMsg(RouteProtocol, dst, nl.NewRtAttr(rtaNHID, nl.Uint32Attr(1<<24+5)), gw, oif),
 			Route{Dst: dst, Gw: netip.MustParseAddr("10.5.2.0"), LinkIndex: 7, Nexthop: true}, 1<<24 + 5, true},
-		{"not ours", routeMsg(unix.RTPROT_BOOT, dst, u32Attr(rtaNHID, 9), gw, oif), Route{}, 0, false},
+		{"not ours", routeMsg(unix.RTPROT_BOOT, dst, nl.NewRtAttr(rtaNHID, nl.Uint32Attr(9)), gw, oif), Route{}, 0, false},
 		{"short", []byte{unix.AF_INET, 24}, Route{}, 0, false},
 	}
 	for _, tt := range tests {
@@ -65,9 +65,9 @@ func TestDecodeNexthopGone(t *testing.T) {
 		want Event
 		ok   bool
 	}{
-		{"ours", msg(RouteProtocol, u32Attr(unix.NHA_ID, 42), u32Attr(unix.NHA_OIF, 3)), Event{Kind: NexthopGone, ID: 42}, true},
-		{"another protocol's", msg(unix.RTPROT_STATIC, u32Attr(unix.NHA_ID, 42)), Event{}, false},
-		{"no ID", msg(RouteProtocol, u32Attr(unix.NHA_OIF, 3)), Event{}, false},
+		{"ours", msg(RouteProtocol, nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(42)), nl.NewRtAttr(unix.NHA_OIF, nl.Uint32Attr(3))), Event{Kind: NexthopGone, ID: 42}, true},
+		{"another protocol's", msg(unix.RTPROT_STATIC, nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(42))), Event{}, false},
+		{"no ID", msg(RouteProtocol, nl.NewRtAttr(unix.NHA_OIF, nl.Uint32Attr(3))), Event{}, false},
 		{"short", []byte{unix.AF_INET}, Event{}, false},
 	}
 	for _, tt := range tests {

@@ -96,12 +96,6 @@ func (m *nhmsg) Serialize() []byte {
 	return b
 }
 
-func u32Attr(typ int, v uint32) *nl.RtAttr {
-	b := make([]byte, 4)
-	native.PutUint32(b, v)
-	return nl.NewRtAttr(typ, b)
-}
-
 // set creates (excl) or creates-or-replaces the nexthop object id for r's gateway and device.
 func (n *nexthops) set(id uint32, r Route, excl bool) error {
 	req := n.request(unix.RTM_NEWNEXTHOP, newFlags(excl))
@@ -110,8 +104,8 @@ func (n *nexthops) set(id uint32, r Route, excl bool) error {
 		m.Flags = unix.RTNH_F_ONLINK
 	}
 	req.AddData(m)
-	req.AddData(u32Attr(unix.NHA_ID, id))
-	req.AddData(u32Attr(unix.NHA_OIF, uint32(r.LinkIndex)))
+	req.AddData(nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(id)))
+	req.AddData(nl.NewRtAttr(unix.NHA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))))
 	req.AddData(nl.NewRtAttr(unix.NHA_GATEWAY, r.Gw.AsSlice()))
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
@@ -121,7 +115,7 @@ func (n *nexthops) set(id uint32, r Route, excl bool) error {
 func (n *nexthops) del(id uint32) error {
 	req := n.request(unix.RTM_DELNEXTHOP, unix.NLM_F_ACK)
 	req.AddData(&nhmsg{})
-	req.AddData(u32Attr(unix.NHA_ID, id))
+	req.AddData(nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(id)))
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -168,7 +162,7 @@ func (n *nexthops) route(dst netip.Prefix, id uint32, excl bool) error {
 	m.Protocol = RouteProtocol
 	req.AddData(m)
 	req.AddData(nl.NewRtAttr(unix.RTA_DST, dst.Addr().AsSlice()))
-	req.AddData(u32Attr(rtaNHID, id))
+	req.AddData(nl.NewRtAttr(rtaNHID, nl.Uint32Attr(id)))
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
 }
@@ -187,14 +181,17 @@ func (n *nexthops) dumpRoutes4() (routeDump, error) {
 	req := n.request(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
 	req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_INET}})
 	err := req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWROUTE, func(msg []byte) bool {
-		if id := routeNHID(msg); id != 0 {
-			d.used[id] = true
-		}
-		if r, id, ok := decodeOurRoute(msg); ok {
+		r, id, ours := decodeOurRoute(msg)
+		if ours {
 			d.ours = append(d.ours, r)
 			if id != 0 {
 				d.nhid[r.Dst] = id
 			}
+		} else {
+			id = routeNHID(msg) // a route of another program, or another table's, may use one of ours too
+		}
+		if id != 0 {
+			d.used[id] = true
 		}
 		return true
 	})

@@ -194,10 +194,7 @@ func firstClaim(a, b subnet.Lease, owner string) bool {
 	case b.Key():
 		return false
 	}
-	if a.Created != b.Created {
-		return a.Created < b.Created
-	}
-	return a.Key() < b.Key()
+	return backend.CreatedBefore(a, b)
 }
 
 // incompatible says why an existing device cannot be reused as want ("" if it can). MTU, MAC and the up
