@@ -57,8 +57,12 @@ func openNexthops() *nexthops {
 	}
 	s.SetExtAck(true)
 	n := &nexthops{sock: &nl.SocketHandle{Socket: s}, byDst: map[netip.Prefix]uint32{}, dstOf: map[uint32]netip.Prefix{}}
-	// Probe: a kernel without nexthop objects (before 5.3) refuses the dump.
-	if _, err := n.list(); err != nil {
+	// Probe with one object that is never ours (not a dump of them all, on every start): a kernel with
+	// nexthop objects answers ENOENT, one without them (before 5.3) refuses the request.
+	req := n.request(unix.RTM_GETNEXTHOP, unix.NLM_F_ACK)
+	req.AddData(&nhmsg{})
+	req.AddData(nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(nhIDBase-1)))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		s.Close()
 		return nil
 	}
